@@ -1,0 +1,105 @@
+"""Validated configuration. Every stage takes one pydantic section; a YAML file may set any of them.
+
+Unknown keys are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from atc_il.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CleanConfig(Section):
+    max_gs_kt: float = Field(1000.0, gt=0, description="position jumps implying a faster ground speed are glitches")
+    max_vs_fpm: float = Field(12000.0, gt=0, description="altitude jumps implying a faster climb/descent are spikes")
+    max_gap_s: float = Field(60.0, gt=0, description="a gap longer than this splits a flight into segments")
+    min_segment_points: int = Field(3, ge=2, description="segments with fewer raw points are quarantined")
+
+
+class ResampleConfig(Section):
+    step_s: float = Field(5.0, gt=0, description="regular grid step")
+
+
+class ConflictConfig(Section):
+    rpz_nm: float = Field(5.0, gt=0, description="protected radius (horizontal separation minimum)")
+    hpz_ft: float = Field(1000.0, gt=0, description="protected height (vertical separation minimum)")
+    lookahead_s: float = Field(600.0, gt=0, description="look-ahead time")
+    max_episode_gap_s: float = Field(30.0, ge=0, description="detections of a pair closer in time join one episode")
+    min_alt_ft: float = Field(-1e9, description="ignore aircraft below this altitude (e.g. on ground)")
+
+
+class ActionConfig(Section):
+    heading_min_deg: float = Field(10.0, gt=0, description="smallest sustained track change reported as a heading action")
+    heading_rate_min_dps: float = Field(0.5, gt=0, description="turn rate that starts a turn")
+    level_min_ft: float = Field(500.0, gt=0, description="smallest level change reported as an altitude action")
+    vs_level_fpm: float = Field(300.0, gt=0, description="|vertical rate| under which flight counts as level")
+    level_hold_s: float = Field(30.0, ge=0, description="level flight needed before a climb or descent counts")
+    speed_min_kt: float = Field(15.0, gt=0, description="smallest sustained ground speed change reported")
+    sustain_s: float = Field(20.0, ge=0, description="a change must hold this long")
+    direct_to_tol_deg: float = Field(5.0, gt=0, description="track within this of a downstream waypoint's bearing")
+    link_margin_s: float = Field(30.0, ge=0, description="an action up to this long before first detection still links")
+
+
+class DatasetConfig(Section):
+    history_steps: int = Field(24, ge=1, description="H: grid steps of history per sample (24 x 5 s = 2 min)")
+    neighbours: int = Field(4, ge=0, description="K nearest other aircraft, padded and masked")
+    recent_clearances: int = Field(8, ge=0, description="M most recent clearances in the airspace")
+    neighbour_range_nm: float = Field(80.0, gt=0, description="aircraft further away are not neighbours")
+    split: str = Field("day", pattern="^(day|scenario)$", description="split unit: by day or by scenario")
+    val_fraction: float = Field(0.15, ge=0, lt=1)
+    test_fraction: float = Field(0.15, ge=0, lt=1)
+    seed: int = 0
+    shard_rows: int = Field(50_000, ge=1)
+
+
+class PipelineConfig(Section):
+    clean: CleanConfig = CleanConfig()
+    resample: ResampleConfig = ResampleConfig()
+    conflicts: ConflictConfig = ConflictConfig()
+    actions: ActionConfig = ActionConfig()
+    dataset: DatasetConfig = DatasetConfig()
+
+
+def _format_validation(exc: ValidationError, source: str) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        parts.append(f"{loc}: {err['msg']}")
+    return f"{source}: invalid configuration: " + "; ".join(parts)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def validate(model: type[BaseModel], data: dict[str, Any], source: str = "config"):
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, source)) from None
+
+
+def load_pipeline_config(path: str | Path | None = None, **overrides: Any) -> PipelineConfig:
+    """Load a :class:`PipelineConfig` from YAML (or defaults), then apply section overrides."""
+    data: dict[str, Any] = load_yaml(path) if path else {}
+    for section, values in overrides.items():
+        data.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+    return validate(PipelineConfig, data, str(path or "config"))
