@@ -52,6 +52,7 @@ ACTION_SOURCES = ("clearance_log", "track_inferred", "simulator")
 
 ACTION_SCHEMA = pa.schema(
     [
+        pa.field("action_id", pa.string()),        # unique per data set, e.g. "AFR12@2024-01-01T10:00:05#heading"
         pa.field("time", TIME, nullable=False),
         pa.field("flight_id", pa.string(), nullable=False),
         pa.field("action_type", pa.string(), nullable=False),
@@ -107,6 +108,32 @@ EPISODE_SCHEMA = pa.schema(
     ],
     metadata={"contract": "atc-il/episode/1"},
 )
+
+# Which action may resolve which conflict episode: an action on one of the pair's two aircraft,
+# issued while the episode is active (or shortly before first detection) and before the CPA.
+ACTION_LINK_SCHEMA = pa.schema(
+    [
+        pa.field("episode_id", pa.string(), nullable=False),
+        pa.field("action_id", pa.string(), nullable=False),
+        pa.field("time", TIME, nullable=False),
+        pa.field("flight_id", pa.string(), nullable=False),
+        pa.field("aircraft", pa.int8(), nullable=False),   # 1 or 2: which aircraft of the pair
+        pa.field("action_type", pa.string(), nullable=False),
+        pa.field("value", pa.float64()),
+        pa.field("unit", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("confidence", pa.float64()),
+        pa.field("time_to_cpa_s", pa.float64()),           # predicted CPA time minus action time
+    ],
+    metadata={"contract": "atc-il/action-link/1"},
+)
+
+
+def action_id(flight_id, time, action_type) -> str:
+    """Stable identifier of an action."""
+    import pandas as _pd
+    return f"{flight_id}@{_pd.Timestamp(time).isoformat()}#{action_type}"
+
 
 # ---------------------------------------------------------------- flight plans
 FLIGHT_PLAN_SCHEMA = pa.schema(
