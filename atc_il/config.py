@@ -53,6 +53,7 @@ class DatasetConfig(Section):
     history_steps: int = Field(24, ge=1, description="H: grid steps of history per sample (24 x 5 s = 2 min)")
     neighbours: int = Field(4, ge=0, description="K nearest other aircraft, padded and masked")
     recent_clearances: int = Field(8, ge=0, description="M most recent clearances in the airspace")
+    clearance_horizon_s: float = Field(1800.0, gt=0, description="older clearances are not recent")
     neighbour_range_nm: float = Field(80.0, gt=0, description="aircraft further away are not neighbours")
     split: str = Field("day", pattern="^(day|scenario)$", description="split unit: by day or by scenario")
     val_fraction: float = Field(0.15, ge=0, lt=1)

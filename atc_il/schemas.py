@@ -198,3 +198,12 @@ def check_columns(df: pd.DataFrame, required: Iterable[str], what: str) -> None:
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise DataError(f"{what}: missing required column(s) {missing}; have {list(df.columns)}")
+
+
+def to_ns(times) -> "np.ndarray":
+    """UTC nanoseconds since the epoch (int64) from a Series, index, array or list of timestamps."""
+    import numpy as np
+    idx = pd.DatetimeIndex(times)
+    if idx.tz is None:
+        idx = idx.tz_localize("UTC")
+    return np.asarray(idx.as_unit("ns").asi8, dtype=np.int64)

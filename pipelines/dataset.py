@@ -1,0 +1,370 @@
+"""The dataset builder: conflict episodes -> observation histories (the model input).
+
+One sample per conflict episode and decision time (each grid step from first detection while the
+conflict is predicted and before CPA). Features use only observations at or before the decision time:
+- ``pair``       (H, 2, F_pose): the two aircraft's last H grid steps in a frame relative to the pair
+                 (origin: the pair's midpoint at decision time; +y: aircraft 1's track at decision time);
+- ``neighbours`` (H, K, F_pose): the K nearest other aircraft at decision time, over the same steps;
+- ``geometry``   (H, F_geom): conflict geometry over the window (tcpa, dcpa, bearing, closure, vertical
+                 separation and its trend, time since first detection);
+- ``clearances`` (M, F_clr): the last M clearances issued in the airspace strictly before decision time.
+Each tensor has a ``valid`` feature (1 = observed, 0 = padding). Labels: the action taken at that step
+on one of the two aircraft (or none), its type and signed value. Shards are parquet files with
+fixed-size-list columns, loaded as tensors without a Python loop per sample (:func:`load_split`).
+"""
+
+from __future__ import annotations
+
+import time as _time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from atc_il.config import DatasetConfig, PipelineConfig
+from atc_il.errors import DataError
+from atc_il.geometry import cpa, kwik_qdr_dist_nm, to_local_nm
+from atc_il.io import mark_complete, read_table, reset_dir, write_json
+from atc_il.progress import track
+from atc_il.schemas import (ACTION_LINK_SCHEMA, ACTION_SCHEMA, ACTION_TYPES, CONFLICT_SCHEMA, EPISODE_SCHEMA,
+                            TRACK_SCHEMA, to_ns)
+from pipelines.shards import SPEC_FILE, RunningStats, spec_hash, write_shard
+
+SPLITS = ("train", "val", "test")
+POSE = [("x_nm", "NM", True), ("y_nm", "NM", True), ("dalt_ft", "ft", True), ("gs_kt", "kt", True),
+        ("trk_sin", "1", False), ("trk_cos", "1", False), ("vs_fpm", "ft/min", True),
+        ("cfl_dalt_ft", "ft", True), ("cfl_known", "1", False), ("valid", "1", False)]
+GEOM = [("tcpa_s", "s", True), ("dcpa_nm", "NM", True), ("dist_nm", "NM", True), ("bearing_sin", "1", False),
+        ("bearing_cos", "1", False), ("closure_kt", "kt", True), ("vsep_ft", "ft", True),
+        ("vsep_rate_fpm", "ft/min", True), ("time_in_conflict_s", "s", True), ("valid", "1", False)]
+CLEAR = ([("age_s", "s", True), ("on_ac1", "1", False), ("on_ac2", "1", False), ("on_other", "1", False)]
+         + [(f"type_{t}", "1", False) for t in ACTION_TYPES]
+         + [("value_deg", "deg", True), ("value_ft", "ft", True), ("value_kt", "kt", True), ("valid", "1", False)])
+META = ["sample_id", "episode_id", "time", "flight_id_1", "flight_id_2", "split_key"]
+LABELS = ["label_act", "label_aircraft", "label_type", "label_value", "label_confidence"]
+
+
+@dataclass
+class TrackIndex:
+    """Vectorised (flight, grid step) -> row lookup over canonical tracks on a regular grid."""
+    t0: int
+    step_ns: int
+    n_t: int
+    keys: np.ndarray
+    rows: np.ndarray
+    codes: np.ndarray      # per track row
+    tidx: np.ndarray       # per track row
+    flights: pd.Index      # code -> flight_id
+    cols: dict             # column -> numpy array
+    by_time: np.ndarray    # rows sorted by tidx
+    time_bounds: np.ndarray
+
+    @classmethod
+    def build(cls, tracks: pd.DataFrame, step_s: float) -> "TrackIndex":
+        if tracks.empty:
+            raise DataError("dataset: the track table is empty")
+        ns = to_ns(tracks["time"])
+        step_ns = int(round(step_s * 1e9))
+        t0 = int(ns.min())
+        if np.any((ns - t0) % step_ns):
+            raise DataError(f"dataset: tracks are not on a regular {step_s:g} s grid; "
+                            "ingest with resampling (atc-il ingest without --no-resample) or set dataset step")
+        tidx = (ns - t0) // step_ns
+        codes, flights = pd.factorize(tracks["flight_id"], sort=True)
+        n_t = int(tidx.max()) + 1
+        keys = codes.astype(np.int64) * n_t + tidx
+        order = np.argsort(keys, kind="stable")
+        if np.any(np.diff(keys[order]) == 0):
+            raise DataError("dataset: duplicate (flight_id, time) rows in tracks")
+        by_time = np.argsort(tidx, kind="stable")
+        bounds = np.searchsorted(tidx[by_time], np.arange(n_t + 1))
+        cols = {c: tracks[c].to_numpy(dtype=float, na_value=np.nan)
+                for c in ("lat_deg", "lon_deg", "alt_ft", "gs_kt", "trk_deg", "vs_fpm", "cfl_ft")}
+        return cls(t0, step_ns, n_t, keys[order], order, codes, tidx, pd.Index(flights), cols, by_time, bounds)
+
+    def lookup(self, codes: np.ndarray, tidx: np.ndarray) -> np.ndarray:
+        """Track rows for (flight code, grid step) arrays of any shape; -1 where absent."""
+        k = codes.astype(np.int64) * self.n_t + tidx
+        pos = np.searchsorted(self.keys, k)
+        pos = np.minimum(pos, len(self.keys) - 1)
+        found = (self.keys[pos] == k) & (codes >= 0) & (tidx >= 0) & (tidx < self.n_t)
+        return np.where(found, self.rows[pos], -1)
+
+    def to_tidx(self, times: pd.Series | np.ndarray) -> np.ndarray:
+        ns = to_ns(times)
+        return (ns - self.t0) // self.step_ns
+
+    def gather(self, rows: np.ndarray) -> dict:
+        ok = rows >= 0
+        safe = np.where(ok, rows, 0)
+        out = {c: np.where(ok, v[safe], np.nan) for c, v in self.cols.items()}
+        out["valid"] = ok
+        return out
+
+
+def _pose(state: dict, lat0, lon0, alt0, theta) -> np.ndarray:
+    """Pose features in the pair frame; ``lat0``..``theta`` broadcast against the state arrays."""
+    x, y = to_local_nm(state["lat_deg"], state["lon_deg"], lat0, lon0)
+    c, s = np.cos(np.radians(theta)), np.sin(np.radians(theta))
+    rel = np.radians(state["trk_deg"] - theta)
+    cfl_known = np.isfinite(state["cfl_ft"])
+    feats = [x * c - y * s, x * s + y * c, state["alt_ft"] - alt0, state["gs_kt"], np.sin(rel), np.cos(rel),
+             state["vs_fpm"], np.where(cfl_known, state["cfl_ft"] - state["alt_ft"], 0.0), cfl_known,
+             state["valid"]]
+    out = np.stack([np.broadcast_to(np.asarray(f, dtype=float), x.shape) for f in feats], axis=-1)
+    out[~state["valid"]] = 0.0
+    return np.nan_to_num(out, nan=0.0).astype(np.float32)
+
+
+def _geometry(a: dict, b: dict, theta, tsec_since_first) -> np.ndarray:
+    qdr, dist = kwik_qdr_dist_nm(a["lat_deg"], a["lon_deg"], b["lat_deg"], b["lon_deg"])
+    dx, dy = dist * np.sin(np.radians(qdr)), dist * np.cos(np.radians(qdr))
+    ua, va = a["gs_kt"] * np.sin(np.radians(a["trk_deg"])), a["gs_kt"] * np.cos(np.radians(a["trk_deg"]))
+    ub, vb = b["gs_kt"] * np.sin(np.radians(b["trk_deg"])), b["gs_kt"] * np.cos(np.radians(b["trk_deg"]))
+    du, dv = ub - ua, vb - va
+    tcpa, dcpa = cpa(dx, dy, du, dv)
+    closure = -(dx * du + dy * dv) / np.maximum(dist, 1e-6)
+    dalt = a["alt_ft"] - b["alt_ft"]
+    rel = np.radians(qdr - theta)
+    valid = a["valid"] & b["valid"]
+    feats = [tcpa, dcpa, dist, np.sin(rel), np.cos(rel), closure, np.abs(dalt),
+             np.sign(dalt) * (a["vs_fpm"] - b["vs_fpm"]), np.maximum(tsec_since_first, 0.0), valid]
+    out = np.stack([np.asarray(f, dtype=float) for f in feats], axis=-1)
+    out[~valid] = 0.0
+    return np.nan_to_num(out, nan=0.0).astype(np.float32)
+
+
+def _neighbours(idx: TrackIndex, s_tidx, lat_mid, lon_mid, c1, c2, k: int, range_nm: float) -> np.ndarray:
+    """Codes (N, K) of the K nearest other aircraft at each sample's decision step (-1 = padding)."""
+    out = np.full((len(s_tidx), k), -1, dtype=np.int64)
+    if k == 0:
+        return out
+    order = np.argsort(s_tidx, kind="stable")
+    uniq, starts = np.unique(s_tidx[order], return_index=True)
+    ends = np.append(starts[1:], len(order))
+    lat, lon = idx.cols["lat_deg"], idx.cols["lon_deg"]
+    for t, a, b in zip(uniq, starts, ends):
+        rows = idx.by_time[idx.time_bounds[t]:idx.time_bounds[t + 1]]
+        sel = order[a:b]
+        _, d = kwik_qdr_dist_nm(lat_mid[sel, None], lon_mid[sel, None], lat[rows][None, :], lon[rows][None, :])
+        codes = idx.codes[rows][None, :]
+        d = np.where((codes == c1[sel, None]) | (codes == c2[sel, None]) | (d > range_nm), np.inf, d)
+        kk = min(k, d.shape[1])
+        nearest = np.argsort(d, axis=1, kind="stable")[:, :kk]
+        dn = np.take_along_axis(d, nearest, axis=1)
+        out[sel, :kk] = np.where(np.isfinite(dn), np.broadcast_to(codes, d.shape)[np.arange(len(sel))[:, None], nearest], -1)
+    return out
+
+
+def _clearances(actions: pd.DataFrame, t_ns: np.ndarray, f1: np.ndarray, f2: np.ndarray, m: int,
+                horizon_s: float) -> np.ndarray:
+    """(N, M, F_clr): the last M actions strictly before each decision time, within the horizon (oldest first)."""
+    out = np.zeros((len(t_ns), m, len(CLEAR)), dtype=np.float32)
+    if m == 0 or actions.empty:
+        return out
+    at = to_ns(actions["time"])
+    end = np.searchsorted(at, t_ns, side="left")          # strictly before: the label's own action is excluded
+    ix = end[:, None] - m + np.arange(m)[None, :]
+    ok = ix >= 0
+    ix = np.where(ok, ix, 0)
+    age_s = (t_ns[:, None] - at[ix]) / 1e9
+    ok &= age_s <= horizon_s
+    afid = actions["flight_id"].to_numpy()[ix]
+    atype = pd.Categorical(actions["action_type"], categories=ACTION_TYPES).codes[ix]
+    val = actions["value"].to_numpy(dtype=float, na_value=0.0)[ix]
+    unit = actions["unit"].fillna("").to_numpy()[ix]
+    on1, on2 = afid == f1[:, None], afid == f2[:, None]
+    cols = [age_s, on1, on2, ~(on1 | on2)]
+    cols += [atype == j for j in range(len(ACTION_TYPES))]
+    cols += [np.where(unit == u, val, 0.0) for u in ("deg", "ft", "kt")] + [ok]
+    feats = np.stack([np.asarray(c, dtype=float) for c in cols], axis=-1)
+    feats[~ok] = 0.0
+    return feats.astype(np.float32)
+
+
+def build_features(samples: pd.DataFrame, idx: TrackIndex, actions: pd.DataFrame, cfg: DatasetConfig) -> dict:
+    """Feature tensors for ``samples`` (columns time, flight_id_1, flight_id_2, first_detection).
+
+    Pure in the past: only track rows at or before each sample's time and actions strictly before it
+    are read (the leakage test perturbs everything later and checks these tensors do not change).
+    """
+    h = cfg.history_steps
+    t_tidx = idx.to_tidx(samples["time"])
+    c1 = idx.flights.get_indexer(samples["flight_id_1"])
+    c2 = idx.flights.get_indexer(samples["flight_id_2"])
+    steps = t_tidx[:, None] - np.arange(h - 1, -1, -1)[None, :]          # (N, H), oldest first
+    a = idx.gather(idx.lookup(np.broadcast_to(c1[:, None], steps.shape), steps))
+    b = idx.gather(idx.lookup(np.broadcast_to(c2[:, None], steps.shape), steps))
+    if not (a["valid"][:, -1].all() and b["valid"][:, -1].all()):
+        raise DataError("dataset: a sample's aircraft has no track point at its decision time")
+    lat0 = (a["lat_deg"][:, -1] + b["lat_deg"][:, -1]) / 2
+    lon0 = (a["lon_deg"][:, -1] + b["lon_deg"][:, -1]) / 2   # fine away from the antimeridian
+    alt0 = (a["alt_ft"][:, -1] + b["alt_ft"][:, -1]) / 2
+    theta = a["trk_deg"][:, -1]
+    pair = np.stack([_pose(a, lat0[:, None], lon0[:, None], alt0[:, None], theta[:, None]),
+                     _pose(b, lat0[:, None], lon0[:, None], alt0[:, None], theta[:, None])], axis=2)
+    first = to_ns(samples["first_detection"])
+    t_steps = idx.t0 + steps * idx.step_ns
+    geometry = _geometry(a, b, theta[:, None], (t_steps - first[:, None]) / 1e9)
+    nb = _neighbours(idx, t_tidx, lat0, lon0, c1, c2, cfg.neighbours, cfg.neighbour_range_nm)
+    nst = np.broadcast_to(steps[:, :, None], steps.shape + (cfg.neighbours,))
+    n = idx.gather(idx.lookup(np.broadcast_to(nb[:, None, :], nst.shape), nst))
+    neighbours = _pose(n, lat0[:, None, None], lon0[:, None, None], alt0[:, None, None], theta[:, None, None])
+    t_ns = to_ns(samples["time"])
+    clear = _clearances(actions, t_ns, samples["flight_id_1"].to_numpy(), samples["flight_id_2"].to_numpy(),
+                        cfg.recent_clearances, cfg.clearance_horizon_s)
+    return {"pair": pair, "neighbours": neighbours, "geometry": geometry, "clearances": clear}
+
+
+def select_samples(conflicts: pd.DataFrame, episodes: pd.DataFrame) -> pd.DataFrame:
+    """Decision times: every grid step of an episode while the conflict is predicted and before CPA."""
+    c = conflicts[conflicts["episode_id"].notna() & conflicts["conflict"].astype(bool) & (conflicts["tcpa_s"] > 0)]
+    s = c[["episode_id", "time", "flight_id_1", "flight_id_2"]].merge(
+        episodes[["episode_id", "first_detection"]], on="episode_id", how="inner", validate="many_to_one")
+    s = s.sort_values(["time", "episode_id"], kind="stable").reset_index(drop=True)
+    return s
+
+
+def attach_labels(samples: pd.DataFrame, links: pd.DataFrame, idx: TrackIndex) -> tuple[pd.DataFrame, dict]:
+    """The action taken at each decision step (the first linked action within [t, t + step)), or none."""
+    n = len(samples)
+    lab = pd.DataFrame({"label_act": np.zeros(n, np.int8), "label_aircraft": np.full(n, -1, np.int8),
+                        "label_type": np.full(n, -1, np.int8), "label_value": np.full(n, np.nan, np.float32),
+                        "label_confidence": np.zeros(n, np.float32)})
+    stats = {"links": len(links), "labels": 0, "links_without_decision_step": 0, "label_collisions": 0}
+    if links.empty or n == 0:
+        return lab, stats
+    lk = links.sort_values("time", kind="stable").copy()
+    lk["tidx"] = idx.to_tidx(lk["time"])        # floor to the grid step the action falls in
+    key_s = pd.MultiIndex.from_arrays([samples["episode_id"], idx.to_tidx(samples["time"])])
+    key_l = pd.MultiIndex.from_arrays([lk["episode_id"], lk["tidx"]])
+    first = ~key_l.duplicated(keep="first")
+    stats["label_collisions"] = int((~first).sum())
+    pos = key_s.get_indexer(key_l[first])
+    hit = pos >= 0
+    stats["links_without_decision_step"] = int((~hit).sum())
+    chosen = lk[first][hit]
+    pos = pos[hit]
+    lab.loc[pos, "label_act"] = 1
+    lab.loc[pos, "label_aircraft"] = chosen["aircraft"].to_numpy(np.int8) - 1
+    lab.loc[pos, "label_type"] = pd.Categorical(chosen["action_type"], categories=ACTION_TYPES).codes.astype(np.int8)
+    lab.loc[pos, "label_value"] = chosen["value"].to_numpy(np.float32)
+    lab.loc[pos, "label_confidence"] = chosen["confidence"].to_numpy(np.float32)
+    stats["labels"] = int(hit.sum())
+    return lab, stats
+
+
+def assign_splits(keys: pd.Series, cfg: DatasetConfig) -> dict[str, str]:
+    """Whole split units (days or scenarios) to splits, seeded; never a random row split."""
+    uniq = sorted(keys.dropna().unique())
+    rng = np.random.default_rng(cfg.seed)
+    order = [uniq[i] for i in rng.permutation(len(uniq))]
+    n = len(order)
+    n_test = int(round(n * cfg.test_fraction)) if n >= 3 else 0
+    n_val = int(round(n * cfg.val_fraction)) if n >= 3 else 0
+    if n >= 3:
+        n_test, n_val = max(n_test, 1 if cfg.test_fraction > 0 else 0), max(n_val, 1 if cfg.val_fraction > 0 else 0)
+    out = {k: "test" for k in order[:n_test]}
+    out.update({k: "val" for k in order[n_test:n_test + n_val]})
+    out.update({k: "train" for k in order[n_test + n_val:]})
+    return out
+
+
+def _split_keys(samples: pd.DataFrame, idx: TrackIndex, tracks: pd.DataFrame, how: str) -> pd.Series:
+    if how == "day":
+        return samples["first_detection"].dt.strftime("%Y-%m-%d")
+    # scenario: the `source` of aircraft 1 at first detection (the simulator writes one source per scenario)
+    rows = idx.lookup(idx.flights.get_indexer(samples["flight_id_1"]), idx.to_tidx(samples["first_detection"]))
+    src = tracks["source"].to_numpy()
+    return pd.Series(np.where(rows >= 0, src[np.maximum(rows, 0)], None), index=samples.index)
+
+
+def feature_spec(cfg: DatasetConfig, step_s: float) -> dict:
+    def fl(feats):
+        return [{"name": n, "unit": u, "normalise": z} for n, u, z in feats]
+    h, k, m = cfg.history_steps, cfg.neighbours, cfg.recent_clearances
+    return {
+        "version": 1,
+        "step_s": step_s,
+        "time_order": "oldest first; the last step is the decision time",
+        "frame": "origin at the pair's midpoint at decision time, +y along aircraft 1's track, NM; dalt relative to the pair's mean altitude",
+        "tensors": {
+            "pair": {"shape": [h, 2, len(POSE)], "dims": ["time", "aircraft", "feature"], "features": fl(POSE)},
+            "neighbours": {"shape": [h, k, len(POSE)], "dims": ["time", "neighbour", "feature"], "features": fl(POSE)},
+            "geometry": {"shape": [h, len(GEOM)], "dims": ["time", "feature"], "features": fl(GEOM)},
+            "clearances": {"shape": [m, len(CLEAR)], "dims": ["clearance", "feature"], "features": fl(CLEAR)},
+        },
+        "labels": {"label_act": "1 if an action was taken at this step, else 0",
+                   "label_aircraft": "0 = aircraft 1, 1 = aircraft 2, -1 = none",
+                   "label_type": {"coding": list(ACTION_TYPES), "none": -1},
+                   "label_value": {"meaning": "signed change", "units": {"heading": "deg", "altitude": "ft",
+                                   "speed": "kt", "direct_to": "deg", "resume": ""}},
+                   "label_confidence": "0..1, from the action's source"},
+        "config": cfg.model_dump(),
+    }
+
+
+def build(work: str | Path, out: str | Path | None = None, config: PipelineConfig = PipelineConfig(),
+          progress: bool | None = None) -> dict:
+    """Build observation-history shards from a workspace holding tracks/, conflicts/, episodes/,
+    actions/ and action_links/ (the outputs of the earlier stages). Returns a summary."""
+    t_start = _time.perf_counter()
+    work = Path(work)
+    out = reset_dir(Path(out) if out else work / "dataset")
+    cfg = config.dataset
+    tracks = read_table(work / "tracks", TRACK_SCHEMA)
+    conflicts = read_table(work / "conflicts", CONFLICT_SCHEMA)
+    episodes = read_table(work / "episodes", EPISODE_SCHEMA)
+    actions = read_table(work / "actions", ACTION_SCHEMA) if (work / "actions").exists() else \
+        ACTION_SCHEMA.empty_table().to_pandas()
+    links = read_table(work / "action_links", ACTION_LINK_SCHEMA) if (work / "action_links").exists() else \
+        ACTION_LINK_SCHEMA.empty_table().to_pandas()
+    actions = actions.sort_values("time", kind="stable").reset_index(drop=True)
+    idx = TrackIndex.build(tracks, config.resample.step_s)
+    samples = select_samples(conflicts, episodes)
+    labels, lstats = attach_labels(samples, links, idx)
+    samples["split_key"] = _split_keys(samples, idx, tracks, cfg.split)
+    split_of = assign_splits(samples["split_key"], cfg)
+    split = samples["split_key"].map(split_of)
+    samples["sample_id"] = samples["episode_id"] + "@" + samples["time"].dt.strftime("%Y%m%dT%H%M%S")
+
+    spec = feature_spec(cfg, config.resample.step_s)
+    stats = {name: RunningStats(len(t["features"])) for name, t in spec["tensors"].items()}
+    counts = {s: 0 for s in SPLITS}
+    files: dict[str, list[str]] = {s: [] for s in SPLITS}
+    chunks = range(0, len(samples), cfg.shard_rows)
+    for i, start in enumerate(track(chunks, "dataset shards", show=progress)):
+        part = samples.iloc[start:start + cfg.shard_rows]
+        tensors = build_features(part, idx, actions, cfg)
+        psplit = split.iloc[start:start + cfg.shard_rows].to_numpy()
+        for s in SPLITS:
+            sel = psplit == s
+            if not sel.any():
+                continue
+            if s == "train":
+                for name, arr in tensors.items():
+                    stats[name].update(arr[sel])
+            path = out / f"split={s}" / f"shard-{i:05d}.parquet"
+            write_shard(path, part.loc[sel, META].reset_index(drop=True),
+                        {k: v[sel] for k, v in tensors.items()},
+                        labels.iloc[start:start + cfg.shard_rows][sel].reset_index(drop=True))
+            files[s].append(path.name)
+            counts[s] += int(sel.sum())
+    for s in SPLITS:
+        if files[s]:
+            mark_complete(out / f"split={s}", files[s])
+    spec["normalisation"] = {name: st.result([f["normalise"] for f in spec["tensors"][name]["features"]])
+                             for name, st in stats.items()}
+    spec["normalisation_split"] = "train"
+    per_split_keys: dict[str, list] = {s: [] for s in SPLITS}
+    for k, s in split_of.items():
+        per_split_keys[s].append(k)
+    spec["splits"] = {s: {"unit": cfg.split, "keys": sorted(per_split_keys[s]), "samples": counts[s],
+                          "episodes": int(samples.loc[split == s, "episode_id"].nunique())} for s in SPLITS}
+    spec["spec_hash"] = spec_hash(spec)
+    write_json(spec, out / SPEC_FILE)
+    summary = {"samples": len(samples), **{f"{s} samples": counts[s] for s in SPLITS},
+               "episodes": int(samples["episode_id"].nunique()), "positive samples": int(labels["label_act"].sum()),
+               **lstats, "seconds": round(_time.perf_counter() - t_start, 3), "spec_hash": spec["spec_hash"]}
+    write_json(summary, out / "dataset_report.json")
+    return summary

@@ -1,0 +1,99 @@
+"""Observation-history shards: parquet files with fixed-size-list tensor columns, the feature spec,
+normalisation statistics (training split only) and loading as tensors without per-sample loops."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from atc_il.errors import DataError
+from atc_il.io import atomic_write_table
+
+TENSORS = ("pair", "neighbours", "geometry", "clearances")
+SPEC_FILE = "feature_spec.json"
+
+
+class RunningStats:
+    """Per-feature mean and standard deviation over valid entries, accumulated chunk by chunk (float64)."""
+
+    def __init__(self, n_features: int):
+        self.n = np.zeros(n_features)
+        self.s = np.zeros(n_features)
+        self.ss = np.zeros(n_features)
+
+    def update(self, x: np.ndarray) -> None:
+        flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
+        valid = flat[:, -1] > 0.5          # the last feature of every tensor is `valid`
+        v = flat[valid]
+        self.n += len(v)
+        self.s += v.sum(0)
+        self.ss += (v * v).sum(0)
+
+    def result(self, normalise: list[bool]) -> dict:
+        n = np.maximum(self.n, 1)
+        mean = self.s / n
+        std = np.sqrt(np.maximum(self.ss / n - mean * mean, 0.0))
+        std = np.where(std < 1e-6, 1.0, std)
+        keep = np.array(normalise)
+        return {"mean": np.where(keep, mean, 0.0).round(6).tolist(),
+                "std": np.where(keep, std, 1.0).round(6).tolist(), "count": int(self.n.max())}
+
+
+def write_shard(path: Path, meta: pd.DataFrame, tensors: dict[str, np.ndarray], labels: pd.DataFrame) -> Path:
+    cols = {c: pa.array(meta[c].to_numpy() if c != "time" else meta[c]) for c in meta.columns}
+    for name, arr in tensors.items():
+        flat = pa.array(np.ascontiguousarray(arr, dtype=np.float32).reshape(-1))
+        cols[name] = pa.FixedSizeListArray.from_arrays(flat, int(np.prod(arr.shape[1:])))
+    for c in labels.columns:
+        cols[c] = pa.array(labels[c].to_numpy())
+    return atomic_write_table(pa.table(cols), path)
+
+
+def spec_hash(spec: dict) -> str:
+    """Hash of what a model depends on: tensor shapes, feature names and units, label coding."""
+    core = {"tensors": spec["tensors"], "labels": spec["labels"]}
+    return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_spec(dataset_dir: str | Path) -> dict:
+    path = Path(dataset_dir) / SPEC_FILE
+    if not path.exists():
+        raise DataError(f"{path}: no feature spec; build the data set with `atc-il dataset` first")
+    return json.loads(path.read_text())
+
+
+def load_split(dataset_dir: str | Path, split: str, as_torch: bool = True, columns: list[str] | None = None) -> dict:
+    """Load every shard of a split as arrays shaped by the feature spec: ``pair`` (N, H, 2, F), labels (N,)...
+
+    No Python loop per sample: each column is read once and reshaped.
+    """
+    dataset_dir = Path(dataset_dir)
+    spec = read_spec(dataset_dir)
+    files = sorted((dataset_dir / f"split={split}").glob("*.parquet"))
+    if not files:
+        raise DataError(f"{dataset_dir}: split {split!r} has no shards (splits: {list(spec['splits'])})")
+    table = pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+    out: dict = {}
+    for name in table.column_names:
+        col = table.column(name).combine_chunks()
+        if name in spec["tensors"]:
+            shape = spec["tensors"][name]["shape"]
+            arr = col.values.to_numpy(zero_copy_only=False).reshape([len(col)] + shape)
+        elif pa.types.is_timestamp(col.type):
+            arr = col.cast(pa.int64()).to_numpy(zero_copy_only=False)
+        elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            out[name] = col.to_pylist()
+            continue
+        else:
+            arr = col.to_numpy(zero_copy_only=False)
+        out[name] = arr
+    if as_torch:
+        import torch
+        out = {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v for k, v in out.items()}
+    return out
