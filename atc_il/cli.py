@@ -1,0 +1,161 @@
+"""The `atc-il` command line: one subcommand per pipeline stage, plus the quickstart main job.
+
+The composition root: subcommands import their packages lazily so `atc-il --help` stays fast.
+Every stage reads and writes a workspace folder (default ./workspace):
+  raw/ (sample) -> tracks/, quarantine/ (ingest) -> conflicts/, episodes/ (conflicts)
+  -> actions/, action_links/ (actions) -> dataset/ (dataset)
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from atc_il.errors import AtcIlError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="atc-il: learn how air traffic controllers resolve conflicts, from radar tracks.")
+STATE = {"debug": False}
+
+Work = typer.Option(Path("workspace"), "--work", "-w", help="workspace folder holding every stage's output")
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML pipeline configuration (sections: clean, resample, conflicts, actions, dataset)")
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="show tracebacks on errors")):
+    STATE["debug"] = debug
+
+
+def _guard(fn):
+    """Print atc-il errors on one line (traceback only under --debug) and exit with status 2."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except AtcIlError as exc:
+            if STATE["debug"]:
+                raise
+            typer.secho(f"error: {exc}", fg="red", err=True)
+            raise typer.Exit(2)
+    return wrapper
+
+
+def _config(path: Optional[Path], **overrides):
+    from atc_il.config import load_pipeline_config
+    return load_pipeline_config(path, **overrides)
+
+
+def _table(title: str, rows: dict) -> None:
+    from atc_il.progress import summary_table
+    summary_table(title, {k: v for k, v in rows.items() if not isinstance(v, (dict, list))})
+
+
+@app.command()
+@_guard
+def ingest(inputs: List[Path] = typer.Argument(..., help="track files or folders (CSV, parquet, JSON, BlueSky logs)"),
+           work: Path = Work, config: Optional[Path] = ConfigOpt,
+           fmt: str = typer.Option("auto", "--format", "-f", help="auto|csv|parquet|opensky|traffic|bluesky"),
+           mapping: Optional[str] = typer.Option(None, "--mapping", "-m", help="column/unit mapping: YAML file or 'alt_ft=altitude:m,gs_kt=speed:m/s,time=ts:s'"),
+           step_s: Optional[float] = typer.Option(None, help="resampling grid step (s), default 5"),
+           max_gap_s: Optional[float] = typer.Option(None, help="gaps longer than this are never bridged (s), default 60"),
+           resample: bool = typer.Option(True, "--resample/--no-resample", help="resample onto the regular grid"),
+           chunk_rows: int = typer.Option(250_000, help="rows per chunk when streaming large files")):
+    """Read, validate (quarantining bad rows), clean and resample raw tracks into canonical tracks."""
+    from pipelines.ingest import ingest as run_ingest
+    cfg = _config(config, resample={"step_s": step_s}, clean={"max_gap_s": max_gap_s})
+    report = run_ingest(inputs, work, fmt=fmt, mapping=mapping, config=cfg, resample=resample, chunk_rows=chunk_rows)
+    _table("ingest", report.to_dict())
+    if report.files_failed and not report.files_ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_guard
+def conflicts(work: Path = Work, config: Optional[Path] = ConfigOpt,
+              rpz_nm: Optional[float] = typer.Option(None, help="protected radius (NM), default 5"),
+              hpz_ft: Optional[float] = typer.Option(None, help="protected height (ft), default 1000"),
+              lookahead_s: Optional[float] = typer.Option(None, help="look-ahead (s), default 600")):
+    """Detect conflicts (state-based, as STCA) on the track grid and group them into episodes."""
+    from pipelines.conflicts import run
+    cfg = _config(config, conflicts={"rpz_nm": rpz_nm, "hpz_ft": hpz_ft, "lookahead_s": lookahead_s})
+    _table("conflicts", run(work / "tracks", work, cfg.conflicts))
+
+
+@app.command()
+@_guard
+def actions(work: Path = Work, config: Optional[Path] = ConfigOpt,
+            log: Optional[Path] = typer.Option(None, help="clearance log (CSV or parquet)"),
+            log_mapping: Optional[str] = typer.Option(None, help="column mapping of the clearance log (YAML)"),
+            flight_plans: Optional[Path] = typer.Option(None, help="flight-plan waypoint table, enables direct-to detection"),
+            infer: bool = typer.Option(True, "--infer/--no-infer", help="infer manoeuvres from tracks")):
+    """Extract controller actions (clearance log and/or manoeuvres inferred from tracks) and link them to episodes."""
+    from pipelines.actions import run
+    cfg = _config(config)
+    episodes = work / "episodes"
+    summary = run(work / "tracks", work, cfg.actions, log=log, log_mapping=log_mapping, flight_plans=flight_plans,
+                  episodes_dir=episodes if episodes.exists() else None, infer=infer)
+    _table("actions", summary)
+
+
+@app.command()
+@_guard
+def dataset(work: Path = Work, config: Optional[Path] = ConfigOpt,
+            out: Optional[Path] = typer.Option(None, help="output folder (default WORK/dataset)"),
+            history_steps: Optional[int] = typer.Option(None, help="H grid steps of history, default 24"),
+            neighbours: Optional[int] = typer.Option(None, help="K nearest other aircraft, default 4"),
+            split: Optional[str] = typer.Option(None, help="split unit: day or scenario")):
+    """Build observation histories (shards + feature spec) from tracks, episodes and actions."""
+    from pipelines.dataset import build
+    cfg = _config(config, dataset={"history_steps": history_steps, "neighbours": neighbours, "split": split})
+    _table("dataset", build(work, out, cfg))
+
+
+@app.command()
+@_guard
+def sample(out: Path = typer.Option(Path("workspace/raw"), help="where to write the sample"),
+           days: int = typer.Option(3, min=1), seed: int = typer.Option(0)):
+    """Write the embedded synthetic sample (OpenSky-format tracks, clearance log, flight plans)."""
+    from pipelines.sample import SampleSpec, make_sample
+    info = make_sample(out, SampleSpec(days=days, seed=seed))
+    _table("sample", info)
+
+
+@app.command()
+@_guard
+def quickstart(work: Path = Work, days: int = typer.Option(3, min=1), seed: int = typer.Option(0)):
+    """The main job on the embedded default: sample -> ingest -> conflicts -> actions -> dataset."""
+    from atc_il.config import PipelineConfig
+    from pipelines import actions as act, conflicts as con
+    from pipelines.dataset import build
+    from pipelines.ingest import ingest as run_ingest
+    from pipelines.sample import SampleSpec, make_sample
+
+    cfg = PipelineConfig()
+    info = make_sample(work / "raw", SampleSpec(days=days, seed=seed))
+    rep = run_ingest([Path(p) for p in info["track_files"]], work, fmt="opensky", config=cfg)
+    c = con.run(work / "tracks", work, cfg.conflicts)
+    a = act.run(work / "tracks", work, cfg.actions, log=Path(info["clearance_log"]),
+                flight_plans=Path(info["flight_plans"]), episodes_dir=work / "episodes")
+    d = build(work, None, cfg)
+    r = rep.to_dict()
+    _table("quickstart", {
+        "raw rows": r.get("rows_in"), "rows kept": r.get("rows_kept"), "rows quarantined": r.get("rows_quarantined"),
+        "grid points": r.get("points_out"), "conflict episodes": c.get("episodes"),
+        "actions": a.get("actions"), "linked actions": a.get("linked_actions"),
+        "samples": d["samples"], "train/val/test": f"{d['train samples']}/{d['val samples']}/{d['test samples']}",
+        "positive samples": d["positive samples"], "workspace": str(work)})
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
