@@ -1,0 +1,234 @@
+"""The ingest stage: read track files, validate, quarantine, stream, clean and resample.
+
+Data flow for ``ingest(inputs, out)``:
+
+1. each file streams through :func:`read_tracks` in chunks (readers in ``pipelines.readers``);
+2. :func:`validate_chunk` splits every chunk into kept rows and quarantined rows
+   (unparseable, missing_required, out_of_range);
+3. kept rows are staged in ``out/.staging-*/bucket-NNN.parquet`` by hash(flight_id) % B, so a
+   flight's rows from every chunk and file meet in one bucket;
+4. each bucket is cleaned and resampled (``pipelines.clean``) and written to
+   ``out/tracks/day=YYYY-MM-DD/part-NNN.parquet`` (TRACK_SCHEMA). Memory is bounded by the
+   largest bucket.
+
+Also written: ``out/quarantine/ingest.parquet`` (validation) and ``out/quarantine/clean-NNN.parquet``
+(cleaning), both in QUARANTINE_SCHEMA (TRACK_SCHEMA columns, all nullable, + reason, detail,
+file), and ``out/ingest_report.json``. ``out/tracks`` and ``out/quarantine`` are replaced.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time as _time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from atc_il.config import PipelineConfig
+from atc_il.errors import DataError, ReadError
+from atc_il.io import write_frame, write_json, write_partitioned
+from atc_il.progress import console, track
+from atc_il.schemas import QUARANTINE_REASONS, TRACK_RANGES, TRACK_REQUIRED, TRACK_SCHEMA, conform
+from pipelines.clean import clean_and_resample
+from pipelines.readers import (FORMATS, UNPARSEABLE, ColumnMapping, load_mapping,  # noqa: F401 (re-exported)
+                               read_tracks)
+
+QUARANTINE_SCHEMA = pa.schema(
+    [f.with_nullable(True) for f in TRACK_SCHEMA]
+    + [pa.field("reason", pa.string(), nullable=False), pa.field("detail", pa.string()), pa.field("file", pa.string())],
+    metadata={"contract": "atc-il/track-quarantine/1"},
+)
+STAGE_SCHEMA = TRACK_SCHEMA.append(pa.field("file", pa.string()))
+BUCKET_INPUT_BYTES = 32 << 20          # about this much input per bucket when `buckets` is not given
+MAX_BUCKETS = 512
+
+
+def _join(parts: list[pd.Series], index) -> pd.Series:
+    """Join non-empty detail strings with '; ' row-wise."""
+    out = pd.Series("", index=index, dtype=object)
+    for p in parts:
+        p = p.fillna("")
+        out = out.where(p == "", out.where(out == "", out + "; ") + p)
+    return out
+
+
+def validate_chunk(df: pd.DataFrame, file: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split a canonical chunk into (kept rows in TRACK_SCHEMA columns, quarantined rows).
+
+    Each row gets at most one reason, the first that applies: unparseable (a raw value failed to
+    parse; ``_unparseable`` column from the readers), missing_required (time, flight_id, lat_deg,
+    lon_deg or alt_ft null), out_of_range (TRACK_RANGES, non-finite numbers).
+    """
+    cols = [f.name for f in TRACK_SCHEMA]
+    df = df.reset_index(drop=True).reindex(columns=cols + [UNPARSEABLE])
+    idx = df.index
+    unparse = df[UNPARSEABLE].notna()
+    missing = pd.concat({c: df[c].isna() for c in TRACK_REQUIRED}, axis=1)
+    missing_detail = _join([pd.Series(np.where(missing[c], f"{c} missing", ""), index=idx) for c in TRACK_REQUIRED], idx)
+    range_parts, out_of_range = [], pd.Series(False, index=idx)
+    for c, (lo, hi) in TRACK_RANGES.items():
+        v = pd.to_numeric(df[c], errors="coerce").astype(float)
+        bad = v.notna() & ~((v >= lo) & (v <= hi))
+        out_of_range |= bad
+        range_parts.append(pd.Series(np.where(bad, f"{c}=" + v.map("{:.6g}".format) + f" outside [{lo:g}, {hi:g}]", ""),
+                                     index=idx))
+    reason = pd.Series(None, index=idx, dtype=object)
+    detail = pd.Series(None, index=idx, dtype=object)
+    for mask, name, text in ((out_of_range, "out_of_range", _join(range_parts, idx)),
+                             (missing.any(axis=1), "missing_required", missing_detail),
+                             (unparse, "unparseable", "could not parse " + df[UNPARSEABLE].fillna(""))):
+        reason[mask], detail[mask] = name, text[mask]   # later (higher-priority) reasons overwrite
+    bad = reason.notna()
+    kept = conform(df.loc[~bad, cols], TRACK_SCHEMA, f"{file}: validated rows")
+    quarantined = df.loc[bad, cols].copy()
+    quarantined["reason"], quarantined["detail"], quarantined["file"] = reason[bad], detail[bad], str(file)
+    return kept.reset_index(drop=True), quarantined.reset_index(drop=True)
+
+
+@dataclass
+class IngestReport:
+    rows_in: int = 0
+    rows_kept: int = 0
+    rows_quarantined: int = 0
+    quarantined_by_reason: dict = field(default_factory=lambda: {r: 0 for r in QUARANTINE_REASONS})
+    files_ok: list = field(default_factory=list)
+    files_failed: dict = field(default_factory=dict)
+    flights: int = 0
+    points_out: int = 0
+    seconds: float = 0.0
+    segments: int = 0
+    out: str = ""
+
+    def add_quarantine(self, reasons: pd.Series) -> None:
+        for reason, n in reasons.value_counts().items():
+            self.quarantined_by_reason[str(reason)] = self.quarantined_by_reason.get(str(reason), 0) + int(n)
+        self.rows_quarantined += len(reasons)
+
+    @property
+    def reconciliation(self) -> str:
+        ok = "ok" if self.rows_in == self.rows_kept + self.rows_quarantined else "MISMATCH"
+        return (f"rows in {self.rows_in:,} = kept {self.rows_kept:,} + quarantined {self.rows_quarantined:,} "
+                f"({ok}); points out {self.points_out:,}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["reconciliation"] = self.reconciliation
+        return d
+
+    def check(self) -> None:
+        if self.rows_in != self.rows_kept + self.rows_quarantined:
+            raise DataError(f"ingest: {self.reconciliation}; rows were lost or double-counted")
+
+
+class _Stager:
+    """Append validated rows to one parquet file per bucket."""
+
+    def __init__(self, folder: Path, buckets: int):
+        self.folder, self.buckets, self.writers = folder, buckets, {}
+
+    def path(self, b: int) -> Path:
+        return self.folder / f"bucket-{b:03d}.parquet"
+
+    def add(self, kept: pd.DataFrame, file: str) -> None:
+        if kept.empty:
+            return
+        kept = kept.assign(file=str(file))
+        bucket = pd.util.hash_array(kept["flight_id"].to_numpy(dtype=object)) % np.uint64(self.buckets)
+        for b, part in kept.groupby(bucket.astype(np.int64), sort=True):
+            if b not in self.writers:
+                self.writers[b] = pq.ParquetWriter(self.path(b), STAGE_SCHEMA)
+            self.writers[b].write_table(pa.Table.from_pandas(part, schema=STAGE_SCHEMA, preserve_index=False))
+
+    def close(self) -> list[int]:
+        for w in self.writers.values():
+            w.close()
+        return sorted(self.writers)
+
+
+def _default_buckets(paths: list[Path]) -> int:
+    size = 0
+    for p in paths:
+        try:
+            size += p.stat().st_size * (5 if p.suffix in (".gz", ".bz2", ".zst") else 1)
+        except OSError:
+            pass
+    return max(1, min(MAX_BUCKETS, math.ceil(size / BUCKET_INPUT_BYTES)))
+
+
+def _read_file(path: Path, fmt: str, mapping, chunk_rows: int, stager: _Stager, qwriter: list,
+               report: IngestReport, qpath: Path, show) -> None:
+    for chunk in track(read_tracks(path, fmt, mapping, chunk_rows), f"read {path.name}", show=show):
+        report.rows_in += len(chunk)
+        kept, quarantined = validate_chunk(chunk, str(path))
+        stager.add(kept, str(path))
+        if len(quarantined):
+            report.add_quarantine(quarantined["reason"])
+            table = pa.Table.from_pandas(conform(quarantined, QUARANTINE_SCHEMA, "quarantine"),
+                                         schema=QUARANTINE_SCHEMA, preserve_index=False)
+            if not qwriter:
+                qwriter.append(pq.ParquetWriter(qpath, QUARANTINE_SCHEMA))
+            qwriter[0].write_table(table)
+
+
+def ingest(inputs: list[str | Path], out: str | Path, *, fmt: str = "auto",
+           mapping: ColumnMapping | dict | str | Path | None = None, config: PipelineConfig = PipelineConfig(),
+           resample: bool = True, chunk_rows: int = 250_000, progress: bool | None = None,
+           buckets: int | None = None) -> IngestReport:
+    """Ingest track files into ``out`` (see the module doc). Unreadable files are reported in
+    ``files_failed`` (and printed on one line each) while the others go through."""
+    start = _time.perf_counter()
+    out = Path(out)
+    paths = [Path(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
+    mapping = load_mapping(mapping)
+    report = IngestReport(out=str(out))
+    for sub in ("tracks", "quarantine"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+    (out / "quarantine").mkdir(parents=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    nb = int(buckets) if buckets else _default_buckets(paths)
+    stager, qwriter = _Stager(staging, nb), []
+    qtmp = out / "quarantine" / ".tmp-ingest.parquet"
+    try:
+        for path in track(paths, "files", show=progress):
+            rows_before = report.rows_in
+            try:
+                _read_file(path, fmt, mapping, chunk_rows, stager, qwriter, report, qtmp, progress)
+                report.files_ok.append(str(path))
+            except ReadError as exc:
+                cause = exc.cause if report.rows_in == rows_before else \
+                    f"{exc.cause} (after {report.rows_in - rows_before:,} rows, which were ingested)"
+                report.files_failed[str(path)] = cause
+                console.print(f"[red]error[/red] {path}: {cause}", markup=True, highlight=False)
+        for w in qwriter:
+            w.close()
+        if qwriter:
+            os.replace(qtmp, out / "quarantine" / "ingest.parquet")
+        for b in track(stager.close(), "clean buckets", show=progress):
+            staged = pq.read_table(stager.path(b)).to_pandas()
+            tracks, quarantined, stats = clean_and_resample(staged, config, resample)
+            write_partitioned(tracks, TRACK_SCHEMA, out / "tracks", part_name=f"part-{b:03d}", what="tracks")
+            if len(quarantined):
+                write_frame(quarantined, QUARANTINE_SCHEMA, out / "quarantine" / f"clean-{b:03d}.parquet", "quarantine")
+                report.add_quarantine(quarantined["reason"])
+            report.rows_kept += stats["rows_kept"]
+            report.flights += stats["flights"]
+            report.segments += stats["segments"]
+            report.points_out += stats["points_out"]
+    finally:
+        for w in stager.writers.values():
+            w.close()
+        shutil.rmtree(staging, ignore_errors=True)
+        if qtmp.exists():
+            qtmp.unlink()
+    report.seconds = round(_time.perf_counter() - start, 3)
+    write_json(report.to_dict(), out / "ingest_report.json")
+    console.print(f"ingest: {report.reconciliation}", highlight=False)
+    report.check()
+    return report
