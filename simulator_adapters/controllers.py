@@ -1,0 +1,104 @@
+"""The controller interface: what a controller sees at a decision step, and what it returns.
+
+Every controller (the synthetic expert, BlueSky's MVP, none, and learned models through
+``model:URI``) implements :class:`Controller`; the closed-loop harness calls ``reset`` once per
+scenario and ``decide`` at every decision step.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pandas as pd
+
+from atc_il.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Clearance:
+    """One clearance in the action contract's terms: ``value`` is the signed change from the state now
+    (heading/direct_to deg, + = right; altitude ft, + = climb; speed kt, + = faster; resume 0)."""
+    flight_id: str
+    action_type: str
+    value: float = 0.0
+    waypoint: str | None = None
+
+
+@dataclass
+class Observation:
+    """What a controller sees at one decision step.
+
+    ``radar``: the radar picture (canonical track columns, with radar noise as configured);
+    ``conflicts``: conflicts detected on that picture (columns of ``pipelines.conflicts.detect_snapshot``);
+    ``flight_plans``: flight_id -> route waypoints [(name, lat_deg, lon_deg, alt_ft|None)] and planned level;
+    ``cleared``: this controller's own past clearances (action contract rows), oldest first.
+    """
+    time: pd.Timestamp
+    sim_s: float
+    radar: pd.DataFrame
+    conflicts: pd.DataFrame
+    flight_plans: dict
+    cleared: pd.DataFrame
+
+
+@dataclass
+class Decision:
+    clearances: list[Clearance] = field(default_factory=list)
+    # ground truth for evaluation only, never a model input: one row per conflict considered
+    truth: list[dict] = field(default_factory=list)
+
+
+class Controller(ABC):
+    name: str = "controller"
+    #: BlueSky conflict-resolution method to enable in the simulator while this controller runs
+    sim_resolution: str = "OFF"
+
+    def reset(self, scenario_name: str, seed: int) -> None:
+        """Start a controller session (one scenario)."""
+
+    @abstractmethod
+    def decide(self, obs: Observation) -> Decision:
+        ...
+
+
+class NoController(Controller):
+    """The baseline: never issues a clearance."""
+    name = "none"
+
+    def decide(self, obs: Observation) -> Decision:
+        return Decision()
+
+
+class MVPController(Controller):
+    """BlueSky's own conflict resolution (MVP) as an independent expert: the simulator resolves, and
+    the harness records each resolution manoeuvre as clearances in the action contract."""
+    name = "mvp"
+    sim_resolution = "MVP"
+
+    def decide(self, obs: Observation) -> Decision:
+        return Decision()
+
+
+_REGISTRY: dict[str, Callable[..., Controller]] = {}
+
+
+def register(name: str):
+    def deco(factory):
+        _REGISTRY[name] = factory
+        return factory
+    return deco
+
+
+register("none")(NoController)
+register("mvp")(MVPController)
+
+
+def make_controller(spec: str, **kwargs) -> Controller:
+    """Build a controller from ``atco``, ``mvp``, ``none`` or ``model:URI`` (a plug point for learned models:
+    a factory registered under ``model`` receives the URI)."""
+    name, _, arg = spec.partition(":")
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown controller {spec!r}; known: {sorted(_REGISTRY)} (model:URI once a model package registers it)")
+    return _REGISTRY[name](arg, **kwargs) if arg else _REGISTRY[name](**kwargs)
