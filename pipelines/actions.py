@@ -10,8 +10,9 @@ Value cells: an explicit sign ("+20", "-2000 ft") is a change; a prefix "FL" (x1
 contract's unit. Absolute values become signed changes from the aircraft's state at the action's
 time when ``tracks`` are given (nearest track point at or before it, at most MAX_STATE_AGE_S old):
 heading against the track angle, altitude against altitude, speed against ground speed (an
-approximation: clearances are usually IAS or Mach). Without a state the value stays null and the
-row is counted in ``attrs["value_unresolved"]``. Exact duplicate clearances (same action_id) keep
+approximation: clearances are usually IAS or Mach; headings are not tracks when there is wind), and
+direct-to against the bearing to the waypoint when ``flight_plans`` locate it. Without a state the
+value stays null and the row is counted in ``attrs["value_unresolved"]``. Exact duplicate clearances (same action_id) keep
 the last and are counted in ``attrs["duplicate_rows"]``.
 """
 
@@ -124,7 +125,11 @@ def _parse_time(raw: pd.Series) -> pd.Series:
         return t.dt.tz_localize("UTC") if t.dt.tz is None else t.dt.tz_convert("UTC")
     if pd.api.types.is_numeric_dtype(raw):
         return pd.to_datetime(raw, unit="s", utc=True)
-    return pd.to_datetime(raw.astype(str).str.strip(), utc=True, errors="coerce", format="mixed")
+    text = raw.astype(str).str.strip()
+    num = pd.to_numeric(text, errors="coerce")
+    if len(text) and num.notna().all():                  # epoch seconds as text
+        return pd.to_datetime(num, unit="s", utc=True)
+    return pd.to_datetime(text, utc=True, errors="coerce", format="mixed")
 
 
 def _parse_values(raw: pd.Series, kinds: pd.Series, col: str, errors: _Errors, value_kind: str):
@@ -261,7 +266,7 @@ def read_clearance_log(path, mapping: dict | str | None = None, tracks: pd.DataF
     df = df[~dup]
     out = conform(df.sort_values(["time", "flight_id"], ignore_index=True), ACTION_SCHEMA, str(path))
     out.attrs.update(duplicate_rows=int(dup.sum()),
-                     value_unresolved=int((out["value"].isna() & (out["action_type"] != "direct_to")).sum()))
+                     value_unresolved=int(out["value"].isna().sum()))
     return out
 
 

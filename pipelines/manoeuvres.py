@@ -49,6 +49,7 @@ ROUTE_TURN_NM = 3.0            # turn anticipation distance at a plan waypoint
 GAP_FACTOR = 1.5               # a time step longer than this x the grid step splits the flight
 LEVEL_ROUND_FT = 100.0         # levels are reported to the nearest 100 ft
 QUICK_N = 3                    # samples each side for the quick noise test
+MIN_AIRBORNE_GS_KT = 50.0      # slower samples (taxi, take-off roll) split the flight and are not searched
 
 
 @dataclass(frozen=True)
@@ -205,17 +206,27 @@ def classify_turn(plan, lat_s, lon_s, lat_e, lon_e, new_trk, tol) -> tuple[str, 
 
 
 # ---------------------------------------------------------------- per flight
-def _pieces(t_ns: np.ndarray) -> list[tuple[int, int, float]]:
-    """Contiguous regular-grid pieces (start, stop, step_s) of a sorted time array."""
+def _pieces(t_ns: np.ndarray, gs: np.ndarray) -> list[tuple[int, int, float]]:
+    """Contiguous regular-grid airborne pieces (start, stop, step_s) of a sorted time array."""
     if len(t_ns) < 3:
         return []
     d = np.diff(t_ns) / 1e9
     step = float(np.median(d[d > 0])) if np.any(d > 0) else 0.0
     if step <= 0:
         return []
-    brk = np.flatnonzero((d > GAP_FACTOR * step) | (d <= 0)) + 1
+    slow = gs < MIN_AIRBORNE_GS_KT              # NaN compares False: unknown speed counts as airborne
+    brk = np.flatnonzero((d > GAP_FACTOR * step) | (d <= 0) | slow[1:] | slow[:-1]) + 1
     bounds = np.r_[0, brk, len(t_ns)]
-    return [(int(a), int(b), step) for a, b in zip(bounds[:-1], bounds[1:]) if b - a >= 3]
+    return [(int(a), int(b), step) for a, b in zip(bounds[:-1], bounds[1:])
+            if b - a >= 3 and not slow[a:b].any()]
+
+
+def _interp_nan(x: np.ndarray) -> np.ndarray:
+    bad = np.isnan(x)
+    if not bad.any() or bad.all():
+        return x
+    i = np.arange(len(x))
+    return np.where(bad, np.interp(i, i[~bad], x[~bad]), x)
 
 
 def _fill_kinematics(lat, lon, trk, gs, dt):
@@ -234,8 +245,12 @@ def _overlaps(m: _Manoeuvre, others: list[_Manoeuvre], pad: int) -> bool:
 
 def _infer_piece(fid, t_ns, lat, lon, alt, trk, gs, dt, cfg, plan, rejected) -> list[dict]:
     trk, gs = _fill_kinematics(lat, lon, trk, gs, dt)
+    ok = ~np.isnan(trk)
+    unwrapped = np.full(len(trk), np.nan)
+    unwrapped[ok] = np.unwrap(trk[ok], period=360.0)
+    trk, alt, gs = _interp_nan(unwrapped), _interp_nan(alt), _interp_nan(gs)
     heading_spec, level_spec, speed_spec = _specs(cfg)
-    turns = detect(np.unwrap(trk, period=360.0), dt, heading_spec, rejected)
+    turns = detect(trk, dt, heading_spec, rejected)
     levels = detect(alt, dt, level_spec, rejected)
     speeds = detect(gs, dt, speed_spec, rejected)
     pad = int(round(SPEED_RATE_WINDOW_S / dt / 2))
@@ -289,7 +304,7 @@ def infer_actions(tracks: pd.DataFrame, cfg: ActionConfig = ActionConfig(),
     rows: list[dict] = []
     for a, b in progress_track(list(zip(bounds[:-1], bounds[1:])), "inferring actions", show=progress):
         fid = fids[a]
-        for p0, p1, dt in _pieces(t_all[a:b]):
+        for p0, p1, dt in _pieces(t_all[a:b], cols["gs_kt"][a:b]):
             sl = slice(a + p0, a + p1)
             rows += _infer_piece(fid, t_all[sl], cols["lat_deg"][sl], cols["lon_deg"][sl], cols["alt_ft"][sl],
                                  cols["trk_deg"][sl], cols["gs_kt"][sl], dt, cfg, plans.get(fid), rejected)

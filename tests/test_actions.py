@@ -76,6 +76,13 @@ def test_speed_reduction():
     assert abs((a["time"] - (T0 + pd.Timedelta(seconds=300))).total_seconds()) <= 2 * DT
 
 
+def test_positions_only_and_gaps():
+    tr = synth("P", trk=90 + ramp(300, 3.0, 30)).drop(columns=["trk_deg", "gs_kt", "vs_fpm"])
+    tr = tr.drop(index=range(150, 160))                          # a 55 s gap after the turn: two pieces
+    a = one(infer_actions(tr), "heading")
+    assert a["value"] == pytest.approx(30, abs=2)
+
+
 def test_short_or_small_changes_are_not_actions():
     dogleg = 90 + ramp(300, 3.0, 30) - ramp(315, 3.0, 30)       # turns back after 5 s: not sustained
     small = 90 + ramp(300, 3.0, 6)                                # under heading_min_deg
@@ -171,6 +178,15 @@ def test_clearance_log_absolute_values_with_yaml_mapping(tmp_path):
     raw = read_clearance_log(path, {"columns": {"time": "ts", "flight_id": "callsign", "action_type": "kind",
                                                 "value": "clearance"}, "value_kind": "absolute"})
     assert raw["value"].isna().sum() == 3 and raw.attrs["value_unresolved"] == 3
+
+
+def test_parquet_log_with_unit_column(tmp_path):
+    tracks = synth("U", alt=33000 + ramp(300, 1000 / 60, 2000))
+    pd.DataFrame({"time": [T0 + pd.Timedelta(seconds=300)], "flight_id": ["U"], "action_type": ["altitude"],
+                  "target_value": [10668.0], "unit": ["m"]}).to_parquet(tmp_path / "log.parquet")
+    a = read_clearance_log(tmp_path / "log.parquet", tracks=tracks).iloc[0]
+    assert a["target_value"] == pytest.approx(35000, abs=1) and a["value"] == pytest.approx(2000, abs=1)
+    assert a["unit"] == "ft"
 
 
 def test_malformed_log_row_names_file_row_and_column(tmp_path):
