@@ -170,7 +170,7 @@ def _simulate_day(spec: SampleSpec, rng: np.random.Generator, day: int, day_star
     lat, lon = from_local_nm(frame["x"].to_numpy(), frame["y"].to_numpy(), *CENTER)
     tracks = pd.DataFrame({
         "time": day_start + frame["t"].to_numpy(),
-        "icao24": [f"{zlib.crc32(f.encode()) & 0xFFFFFF:06x}" for f in fid[frame["i"].to_numpy()]],
+        "icao24": [_icao24(f) for f in fid[frame["i"].to_numpy()]],
         "callsign": fid[frame["i"].to_numpy()],
         "lat": lat, "lon": lon,
         "velocity": frame["gs"].to_numpy() * KT_MPS,
@@ -179,8 +179,14 @@ def _simulate_day(spec: SampleSpec, rng: np.random.Generator, day: int, day_star
         "baroaltitude": frame["alt"].to_numpy() * FT_M,
     })
     clear = pd.DataFrame(log, columns=["t", "flight_id", "action_type", "value", "unit"])
+    clear["flight_id"] = clear["flight_id"].map(_icao24)      # readers key OpenSky flights by icao24
     clear = clear.sort_values("t", kind="stable").reset_index(drop=True)
     return tracks, clear, fid, route_hdg, x, y, conflicts
+
+
+def _icao24(callsign: str) -> str:
+    """A stable 24-bit address per synthetic flight (OpenSky readers use icao24 as flight_id)."""
+    return f"{zlib.crc32(str(callsign).encode()) & 0xFFFFFF:06x}"
 
 
 def _inject_glitches(tracks: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
@@ -230,7 +236,7 @@ def _flight_plans(tracks: pd.DataFrame, route_hdg: np.ndarray, fid: np.ndarray) 
     rows = []
     for k, leg in enumerate([0.0, 60.0, 120.0, 180.0]):
         lat, lon = from_local_nm(x0 + leg * np.sin(np.radians(hdg)), y0 + leg * np.cos(np.radians(hdg)), *CENTER)
-        rows.append(pd.DataFrame({"flight_id": first.index, "seq": k, "waypoint": [f"W{k}{c[-4:]}" for c in first.index],
+        rows.append(pd.DataFrame({"flight_id": [_icao24(c) for c in first.index], "seq": k, "waypoint": [f"W{k}{c[-4:]}" for c in first.index],
                                   "lat_deg": lat, "lon_deg": lon}))
     _ = bearing_deg  # routes are straight: bearings between consecutive waypoints equal the route heading
     return pd.concat(rows, ignore_index=True).sort_values(["flight_id", "seq"]).reset_index(drop=True)
