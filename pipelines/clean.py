@@ -2,10 +2,16 @@
 
 Cleaning removes, per flight, and quarantines with a reason and a detail string:
 
-* duplicate: a second row with the same flight_id and time (the first one is kept);
+* duplicate: a second row with the same flight_id and time (the first one is kept), or a stale
+  position: the same latitude and longitude as the flight's previous report while not slower than
+  50 kt (or speed unknown). Real ADS-B collections forward-fill positions through coverage holes
+  (traffic's samples, OpenSky state vectors); the repeats would otherwise turn into a jump when
+  the next fresh position arrives. Removing them leaves a gap where the position was unknown;
 * impossible_jump: positions that cannot be reached from the rest of the track at ``max_gs_kt``
-  (plus 0.05 NM of position noise). A flight is split into runs at every such jump; the longest
-  run is trusted and the other runs are kept only when reachable from the trusted points;
+  (allowing 1 s of timestamp rounding and 0.05 NM of position noise). A flight is split into
+  runs at every such jump; the longest run is trusted and the others are kept only when reachable
+  from the trusted points. A run of more than 20 points is never discarded (real glitches are
+  short; a long run is a track too), the jump is then left in place and counted in the stats;
 * altitude_spike: altitudes further from the rolling median of their segment (7 points, centred)
   than ``max_vs_fpm`` allows over the time between the point and the median (plus one step),
   and at least 1,000 ft;
@@ -26,6 +32,9 @@ from atc_il.schemas import QUARANTINE_REASONS, TRACK_SCHEMA
 
 COLUMNS = [f.name for f in TRACK_SCHEMA]
 JUMP_TOL_NM = 0.05
+JUMP_SLACK_S = 1.0
+JUMP_MAX_RUN = 20
+STALE_MAX_GS_KT = 50.0
 SPIKE_WINDOW = 7
 SPIKE_MIN_FT = 1000.0
 
@@ -60,32 +69,42 @@ def _quarantine(df: pd.DataFrame, mask: np.ndarray, reason: str, detail) -> pd.D
 
 
 def _duplicates(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    dup = df.duplicated(["flight_id", "time"], keep="first").to_numpy()
+    dup = df.duplicated(["flight_id", "time"], keep="first").to_numpy().copy()
     same = df.duplicated([c for c in COLUMNS if c in df.columns], keep="first").to_numpy()
     detail = np.where(same, "identical to an earlier row",
                       "same flight_id and time as an earlier row, other values differ").astype(object)
+    # stale positions: compare with the previous row that is not itself a time duplicate
+    keep = np.flatnonzero(~dup)
+    lat, lon = df["lat_deg"].to_numpy(float)[keep], df["lon_deg"].to_numpy(float)[keep]
+    slow = (df["gs_kt"].to_numpy(float)[keep] < STALE_MAX_GS_KT) if "gs_kt" in df else np.zeros(len(keep), bool)
+    new = _new_flight(df.iloc[keep])
+    stale = np.r_[False, ~new[1:] & (lat[1:] == lat[:-1]) & (lon[1:] == lon[:-1])] & ~slow
+    dup[keep[stale]] = True
+    detail[keep[stale]] = "stale position: same lat/lon as the previous report (forward-filled)"
     return dup, detail
 
 
 def _reachable(lat, lon, t, i, j, max_gs_kt) -> bool:
     d = haversine_nm(lat[i], lon[i], lat[j], lon[j])
-    return bool(d <= max_gs_kt * abs(t[j] - t[i]) / 3600.0 + JUMP_TOL_NM)
+    return bool(d <= max_gs_kt * (abs(t[j] - t[i]) + JUMP_SLACK_S) / 3600.0 + JUMP_TOL_NM)
 
 
-def _jumps(df: pd.DataFrame, max_gs_kt: float) -> tuple[np.ndarray, np.ndarray]:
+def _jumps(df: pd.DataFrame, max_gs_kt: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Rows to reject, their details, and the number of jumps left in place (long runs)."""
     n = len(df)
     reject = np.zeros(n, dtype=bool)
     detail = np.full(n, None, dtype=object)
+    kept_jumps = 0
     if n < 2:
-        return reject, detail
+        return reject, detail, kept_jumps
     lat, lon = df["lat_deg"].to_numpy(float), df["lon_deg"].to_numpy(float)
     t = _ns(df["time"]) / 1e9
     new = _new_flight(df)
     d = haversine_nm(lat[:-1], lon[:-1], lat[1:], lon[1:])
     dt = np.diff(t)
-    jump = np.r_[False, ~new[1:] & (d > max_gs_kt * dt / 3600.0 + JUMP_TOL_NM)]
+    jump = np.r_[False, ~new[1:] & (d > max_gs_kt * (dt + JUMP_SLACK_S) / 3600.0 + JUMP_TOL_NM)]
     if not jump.any():
-        return reject, detail
+        return reject, detail, kept_jumps
     starts = np.flatnonzero(new)
     ends = np.r_[starts[1:], n]
     flight_of = np.cumsum(new) - 1
@@ -97,17 +116,19 @@ def _jumps(df: pd.DataFrame, max_gs_kt: float) -> tuple[np.ndarray, np.ndarray]:
         last, first = bounds[anchor + 1] - 1, bounds[anchor]
         for r in range(anchor + 1, len(bounds) - 1):          # forward from the trusted run
             s, e = bounds[r], bounds[r + 1]
-            if _reachable(lat, lon, t, last, s, max_gs_kt):
+            if _reachable(lat, lon, t, last, s, max_gs_kt) or e - s > JUMP_MAX_RUN:
+                kept_jumps += not _reachable(lat, lon, t, last, s, max_gs_kt)
                 last = e - 1
             else:
                 reject[s:e], detail[s:e] = True, _jump_detail(lat, lon, t, last, s, e - s)
         for r in range(anchor - 1, -1, -1):                   # backward
             s, e = bounds[r], bounds[r + 1]
-            if _reachable(lat, lon, t, e - 1, first, max_gs_kt):
+            if _reachable(lat, lon, t, e - 1, first, max_gs_kt) or e - s > JUMP_MAX_RUN:
+                kept_jumps += not _reachable(lat, lon, t, e - 1, first, max_gs_kt)
                 first = s
             else:
                 reject[s:e], detail[s:e] = True, _jump_detail(lat, lon, t, e - 1, first, e - s)
-    return reject, detail
+    return reject, detail, kept_jumps
 
 
 def _jump_detail(lat, lon, t, i, j, n) -> str:
@@ -147,14 +168,17 @@ def clean_tracks(df: pd.DataFrame, cfg: CleanConfig = CleanConfig()) -> tuple[pd
 
     Returns ``(clean, quarantined)``; ``clean`` keeps the input's columns (extra ones such as
     ``file`` included) sorted by flight_id and time; ``quarantined`` has them plus ``reason`` and
-    ``detail``. Every input row ends up in exactly one of the two.
+    ``detail``. Every input row ends up in exactly one of the two. ``clean.attrs["jumps_kept"]``
+    counts the jumps left in place between long runs.
     """
     df = _sorted(df)
     out: list[pd.DataFrame] = []
-    for reason, step in (("duplicate", lambda d: _duplicates(d)),
+    jumps_kept = 0
+    for reason, step in (("duplicate", _duplicates),
                          ("impossible_jump", lambda d: _jumps(d, cfg.max_gs_kt)),
                          ("altitude_spike", lambda d: _spikes(d, cfg.max_vs_fpm, cfg.max_gap_s))):
-        bad, detail = step(df)
+        bad, detail, *more = step(df)
+        jumps_kept += sum(more)
         if bad.any():
             out.append(_quarantine(df, bad, reason, detail))
             df = df.loc[~bad].reset_index(drop=True)
@@ -166,6 +190,7 @@ def clean_tracks(df: pd.DataFrame, cfg: CleanConfig = CleanConfig()) -> tuple[pd
             [f"segment of {k} point(s) < {cfg.min_segment_points}" for k in sizes], dtype=object)))
         df = df.loc[~short].reset_index(drop=True)
     quarantined = pd.concat(out, ignore_index=True) if out else df.iloc[:0].assign(reason=[], detail=[])
+    df.attrs["jumps_kept"] = jumps_kept
     return df, quarantined
 
 
@@ -256,6 +281,7 @@ def clean_and_resample(df: pd.DataFrame, config: PipelineConfig = PipelineConfig
     """Clean, derive missing kinematics and (optionally) resample. Returns (tracks, quarantined, stats)."""
     df = df.reindex(columns=list(dict.fromkeys(COLUMNS + list(df.columns))))
     clean, quarantined = clean_tracks(df, config.clean)
+    jumps_kept = clean.attrs.get("jumps_kept", 0)
     clean = derive_kinematics(clean, config.clean.max_gap_s)
     tracks = resample_tracks(clean, config.resample.step_s, config.clean.max_gap_s) if resample else clean
     stats = {
@@ -266,5 +292,6 @@ def clean_and_resample(df: pd.DataFrame, config: PipelineConfig = PipelineConfig
         "flights": int(clean["flight_id"].nunique()),
         "segments": int(segment_ids(clean, config.clean.max_gap_s).max() + 1) if len(clean) else 0,
         "points_out": len(tracks),
+        "jumps_kept": jumps_kept,
     }
     return tracks, quarantined, stats

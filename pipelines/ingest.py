@@ -104,6 +104,7 @@ class IngestReport:
     points_out: int = 0
     seconds: float = 0.0
     segments: int = 0
+    jumps_kept: int = 0          # position jumps left in place between two long runs (see pipelines.clean)
     out: str = ""
 
     def add_quarantine(self, reasons: pd.Series) -> None:
@@ -220,6 +221,7 @@ def ingest(inputs: list[str | Path], out: str | Path, *, fmt: str = "auto",
             report.rows_kept += stats["rows_kept"]
             report.flights += stats["flights"]
             report.segments += stats["segments"]
+            report.jumps_kept += stats["jumps_kept"]
             report.points_out += stats["points_out"]
     finally:
         for w in stager.writers.values():
