@@ -138,28 +138,39 @@ def _jump_detail(lat, lon, t, i, j, n) -> str:
     return f"position jump of {d:.1f} NM in {dt:.1f} s ({v:.0f} kt); run of {n} point(s) off the track"
 
 
+def rolling_median(values: np.ndarray, seg: np.ndarray, window: int = SPIKE_WINDOW) -> np.ndarray:
+    """Centred rolling median within each segment (shorter windows at the segment ends)."""
+    n, half = len(values), window // 2
+    idx = np.arange(n)[:, None] + np.arange(-half, half + 1)[None, :]
+    inside = (idx >= 0) & (idx < n)
+    idx = np.clip(idx, 0, n - 1)
+    inside &= seg[idx] == seg[:, None]
+    m = np.sort(np.where(inside, values[idx], np.inf), axis=1)
+    c = inside.sum(axis=1)
+    rows = np.arange(n)
+    return (m[rows, (c - 1) // 2] + m[rows, c // 2]) / 2.0
+
+
 def _spikes(df: pd.DataFrame, max_vs_fpm: float, max_gap_s: float) -> tuple[np.ndarray, np.ndarray]:
     n = len(df)
     if n == 0:
         return np.zeros(0, bool), np.zeros(0, object)
     seg = segment_ids(df, max_gap_s)
-    t = pd.Series(_ns(df["time"]) / 1e9)
-    alt = pd.Series(df["alt_ft"].to_numpy(float))
-    roll = lambda s: s.groupby(seg).rolling(SPIKE_WINDOW, center=True, min_periods=1).median().to_numpy()  # noqa: E731
-    med_alt, med_t = roll(alt), roll(t)
-    tv = t.to_numpy()
+    tv = _ns(df["time"]) / 1e9
+    alt = df["alt_ft"].to_numpy(float)
+    med_alt, med_t = rolling_median(alt, seg), rolling_median(tv - tv[0], seg) + tv[0]
     same_prev = np.r_[False, seg[1:] == seg[:-1]]
     same_next = np.r_[seg[1:] == seg[:-1], False]
     step_prev = np.where(same_prev, np.r_[0.0, np.diff(tv)], 0.0)
     step_next = np.where(same_next, np.r_[np.diff(tv), 0.0], 0.0)
     allowed = np.maximum(SPIKE_MIN_FT, max_vs_fpm / 60.0 * (np.abs(tv - med_t) + np.maximum(step_prev, step_next)))
-    dev = alt.to_numpy() - med_alt
+    dev = alt - med_alt
     spike = np.abs(dev) > allowed
     detail = np.full(n, None, dtype=object)
     if spike.any():
         idx = np.flatnonzero(spike)
         detail[idx] = [f"altitude {a:.0f} ft is {d:+.0f} ft off the local median (allowed {w:.0f} ft)"
-                       for a, d, w in zip(alt.to_numpy()[idx], dev[idx], allowed[idx])]
+                       for a, d, w in zip(alt[idx], dev[idx], allowed[idx])]
     return spike, detail
 
 

@@ -50,42 +50,46 @@ BUCKET_INPUT_BYTES = 32 << 20          # about this much input per bucket when `
 MAX_BUCKETS = 512
 
 
-def _join(parts: list[pd.Series], index) -> pd.Series:
-    """Join non-empty detail strings with '; ' row-wise."""
-    out = pd.Series("", index=index, dtype=object)
-    for p in parts:
-        p = p.fillna("")
-        out = out.where(p == "", out.where(out == "", out + "; ") + p)
+def _detail(n: int, parts: list[tuple[np.ndarray, object]]) -> np.ndarray:
+    """Row-wise '; '-joined texts; ``parts`` are (mask, text or per-row texts for the masked rows)."""
+    out = np.full(n, "", dtype=object)
+    for mask, text in parts:
+        rows = np.flatnonzero(mask)
+        if len(rows):
+            sep = np.where(out[rows] == "", "", "; ")
+            out[rows] = out[rows] + sep + (text if isinstance(text, str) else np.asarray(text, dtype=object))
     return out
 
 
 def validate_chunk(df: pd.DataFrame, file: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split a canonical chunk into (kept rows in TRACK_SCHEMA columns, quarantined rows).
 
-    Each row gets at most one reason, the first that applies: unparseable (a raw value failed to
-    parse; ``_unparseable`` column from the readers), missing_required (time, flight_id, lat_deg,
-    lon_deg or alt_ft null), out_of_range (TRACK_RANGES, non-finite numbers).
+    Each row gets one reason, the first that applies: unparseable (a raw value failed to parse;
+    the readers' ``_unparseable`` column), missing_required (time, flight_id, lat_deg, lon_deg or
+    alt_ft null), out_of_range (TRACK_RANGES, non-finite numbers). The detail lists every problem
+    of that kind in the row.
     """
     cols = [f.name for f in TRACK_SCHEMA]
     df = df.reset_index(drop=True).reindex(columns=cols + [UNPARSEABLE])
-    idx = df.index
-    unparse = df[UNPARSEABLE].notna()
-    missing = pd.concat({c: df[c].isna() for c in TRACK_REQUIRED}, axis=1)
-    missing_detail = _join([pd.Series(np.where(missing[c], f"{c} missing", ""), index=idx) for c in TRACK_REQUIRED], idx)
-    range_parts, out_of_range = [], pd.Series(False, index=idx)
+    n = len(df)
+    unparse = df[UNPARSEABLE].notna().to_numpy()
+    missing_parts = [(df[c].isna().to_numpy(), f"{c} missing") for c in TRACK_REQUIRED]
+    missing = np.logical_or.reduce([m for m, _ in missing_parts]) if n else np.zeros(0, bool)
+    range_parts = []
     for c, (lo, hi) in TRACK_RANGES.items():
-        v = pd.to_numeric(df[c], errors="coerce").astype(float)
-        bad = v.notna() & ~((v >= lo) & (v <= hi))
-        out_of_range |= bad
-        range_parts.append(pd.Series(np.where(bad, f"{c}=" + v.map("{:.6g}".format) + f" outside [{lo:g}, {hi:g}]", ""),
-                                     index=idx))
-    reason = pd.Series(None, index=idx, dtype=object)
-    detail = pd.Series(None, index=idx, dtype=object)
-    for mask, name, text in ((out_of_range, "out_of_range", _join(range_parts, idx)),
-                             (missing.any(axis=1), "missing_required", missing_detail),
-                             (unparse, "unparseable", "could not parse " + df[UNPARSEABLE].fillna(""))):
-        reason[mask], detail[mask] = name, text[mask]   # later (higher-priority) reasons overwrite
-    bad = reason.notna()
+        v = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float)
+        bad = ~np.isnan(v) & ~((v >= lo) & (v <= hi))
+        range_parts.append((bad, [f"{c}={x:.6g} outside [{lo:g}, {hi:g}]" for x in v[bad]]))
+    out_of_range = np.logical_or.reduce([m for m, _ in range_parts]) if n else np.zeros(0, bool)
+    reason = np.full(n, None, dtype=object)
+    detail = np.full(n, None, dtype=object)
+    unparse_text = ("could not parse " + df[UNPARSEABLE].fillna("").astype(str)).to_numpy(dtype=object)
+    for mask, name, text in ((out_of_range & ~missing & ~unparse, "out_of_range", lambda: _detail(n, range_parts)),
+                             (missing & ~unparse, "missing_required", lambda: _detail(n, missing_parts)),
+                             (unparse, "unparseable", lambda: unparse_text)):
+        if mask.any():
+            reason[mask], detail[mask] = name, text()[mask]
+    bad = reason != None  # noqa: E711 - element-wise on an object array
     kept = conform(df.loc[~bad, cols], TRACK_SCHEMA, f"{file}: validated rows")
     quarantined = df.loc[bad, cols].copy()
     quarantined["reason"], quarantined["detail"], quarantined["file"] = reason[bad], detail[bad], str(file)
@@ -153,6 +157,18 @@ class _Stager:
         return sorted(self.writers)
 
 
+def _expand(inputs) -> list[Path]:
+    """Files in the given order; a folder stands for the files under it (sorted, hidden,
+    '_'-prefixed and temporary files skipped)."""
+    out: list[Path] = []
+    for p in map(Path, inputs):
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith((".", "_")))
+        else:
+            out.append(p)
+    return out
+
+
 def _default_buckets(paths: list[Path]) -> int:
     size = 0
     for p in paths:
@@ -182,11 +198,15 @@ def ingest(inputs: list[str | Path], out: str | Path, *, fmt: str = "auto",
            mapping: ColumnMapping | dict | str | Path | None = None, config: PipelineConfig = PipelineConfig(),
            resample: bool = True, chunk_rows: int = 250_000, progress: bool | None = None,
            buckets: int | None = None) -> IngestReport:
-    """Ingest track files into ``out`` (see the module doc). Unreadable files are reported in
-    ``files_failed`` (and printed on one line each) while the others go through."""
+    """Ingest track files (or folders of them) into ``out`` (see the module doc).
+
+    Unreadable files are reported in ``files_failed`` and printed on one line each, while the
+    others go through. ``buckets`` (default: about one per 32 MB of input) sets how many
+    hash(flight_id) buckets the cleaning runs over; memory is bounded by the largest bucket.
+    """
     start = _time.perf_counter()
     out = Path(out)
-    paths = [Path(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
+    paths = _expand([inputs] if isinstance(inputs, (str, Path)) else inputs)
     mapping = load_mapping(mapping)
     report = IngestReport(out=str(out))
     for sub in ("tracks", "quarantine"):

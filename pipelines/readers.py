@@ -179,7 +179,7 @@ def _flavour(cols: list[str], fmt: str, bluesky_header: bool) -> tuple[str, Colu
             if m.columns[canon] not in have and alt in have:
                 m = replace(m, columns={**m.columns, canon: alt})
         return "bluesky", m
-    opensky = {"icao24", "lat", "lon"} <= have and bool(have & {"baroaltitude", "geoaltitude"})
+    opensky = "icao24" in have and bool(have & {"baroaltitude", "baro_altitude"})
     if fmt == "opensky" or (fmt in ("auto", "csv", "parquet") and opensky):
         rest = "baro_altitude" in have and "baroaltitude" not in have
         m = OPENSKY_REST if rest else OPENSKY
@@ -223,14 +223,14 @@ def _sniff_text(path: Path) -> tuple[list[str], int, bool]:
     comments = 0
     while comments < len(lines) and lines[comments].startswith("#"):
         comments += 1
-    if comments:  # BlueSky: the last comment line names the columns
-        names = [c.strip() for c in lines[comments - 1].lstrip("#").split(",")]
-        names = [n.split(".")[-1].lower() for n in names]
-        return names, comments, "simt" in names
-    if not lines or not lines[0].strip():
+    if comments:  # BlueSky: the last comment line names the columns, starting with simt
+        names = [c.strip().split(".")[-1].lower() for c in lines[comments - 1].lstrip("#").split(",")]
+        if names and names[0] == "simt":
+            return names, comments, True
+    if len(lines) <= comments or not lines[comments].strip():
         raise ReadError(path, "empty file, no header line")
-    names = next(csv.reader([lines[0]]))
-    return [n.strip() for n in names], 1, False
+    names = next(csv.reader([lines[comments]]))
+    return [n.strip() for n in names], comments + 1, False
 
 
 def _raw_columns(path: Path, container: str, json_frame: pd.DataFrame | None) -> tuple[list[str], int, bool]:
@@ -332,6 +332,19 @@ def _parse_time(raw: pd.Series, m: ColumnMapping) -> pd.Series:
     return out
 
 
+def _numeric(raw: pd.Series) -> pd.Series:
+    """Numbers from any column; text goes through Arrow's fast cast, pandas when a value is bad."""
+    if pd.api.types.is_bool_dtype(raw):
+        return raw.astype(float)
+    if pd.api.types.is_numeric_dtype(raw):
+        return raw.astype(float)
+    try:
+        return pd.Series(pa.array(raw, from_pandas=True).cast(pa.float64()).to_numpy(zero_copy_only=False),
+                         index=raw.index)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return pd.to_numeric(raw, errors="coerce").astype(float)
+
+
 def _strings(raw: pd.Series) -> pd.Series:
     s = raw.astype("string").str.strip()
     return s.mask((s == "").fillna(False))
@@ -366,9 +379,9 @@ def to_canonical(raw: pd.DataFrame, m: ColumnMapping, source: str) -> pd.DataFra
             out[c] = pd.Series(np.nan, index=raw.index)
             continue
         src = raw[col(c)]
-        num = pd.to_numeric(src, errors="coerce") if not pd.api.types.is_bool_dtype(src) else src.astype(float)
+        num = _numeric(src)
         note(c, src, num)
-        vals = num.astype(float) * factor(m.units.get(c, unit), unit)
+        vals = num * factor(m.units.get(c, unit), unit)
         out[c] = vals % 360.0 if c == "trk_deg" else vals
     frame = pd.DataFrame(out, index=raw.index)[CANONICAL]
     frame[UNPARSEABLE] = problems.where(problems != "", None).str.rstrip("; ")

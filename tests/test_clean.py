@@ -66,13 +66,12 @@ def test_resample_interpolates_linearly_and_on_the_circle():
     df = flight(t_s=[0.0, 10.0, 20.0])
     df["alt_ft"] = [1000.0, 2000.0, 2000.0]
     df["trk_deg"] = [350.0, 10.0, 10.0]
-    df["gs_kt"] = 400.0
-    df["vs_fpm"] = 0.0
-    out = resample_tracks(df, step_s=5.0).set_index(
-        (lambda o: (o["time"] - T0).dt.total_seconds())(resample_tracks(df, step_s=5.0)))
-    assert out.loc[5.0, "alt_ft"] == pytest.approx(1500.0)
-    assert out.loc[5.0, "trk_deg"] == pytest.approx(0.0, abs=1e-9) or out.loc[5.0, "trk_deg"] == pytest.approx(360.0)
-    assert out.loc[5.0, "lat_deg"] == pytest.approx((df.lat_deg[0] + df.lat_deg[1]) / 2)
+    df["gs_kt"], df["vs_fpm"] = 400.0, 0.0
+    out = resample_tracks(df, step_s=5.0)
+    mid = out.set_index((out["time"] - T0).dt.total_seconds()).loc[5.0]
+    assert mid["alt_ft"] == pytest.approx(1500.0)
+    assert min(mid["trk_deg"], 360.0 - mid["trk_deg"]) == pytest.approx(0.0, abs=1e-9)   # not 180
+    assert mid["lat_deg"] == pytest.approx((df.lat_deg[0] + df.lat_deg[1]) / 2)
 
 
 def test_resample_carries_values_forward_never_from_the_future():
@@ -130,3 +129,20 @@ def test_clean_keeps_a_normal_manoeuvring_flight():
     df["alt_ft"] = np.clip(20000 + 3000 * (t - 100) / 60.0, 20000, 30000) + np.random.default_rng(0).normal(0, 25, len(t))
     clean, q = clean_tracks(df, CleanConfig())
     assert q.empty and len(clean) == len(df)
+
+
+def test_stale_forward_filled_positions_are_duplicates_but_a_parked_aircraft_is_kept():
+    df = flight(t_s=np.arange(0, 100, 1.0))
+    df.loc[41:60, ["lat_deg", "lon_deg"]] = df.loc[40, ["lat_deg", "lon_deg"]].to_numpy()   # 20 s stale
+    parked = flight("P", t_s=np.arange(0, 30, 5.0), gs_kt=0.0, alt0=0.0).assign(gs_kt=0.0)
+    clean, q = clean_tracks(pd.concat([df, parked]), CleanConfig())
+    assert len(q) == 20 and q["reason"].eq("duplicate").all() and q["detail"].str.contains("stale").all()
+    assert (clean["flight_id"] == "P").sum() == len(parked)
+    assert not q["reason"].eq("impossible_jump").any()        # the fresh position after the hole is fine
+
+
+def test_a_long_run_after_a_jump_is_kept_and_counted():
+    df = flight(t_s=np.arange(0, 300, 5.0))
+    df.loc[30:, "lat_deg"] += 1.0                                   # the rest of the track shifted 60 NM
+    clean, q = clean_tracks(df, CleanConfig())
+    assert q.empty and clean.attrs["jumps_kept"] == 1

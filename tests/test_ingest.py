@@ -219,3 +219,24 @@ def test_buckets_and_files_give_the_same_tracks(tmp_path):
     assert len(list((tmp_path / "o4" / "tracks").rglob("part-*.parquet"))) > 1
     pd.testing.assert_frame_equal(t1, t4)
     assert one.flights == many.flights == 8 and one.rows_quarantined == many.rows_quarantined == 0
+
+
+def test_folder_input_canonical_parquet_and_commented_csv(tmp_path):
+    traffic_frame().to_parquet(tmp_path / "first.parquet")
+    rep = ingest([tmp_path / "first.parquet"], tmp_path / "out1", progress=False)
+    src = tmp_path / "src"
+    src.mkdir()
+    part = next((tmp_path / "out1" / "tracks").rglob("part-*.parquet"))
+    (src / "canonical.parquet").write_bytes(part.read_bytes())       # our own output reads back as is
+    f = raw_flight("ddd444", n=12)
+    text = "# exported by a tool\n# second comment\n" + pd.DataFrame({
+        "time": pd.to_datetime(f.t, unit="s", utc=True).astype(str), "flight_id": f.icao24, "lat_deg": f.lat,
+        "lon_deg": f.lon, "alt_ft": f.alt_ft}).to_csv(index=False)
+    (src / "commented.csv").write_text(text)
+    (src / "_SUCCESS").write_text("[]")
+    rep2 = ingest([src], tmp_path / "out2", progress=False)
+    assert sorted(rep2.files_ok) == sorted(str(src / n) for n in ("canonical.parquet", "commented.csv"))
+    assert rep2.rows_in == rep.points_out + 12 and rep2.flights == 2 and not rep2.files_failed
+    again = read_table(tmp_path / "out2" / "tracks", TRACK_SCHEMA)
+    first = read_table(tmp_path / "out1" / "tracks", TRACK_SCHEMA)
+    pd.testing.assert_frame_equal(again[again.flight_id == "abc123"].reset_index(drop=True), first)
