@@ -31,8 +31,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rich.markup import escape
+
 from atc_il.config import PipelineConfig
-from atc_il.errors import DataError, ReadError
+from atc_il.errors import ConfigError, DataError, ReadError
 from atc_il.io import write_frame, write_json, write_partitioned
 from atc_il.progress import console, track
 from atc_il.schemas import QUARANTINE_REASONS, TRACK_RANGES, TRACK_REQUIRED, TRACK_SCHEMA, conform
@@ -205,6 +207,8 @@ def ingest(inputs: list[str | Path], out: str | Path, *, fmt: str = "auto",
     hash(flight_id) buckets the cleaning runs over; memory is bounded by the largest bucket.
     """
     start = _time.perf_counter()
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown format {fmt!r}; choose one of {FORMATS}")
     out = Path(out)
     paths = _expand([inputs] if isinstance(inputs, (str, Path)) else inputs)
     mapping = load_mapping(mapping)
@@ -223,10 +227,11 @@ def ingest(inputs: list[str | Path], out: str | Path, *, fmt: str = "auto",
                 _read_file(path, fmt, mapping, chunk_rows, stager, qwriter, report, qtmp, progress)
                 report.files_ok.append(str(path))
             except ReadError as exc:
-                cause = exc.cause if report.rows_in == rows_before else \
-                    f"{exc.cause} (after {report.rows_in - rows_before:,} rows, which were ingested)"
+                cause = " ".join(str(exc.cause).split())
+                if report.rows_in != rows_before:
+                    cause += f" (after {report.rows_in - rows_before:,} rows, which were ingested)"
                 report.files_failed[str(path)] = cause
-                console.print(f"[red]error[/red] {path}: {cause}", markup=True, highlight=False)
+                console.print(f"[red]error[/red] {escape(str(path))}: {escape(cause)}", highlight=False, soft_wrap=True)
         for w in qwriter:
             w.close()
         if qwriter:
@@ -251,6 +256,6 @@ def ingest(inputs: list[str | Path], out: str | Path, *, fmt: str = "auto",
             qtmp.unlink()
     report.seconds = round(_time.perf_counter() - start, 3)
     write_json(report.to_dict(), out / "ingest_report.json")
-    console.print(f"ingest: {report.reconciliation}", highlight=False)
+    console.print(f"ingest: {report.reconciliation}", highlight=False, soft_wrap=True, markup=False)
     report.check()
     return report
