@@ -197,8 +197,16 @@ class _Engine:
         bs = self.bs
         if bs.sim.state != bs.OP:
             bs.sim.op()          # without traffic BlueSky would stay in INIT and not advance time
+        self.replies.clear()
         for _ in range(int(n)):
             bs.sim.step()
+        # Commands queued inside BlueSky (scenario lines, follow-ups such as RSZONEDH) run during
+        # the step: their error replies must not vanish either.
+        errors = [text.strip() for flags, text in self.replies if flags != bs.BS_OK]
+        self.replies.clear()
+        if errors:
+            raise SimulatorError(f"BlueSky rejected a queued command during step (simt={bs.sim.simt}): "
+                                 + " | ".join(errors))
         return float(bs.sim.simt)
 
     # ------------------------------------------------------------------ reading state

@@ -42,7 +42,7 @@ def test_states_in_canonical_units(sim):
     assert t == pytest.approx(10.0)
     df = sim.states()
     assert list(df.columns) == TRACK_SCHEMA.names
-    conform(df, TRACK_SCHEMA)                            # the track contract holds
+    pd.testing.assert_frame_equal(df, conform(df, TRACK_SCHEMA))   # the track contract, dtypes included
     assert (df["time"] == pd.Timestamp("2024-01-01T00:00:10Z")).all()
     assert set(df["source"]) == {"bluesky:sim"}
     a = _row(df, "AC1")
@@ -157,6 +157,42 @@ def test_bluesky_conflict_detection(sim):
     c = sim.conflicts()
     assert bool(c.set_index(["flight_id_1", "flight_id_2"]).loc[("AA1", "AA2")].los)
     assert sim.resolution_active() == {"AA1": False, "AA2": False, "BB1": False, "BB2": False}
+
+
+def test_mvp_resolution_ignores_clearances_while_active(sim):
+    """The documented trap: while MVP resolves, BlueSky ignores autopilot commands."""
+    sim.reset()
+    sim.stack("RESO MVP")
+    d = 10.0 * NM_DEG / math.cos(math.radians(LAT))
+    sim.create([_ac("AA1", hdg=90.0, lon=LON - d), _ac("AA2", hdg=270.0, lon=LON + d)])
+    sim.step(3)
+    assert sim.resolution_active() == {"AA1": True, "AA2": True}
+    trk0 = _row(sim.states(), "AA1").trk_deg
+    assert trk0 < 89.0                                   # MVP is turning it
+    row = sim.clear("AA1", "heading", 0.0)               # accepted and recorded ...
+    assert row["value"] == pytest.approx(-trk0)
+    sim.step(20)
+    assert sim.resolution_active()["AA1"]
+    assert 45.0 < _row(sim.states(), "AA1").trk_deg < 89.0   # ... but not flown while MVP is active
+    sim.reset()                                          # the configuration (RESO OFF) comes back
+    sim.create([_ac("AA1", hdg=90.0, lon=LON - d), _ac("AA2", hdg=270.0, lon=LON + d)])
+    sim.step(3)
+    assert sim.resolution_active() == {"AA1": False, "AA2": False}
+
+
+def test_dead_child_raises_instead_of_hanging():
+    import os
+    import signal
+    import time
+    s = BlueSkySim()
+    os.kill(s.pid, signal.SIGKILL)
+    t = time.monotonic()
+    with pytest.raises(SimulatorError, match="died during step"):
+        s.step(1)
+    assert time.monotonic() - t < 5.0 and not s.alive
+    with pytest.raises(SimulatorError, match="closed"):
+        s.states()
+    s.close()
 
 
 # ---------------------------------------------------------------- reproducibility and parallelism
