@@ -137,7 +137,14 @@ def _simulate_day(spec: SampleSpec, rng: np.random.Generator, day: int, day_star
     log_abs = []
     ev = 0
     steps = int(duration)
+    vs = np.zeros(n)
     for t in range(steps):
+        # the radar sees the state at t before the clearances issued at t take effect
+        if t % int(spec.raw_step_s) == 0:
+            live = (t >= t_enter) & (t <= t_exit) & (np.abs(x) < SECTOR_NM * 1.3) & (np.abs(y) < SECTOR_NM * 1.3)
+            idx = np.flatnonzero(live)
+            out.append(pd.DataFrame({"t": float(t), "i": idx, "x": x[idx], "y": y[idx], "alt": alt[idx],
+                                     "hdg": hdg[idx], "gs": gs[idx], "vs": vs[idx]}))
         while ev < len(events) and events[ev][0] <= t:
             te, i, kind, val = events[ev]
             if kind == "heading":
@@ -161,11 +168,6 @@ def _simulate_day(spec: SampleSpec, rng: np.random.Generator, day: int, day_star
         alt = alt + vs / 60.0
         x = x + gs * np.sin(np.radians(hdg)) / 3600.0
         y = y + gs * np.cos(np.radians(hdg)) / 3600.0
-        if t % int(spec.raw_step_s) == 0:
-            live = (t >= t_enter) & (t <= t_exit) & (np.abs(x) < SECTOR_NM * 1.3) & (np.abs(y) < SECTOR_NM * 1.3)
-            idx = np.flatnonzero(live)
-            out.append(pd.DataFrame({"t": float(t), "i": idx, "x": x[idx], "y": y[idx], "alt": alt[idx],
-                                     "hdg": hdg[idx], "gs": gs[idx], "vs": vs[idx]}))
     frame = pd.concat(out, ignore_index=True)
     lat, lon = from_local_nm(frame["x"].to_numpy(), frame["y"].to_numpy(), *CENTER)
     tracks = pd.DataFrame({
