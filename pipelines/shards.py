@@ -95,5 +95,7 @@ def load_split(dataset_dir: str | Path, split: str, as_torch: bool = True, colum
         out[name] = arr
     if as_torch:
         import torch
-        out = {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v for k, v in out.items()}
+        # arrow buffers are read-only; torch needs writable memory (one copy, no per-sample work)
+        out = {k: torch.from_numpy(v if v.flags.writeable and v.flags.c_contiguous else np.array(v))
+               if isinstance(v, np.ndarray) else v for k, v in out.items()}
     return out
