@@ -98,6 +98,7 @@ register("mvp")(MVPController)
 def make_controller(spec: str, **kwargs) -> Controller:
     """Build a controller from ``atco``, ``mvp``, ``none`` or ``model:URI`` (a plug point for learned models:
     a factory registered under ``model`` receives the URI)."""
+    import simulator_adapters.atco  # noqa: F401  (registers "atco")
     name, _, arg = spec.partition(":")
     if name not in _REGISTRY:
         raise ConfigError(f"unknown controller {spec!r}; known: {sorted(_REGISTRY)} (model:URI once a model package registers it)")
