@@ -53,6 +53,7 @@ DVS_MIN = 1e-6 / FT_M                 # BlueSky's "level" threshold on the verti
 _TOL_NM = 1e-6                        # extra padding against rounding in the pre-filter
 _TOL_FT = 1e-3
 CHUNK_ROWS = 60_000                   # rows (aircraft-snapshots) per vectorised pass in detect()
+SMALL_PAIRS_PER_ROW = 32              # below this many pairs per row, every pair is tested (no pre-filter)
 
 
 # ----------------------------------------------------------------------------------------- kernel
@@ -74,6 +75,9 @@ class _State:
 
 def _occupied_arc(lon):
     """Centre of the arc holding every longitude (opposite the largest empty gap) and that gap (deg)."""
+    lo, hi = float(lon.min()), float(lon.max())
+    if hi - lo <= 180.0:                                      # the usual case: no sort needed
+        return (lo + hi) / 2.0, 360.0 - (hi - lo)
     s = np.sort(lon % 360.0)
     gaps = np.diff(np.concatenate([s, [s[0] + 360.0]]))
     k = int(np.argmax(gaps))
@@ -114,7 +118,7 @@ def _copies(st: _State, reach_nm: float):
 
 def _slices(cfg: ConflictConfig, gs_max_nmps: float) -> int:
     """Number of time slices: each slice's sweep about five protected radii long (measured best), 1..8."""
-    return int(np.clip(round(gs_max_nmps * cfg.lookahead_s / (5.0 * cfg.rpz_nm)), 1, 8))
+    return min(8, max(1, round(gs_max_nmps * cfg.lookahead_s / (5.0 * cfg.rpz_nm))))
 
 
 def _candidates(st: _State, cfg: ConflictConfig, n_slices: int | None = None, stats: dict | None = None):
@@ -126,7 +130,7 @@ def _candidates(st: _State, cfg: ConflictConfig, n_slices: int | None = None, st
     src, band, nb, x, y, eps = _copies(st, reach)
     m = len(src)
     u, v, w, z = st.u[src], st.v[src], st.w[src], st.alt[src]
-    ts = np.linspace(0.0, T, K + 1)
+    ts = np.arange(K + 1) * (T / K)
     t0, t1 = ts[:-1, None], ts[1:, None]                       # (K, 1) against (m,): boxes are (K, m)
     pad_x = R / 2 + np.abs(u) * t1 * eps + _TOL_NM
     pad_y = R / 2 + _TOL_NM
@@ -135,8 +139,8 @@ def _candidates(st: _State, cfg: ConflictConfig, n_slices: int | None = None, st
     X0, X1 = (np.minimum(xa, xb) - pad_x).ravel(), (np.maximum(xa, xb) + pad_x).ravel()
     Y0, Y1 = (np.minimum(ya, yb) - pad_y).ravel(), (np.maximum(ya, yb) + pad_y).ravel()
     Z0, Z1 = (np.minimum(za, zb) - pad_z).ravel(), (np.maximum(za, zb) + pad_z).ravel()
-    # uniform x/y grid, cell about the median box size
-    cell_nm = max(float(np.median(np.maximum(X1 - X0, Y1 - Y0))), R)
+    # uniform x/y grid, cell about the mean box size
+    cell_nm = max(float(np.maximum(X1 - X0, Y1 - Y0).mean()), R)
     ix0, ix1 = ((X0 - X0.min()) // cell_nm).astype(np.int64), ((X1 - X0.min()) // cell_nm).astype(np.int64)
     iy0, iy1 = ((Y0 - Y0.min()) // cell_nm).astype(np.int64), ((Y1 - Y0.min()) // cell_nm).astype(np.int64)
     NX, NY = int(ix1.max()) + 1, int(iy1.max()) + 1
@@ -180,6 +184,16 @@ def _candidates(st: _State, cfg: ConflictConfig, n_slices: int | None = None, st
     return np.minimum(i, j)[keep], np.maximum(i, j)[keep]
 
 
+def _all_pairs(group: np.ndarray):
+    """Every pair of rows (i < j) within each group; ``group`` is sorted."""
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    sizes = np.diff(np.r_[starts, len(group)])
+    pos = np.arange(len(group))
+    k = np.repeat(starts + sizes, sizes) - pos - 1          # later rows of the same group
+    cum = np.cumsum(k)
+    return np.repeat(pos, k), np.arange(int(cum[-1]) if len(k) else 0) + np.repeat(pos + 1 - (cum - k), k)
+
+
 def _evaluate(st: _State, i, j, cfg: ConflictConfig) -> dict:
     """BlueSky CSTATEBASED test on row pairs (vectorised); aircraft i is the ownship."""
     R, H, T = cfg.rpz_nm, cfg.hpz_ft, cfg.lookahead_s
@@ -218,7 +232,14 @@ def _detect_rows(st: _State, cfg: ConflictConfig, n_slices: int | None = None, s
     if len(st.lat) < 2:
         i = np.zeros(0, dtype=np.int64)
         return i, i, {c: np.zeros(0, dtype=bool if c in ("conflict", "los") else float) for c in PAIR_COLUMNS}
-    i, j = _candidates(st, cfg, n_slices, stats)
+    g = st.group
+    sizes = np.bincount(g - g[0]) if (g[1:] >= g[:-1]).all() else None
+    if sizes is not None and n_slices is None and (sizes * (sizes - 1)).sum() <= 2 * SMALL_PAIRS_PER_ROW * len(g):
+        i, j = _all_pairs(g)                                  # small snapshots: testing every pair is cheaper
+        if stats is not None:
+            stats.update(all_pairs=True, candidates=len(i))
+    else:
+        i, j = _candidates(st, cfg, n_slices, stats)
     ev = _evaluate(st, i, j, cfg)
     hit = ev["conflict"] | ev["los"]
     i, j = i[hit], j[hit]
@@ -241,7 +262,7 @@ def _usable(lat, lon, alt, gs, trk, vs, cfg: ConflictConfig):
 def _frame(ids1, ids2, cols: dict) -> pd.DataFrame:
     out = {"flight_id_1": ids1, "flight_id_2": ids2}
     out.update({c: cols[c] for c in PAIR_COLUMNS})
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, copy=False)
 
 
 def detect_snapshot(flight_id, lat_deg, lon_deg, alt_ft, gs_kt, trk_deg, vs_fpm,
@@ -267,7 +288,8 @@ def detect_snapshot(flight_id, lat_deg, lon_deg, alt_ft, gs_kt, trk_deg, vs_fpm,
         raise DataError(f"detect_snapshot: duplicate flight ids {sorted(set(ids[1:][ids[1:] == ids[:-1]]))[:5]}")
     st = _State(*(a[order] for a in arrs), np.zeros(len(order), dtype=np.int64))
     i, j, cols = _detect_rows(st, cfg)
-    df = _frame(ids[i], ids[j], cols)
+    names = ids.astype(object)
+    df = _frame(names[i], names[j], cols)
     df.attrs.update(skipped_missing_state=n_missing, skipped_below_min_alt=n_low)
     return df
 
@@ -336,6 +358,7 @@ def run(tracks_dir, out_dir, cfg: ConflictConfig = ConflictConfig(), progress: b
     tracks = read_table(tracks_dir, TRACK_SCHEMA)
     conflicts = detect(tracks, cfg, progress)
     t_detect = _time.perf_counter() - t0
+    counts = dict(conflicts.attrs)
     episodes, conflicts = build_episodes(conflicts, tracks, cfg)
     out_dir = Path(out_dir)
     for name, df, schema in (("conflicts", conflicts, CONFLICT_SCHEMA), ("episodes", episodes, EPISODE_SCHEMA)):
@@ -344,12 +367,12 @@ def run(tracks_dir, out_dir, cfg: ConflictConfig = ConflictConfig(), progress: b
             df = df.assign(time=df["first_detection"])
         write_partitioned(df, schema, out_dir / name, what=name)
     seconds = _time.perf_counter() - t0
-    snapshots = conflicts.attrs.get("snapshots", 0)
+    snapshots = counts.get("snapshots", 0)
     return {
         "grid_times": int(snapshots),
-        "aircraft_snapshots": int(conflicts.attrs.get("aircraft_snapshots", 0)),
-        "skipped_missing_state": int(conflicts.attrs.get("skipped_missing_state", 0)),
-        "skipped_below_min_alt": int(conflicts.attrs.get("skipped_below_min_alt", 0)),
+        "aircraft_snapshots": int(counts.get("aircraft_snapshots", 0)),
+        "skipped_missing_state": int(counts.get("skipped_missing_state", 0)),
+        "skipped_below_min_alt": int(counts.get("skipped_below_min_alt", 0)),
         "conflict_steps": int(len(conflicts)),
         "los_steps": int(conflicts["los"].sum()) if len(conflicts) else 0,
         "episodes": int(len(episodes)),
