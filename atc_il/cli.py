@@ -150,6 +150,35 @@ def quickstart(work: Path = Work, days: int = typer.Option(3, min=1), seed: int 
         "positive samples": d["positive samples"], "workspace": str(work)})
 
 
+@app.command()
+@_guard
+def simulate(scenarios: int = typer.Option(4, "--scenarios", "-n", min=1, help="number of generated scenarios"),
+             expert: str = typer.Option("atco", help="atco (synthetic controller), mvp (BlueSky's MVP) or none"),
+             seed: int = typer.Option(0, help="scenario set and expert seed"),
+             workers: int = typer.Option(1, min=1, help="parallel BlueSky processes"),
+             scheduler: Optional[str] = typer.Option(None, help="address of a Dask scheduler to run on"),
+             duration_s: float = typer.Option(1800.0, help="scenario length (simulated seconds)"),
+             density: float = typer.Option(4.0, help="background flights per hour per 10,000 NM^2"),
+             conflicts_per_scenario: int = typer.Option(4, "--conflicts", help="injected conflict pairs per scenario"),
+             out: Path = typer.Option(Path("workspace/sim"), help="output folder")):
+    """Run generated scenarios in BlueSky under an expert controller and write demonstrations
+    (tracks, clearances, expert ground truth, scenarios) in the canonical contracts."""
+    from simulator_adapters.demonstrations import simulate as run_sim
+    client = None
+    if scheduler:
+        from distributed import Client
+        client = Client(scheduler)
+    try:
+        rep = run_sim(out, scenarios, expert, seed, workers, client,
+                      {"duration_s": duration_s, "density": density, "conflicts": conflicts_per_scenario})
+    finally:
+        if client is not None:
+            client.close()
+    _table(f"simulate ({expert})", rep)
+    typer.echo(f"next: atc-il conflicts -w {out} && atc-il actions -w {out} --log {out}/clearances.parquet "
+               f"--no-infer && atc-il dataset -w {out} --split scenario")
+
+
 def main() -> None:
     try:
         app()

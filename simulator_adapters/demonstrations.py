@@ -1,0 +1,131 @@
+"""Demonstration data sets: scenarios run under an expert, written in the canonical contracts.
+
+Layout of ``out`` (ready for ``atc-il conflicts``, ``atc-il actions --log``, ``atc-il dataset``):
+- ``tracks/``: track points (one scenario per day: scenario i starts at ``t0 + i days``; ``source`` is
+  ``bluesky:<scenario>``; flight ids are ``<scenario>/<callsign>`` so they are unique in the data set);
+- ``clearances.parquet``: the expert's clearances (action contract, source ``simulator``);
+- ``expert_truth.parquet``: ground truth apart from model inputs (true style, the exact decision
+  distribution at every decision the expert considered, the decision and its log-probability);
+- ``scenarios/<name>.json``: the scenarios, replayable; ``simulate_report.json``: counts and throughput.
+"""
+
+from __future__ import annotations
+
+import json
+import time as _time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+
+from atc_il.io import atomic_write_table, reset_dir, write_json, write_partitioned
+from atc_il.schemas import ACTION_SCHEMA, TRACK_SCHEMA, action_id, to_table
+from simulator_adapters.scenarios import Scenario, scenario_set
+
+DAY = pd.Timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Job:
+    scenario_json: str
+    expert: str
+    index: int
+    seed: int
+
+
+def run_job(job: Job) -> dict:
+    """One scenario under one expert in its own BlueSky process (picklable for process pools and Dask)."""
+    from simulator_adapters.bluesky_sim import BlueSkySim
+    from simulator_adapters.controllers import make_controller
+    from simulator_adapters.rollout import rollout
+
+    sc = Scenario.from_json(job.scenario_json)
+    with BlueSkySim() as sim:
+        res = rollout(sc, make_controller(job.expert), sim, seed=job.seed)
+    return relabel(res, job.index)
+
+
+def run_jobs_on(sim, jobs: list[Job]) -> list[dict]:
+    """Several jobs on one open simulator (one BlueSky start for all of them)."""
+    from simulator_adapters.controllers import make_controller
+    from simulator_adapters.rollout import rollout
+    out = []
+    for job in jobs:
+        res = rollout(Scenario.from_json(job.scenario_json), make_controller(job.expert), sim, seed=job.seed)
+        out.append(relabel(res, job.index))
+    return out
+
+
+def _batch(jobs: list[Job]) -> list[dict]:
+    from simulator_adapters.bluesky_sim import BlueSkySim
+    with BlueSkySim() as sim:
+        return run_jobs_on(sim, jobs)
+
+
+def relabel(res, index: int) -> dict:
+    """Shift a rollout to its own day and make flight ids unique in the data set."""
+    name = res.scenario
+    shift = index * DAY
+
+    def fid(s):
+        return name + "/" + s.astype(str)
+
+    tr = res.tracks.copy()
+    tr["time"] = tr["time"] + shift
+    tr["flight_id"] = fid(tr["flight_id"])
+    ac = res.actions.copy()
+    if len(ac):
+        ac["time"] = ac["time"] + shift
+        ac["flight_id"] = fid(ac["flight_id"])
+        ac["action_id"] = [action_id(f, t, a) for f, t, a in zip(ac["flight_id"], ac["time"], ac["action_type"])]
+    truth = res.truth.copy()
+    if len(truth):
+        truth["time"] = pd.to_datetime(truth["time"], utc=True) + shift
+        for c in ("flight_id_1", "flight_id_2"):
+            truth[c] = fid(truth[c])
+        truth["joint"] = truth["joint"].map(json.dumps)
+    return {"tracks": tr, "actions": ac, "truth": truth, "meta": res.meta}
+
+
+def simulate(out: str | Path, n_scenarios: int, expert: str = "atco", seed: int = 0, workers: int = 1,
+             client=None, scenario_kwargs: dict | None = None, progress: bool | None = None) -> dict:
+    """Generate ``n_scenarios`` scenarios, run them under ``expert`` and write the demonstrations."""
+    from atc_il.progress import track
+    from simulator_adapters.parallel import run_parallel
+
+    out = reset_dir(out)
+    wall = _time.perf_counter()
+    scenarios = scenario_set(n_scenarios, seed, **(scenario_kwargs or {}))
+    (out / "scenarios").mkdir()
+    for sc in scenarios:
+        sc.save(out / "scenarios" / f"{sc.name}.json")
+    jobs = [Job(sc.to_json(), expert, i, sc.seed) for i, sc in enumerate(scenarios)]
+    if workers <= 1 and client is None:
+        from simulator_adapters.bluesky_sim import BlueSkySim
+        with BlueSkySim() as sim:
+            results = [run_jobs_on(sim, [j])[0] for j in track(jobs, f"simulate ({expert})", show=progress)]
+    else:
+        n = max(1, workers if client is None else len(client.scheduler_info().get("workers", {})) or workers)
+        batches = [jobs[i::n] for i in range(n) if jobs[i::n]]
+        results = sorted((r for b in run_parallel(_batch, batches, workers=n, client=client) for r in b),
+                         key=lambda r: r["tracks"]["time"].min() if len(r["tracks"]) else pd.Timestamp.max.tz_localize("UTC"))
+    tracks = pd.concat([r["tracks"] for r in results], ignore_index=True)
+    actions = pd.concat([r["actions"] for r in results if len(r["actions"])], ignore_index=True) \
+        if any(len(r["actions"]) for r in results) else ACTION_SCHEMA.empty_table().to_pandas()
+    write_partitioned(tracks, TRACK_SCHEMA, out / "tracks", what="simulated tracks")
+    atomic_write_table(to_table(actions, ACTION_SCHEMA, "simulated clearances"), out / "clearances.parquet")
+    truths = [r["truth"] for r in results if len(r["truth"])]
+    if truths:
+        truth = pd.concat(truths, ignore_index=True)
+        truth.to_parquet(out / "expert_truth.parquet", index=False)
+    sim_s = sum(r["meta"]["sim_s"] for r in results)
+    wall_s = _time.perf_counter() - wall
+    report = {"scenarios": n_scenarios, "expert": expert, "seed": seed, "workers": workers,
+              "track_points": len(tracks), "flights": int(tracks["flight_id"].nunique()), "clearances": len(actions),
+              "expert_decisions": int(sum(len(t) for t in truths)),
+              "styles": {r["meta"]["scenario"]: r["meta"]["style"] for r in results},
+              "rejected_clearances": sum(len(r["meta"]["rejected_clearances"]) for r in results),
+              "simulated_s": sim_s, "wall_s": round(wall_s, 2),
+              "sim_seconds_per_wall_second": round(sim_s / wall_s, 1)}
+    write_json(report, out / "simulate_report.json")
+    return report
