@@ -52,7 +52,7 @@ VREL2_MIN = 1e-6 / NM_M ** 2          # BlueSky's clamp of |dv|^2 (1e-6 m2/s2), 
 DVS_MIN = 1e-6 / FT_M                 # BlueSky's "level" threshold on the vertical speed difference (1e-6 m/s), ft/s
 _TOL_NM = 1e-6                        # extra padding against rounding in the pre-filter
 _TOL_FT = 1e-3
-CHUNK_ROWS = 60_000                   # rows (aircraft-snapshots) per vectorised pass in detect()
+CHUNK_ROWS = 4_000                    # rows (aircraft-snapshots) per vectorised pass in detect() (cache-sized)
 SMALL_PAIRS_PER_ROW = 32              # below this many pairs per row, every pair is tested (no pre-filter)
 
 
