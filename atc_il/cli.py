@@ -179,6 +179,26 @@ def simulate(scenarios: int = typer.Option(4, "--scenarios", "-n", min=1, help="
                f"--no-infer && atc-il dataset -w {out} --split scenario")
 
 
+@app.command()
+@_guard
+def simeval(controller: List[str] = typer.Option(["none", "atco", "mvp"], "--controller", help="atco, mvp, none or model:URI; repeat the option"),
+            scenarios: int = typer.Option(4, "--scenarios", "-n", min=1), seed: int = typer.Option(0),
+            duration_s: float = typer.Option(1800.0, help="scenario length (simulated seconds)"),
+            out: Path = typer.Option(Path("workspace/simeval"), help="output folder (results.json, results.md, results.png)")):
+    """Closed-loop evaluation: every controller on the identical scenario set in BlueSky."""
+    from simulator_adapters.evaluation import simeval as run_eval
+    agg = run_eval(controller, scenarios, seed, out, {"duration_s": duration_s})
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=f"simeval: {scenarios} scenarios, seed {seed}")
+    for c in agg.columns:
+        table.add_column(c)
+    for row in agg.itertuples(index=False):
+        table.add_row(*[f"{v:.3g}" if isinstance(v, float) else str(v) for v in row])
+    Console().print(table)
+    typer.echo(f"written: {out}/results.json, results.md, results.png, per_scenario.csv")
+
+
 def main() -> None:
     try:
         app()

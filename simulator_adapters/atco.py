@@ -23,9 +23,10 @@ first shown; a conflict whose aircraft was cleared earlier in the same step is s
      below, 0.5 if level with it; 0 or 1 at the level limits; magnitude from ``altitude_mags``;
    - speed: ``P(faster) = sigmoid(speed_gain * along-track lead over the other / 5 NM)``; magnitude
      from ``speed_mags``.
-5. Resume: an aircraft whose last clearance was not a resume, that is in no shown conflict and was last
-   cleared at least ``resume_min_s`` ago, is told to resume its own navigation with probability
-   ``p_resume`` per step.
+5. Resume: an aircraft whose last clearance was not a resume, that is in no shown conflict, was last
+   cleared at least ``resume_min_s`` ago and is past its closest approach with the aircraft it was
+   cleared against (diverging, or that aircraft gone), is told to resume its own navigation with
+   probability ``p_resume`` per step.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from atc_il.geometry import kwik_qdr_dist_nm, wrap180
+from atc_il.geometry import cpa, kwik_qdr_dist_nm, velocity_kt, wrap180
 from simulator_adapters.controllers import Clearance, Controller, Decision, Observation, register
 
 STYLES = ("vertical_first", "vectoring_first", "speed_first")
@@ -70,6 +71,7 @@ class AtcoParams:
     fl_max: int = 410
     resume_min_s: float = 60.0
     p_resume: float = 0.3
+    recheck_s: float = 90.0
     forget_s: float = 30.0     # a conflict not shown for this long is forgotten (its shown time restarts)
 
 
@@ -78,6 +80,7 @@ class _PairState:
     first_shown: float
     last_shown: float
     handled: bool = False
+    handled_at: float = 0.0
 
 
 class SyntheticAtco(Controller):
@@ -89,7 +92,7 @@ class SyntheticAtco(Controller):
         self.rng = np.random.default_rng(0)
         self.style = STYLES[0]
         self.pairs: dict[tuple[str, str], _PairState] = {}
-        self.last_cleared: dict[str, tuple[float, str]] = {}
+        self.last_cleared: dict[str, tuple[float, str, str]] = {}   # fid -> (time, type, cleared against)
 
     def reset(self, scenario_name: str, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
@@ -103,7 +106,7 @@ class SyntheticAtco(Controller):
         (aircraft, type, value) given acting, as a list of (aircraft, type, value, probability)."""
         p, s = self.p, STYLES.index(self.style)
         p_act = p.h_max * _sigmoid((shown_s - p.show_min_s[s]) / 10.0) * _sigmoid((p.tcpa_act_s[s] - c["tcpa_s"]) / 30.0)
-        recent = [float(now - self.last_cleared.get(x["flight_id"], (-1e9, ""))[0] < p.recent_s) for x in (a, b)]
+        recent = [float(now - self.last_cleared.get(x["flight_id"], (-1e9,))[0] < p.recent_s) for x in (a, b)]
         vert = [float(abs(x["vs_fpm"]) > 500) for x in (a, b)]
         p1 = _sigmoid(p.recent_penalty * (recent[1] - recent[0]) + p.climb_bonus * (vert[0] - vert[1]))
         joint = []
@@ -164,6 +167,14 @@ class SyntheticAtco(Controller):
             out[-m] = out.get(-m, 0.0) + pm * (1 - up)
         return {v: q for v, q in out.items() if q > 0}
 
+    @staticmethod
+    def _diverging(a, b) -> bool:
+        qdr, dist = kwik_qdr_dist_nm(a["lat_deg"], a["lon_deg"], b["lat_deg"], b["lon_deg"])
+        ua, va = velocity_kt(a["gs_kt"], a["trk_deg"])
+        ub, vb = velocity_kt(b["gs_kt"], b["trk_deg"])
+        tcpa, _ = cpa(dist * math.sin(math.radians(qdr)), dist * math.cos(math.radians(qdr)), ub - ua, vb - va)
+        return float(tcpa) <= 0.0
+
     # ------------------------------------------------------------------ the decision step
     def decide(self, obs: Observation) -> Decision:
         now = obs.sim_s
@@ -180,10 +191,12 @@ class SyntheticAtco(Controller):
             if st is None or now - st.last_shown > self.p.forget_s:
                 st = self.pairs[key] = _PairState(now, now)
             st.last_shown = now
+            if st.handled and now - st.handled_at >= self.p.recheck_s:
+                st.handled = False
             if st.handled:
                 continue
-            if any(self.last_cleared.get(f, (-1e9, ""))[0] == now for f in key):
-                st.handled = True
+            if any(self.last_cleared.get(f, (-1e9,))[0] == now for f in key):
+                st.handled, st.handled_at = True, now
                 continue
             if key[0] not in radar.index or key[1] not in radar.index:
                 continue
@@ -200,16 +213,18 @@ class SyntheticAtco(Controller):
                 k, t, v, q = dist["joint"][i]
                 fid = key[k]
                 dec.clearances.append(Clearance(fid, t, float(v)))
-                self.last_cleared[fid] = (now, t)
-                st.handled = True
+                self.last_cleared[fid] = (now, t, key[1 - k])
+                st.handled, st.handled_at = True, now
                 record.update(aircraft=k, action_type=t, value=float(v), log_prob=math.log(dist["p_act"] * q))
             dec.truth.append(record)
-        for fid, (t_last, kind) in list(self.last_cleared.items()):
+        for fid, (t_last, kind, other) in list(self.last_cleared.items()):
             if kind == "resume" or fid in shown or now - t_last < self.p.resume_min_s or fid not in radar.index:
+                continue
+            if other in radar.index and not self._diverging(radar.loc[fid], radar.loc[other]):
                 continue
             if self.rng.random() < self.p.p_resume:
                 dec.clearances.append(Clearance(fid, "resume", 0.0))
-                self.last_cleared[fid] = (now, "resume")
+                self.last_cleared[fid] = (now, "resume", other)
         return dec
 
 

@@ -146,6 +146,9 @@ def rollout(scenario: Scenario, controller: Controller, sim: BlueSkySim, cfg: Ro
         due = [f for f in pending if f.spawn_s <= t and f.flight_id not in spawned]
         if due:
             sim.create([aircraft_init(f) for f in due])
+            for f in due:       # the planned climb or descent (flight plan, not a controller clearance)
+                if abs(f.cleared_alt_ft - f.alt_ft) >= 100:
+                    sim.stack(f"ALT {f.flight_id} {f.cleared_alt_ft:.0f}")
             spawned.update({f.flight_id: t for f in due})
         pending = [f for f in pending if f.flight_id not in spawned]
         st = sim.states()
@@ -183,7 +186,7 @@ def rollout(scenario: Scenario, controller: Controller, sim: BlueSkySim, cfg: Ro
         t += cfg.decision_dt_s
     tr = pd.concat(tracks, ignore_index=True) if tracks else TRACK_SCHEMA.empty_table().to_pandas()
     ac = pd.DataFrame(actions, columns=ACTION_SCHEMA.names)
-    meta = {"scenario": scenario.name, "seed": seed, "controller": controller.name,
+    meta = {"scenario": scenario.name, "seed": seed, "t0": sim.time_of(0.0), "controller": controller.name,
             "style": getattr(controller, "style", None), "sim_s": scenario.duration_s,
             "wall_s": round(_time.perf_counter() - wall, 3), "decision_steps": n_decisions, "max_aircraft": max_ac,
             "flights": len(spawned), "clearances": len(ac), "rejected_clearances": errors}

@@ -61,7 +61,7 @@ def test_timing_depends_on_how_long_the_conflict_was_shown():
 def test_avoids_the_aircraft_cleared_a_minute_ago_and_turns_away():
     atco = SyntheticAtco(style="vectoring_first")
     atco.reset("s", 0)
-    atco.last_cleared["A"] = (50.0, "speed")
+    atco.last_cleared["A"] = (50.0, "speed", "B")
     d = atco.distribution(CONF, A, B, now=80.0, shown_s=60.0)
     assert d["p_aircraft_1"] < 0.1
     # B is to the right of A (north-east of A flying north): A turns left more often than right
