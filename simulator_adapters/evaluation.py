@@ -110,17 +110,17 @@ def simeval(controllers: list[str], n_scenarios: int, seed: int, out: str | Path
         agree_type=("agree_type_agree", "mean"), agree_timing_mae_s=("agree_timing_mae_s", "mean"))
     agg = agg.reindex(controllers).reset_index()
     write_json({"seed": seed, "scenarios": n_scenarios, "results": agg.to_dict("records")}, out / "results.json")
-    (out / "results.md").write_text(agg.round(3).to_markdown(index=False) if _has_tabulate() else agg.round(3).to_string(index=False))
+    (out / "results.md").write_text(markdown_table(agg))
     _plot(agg, out / "results.png")
     return agg
 
 
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-        return True
-    except ImportError:
-        return False
+def markdown_table(df: pd.DataFrame) -> str:
+    def fmt(v):
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
 
 
 def _plot(agg: pd.DataFrame, path: Path) -> None:

@@ -43,6 +43,7 @@ class RolloutConfig:
     sim: SimConfig = SimConfig()
     exit_grace_s: float = 60.0       # a flight outside the sector this long after spawning is deleted
     mvp_probe_s: float = 30.0
+    record_bluesky_conflicts: bool = False   # keep BlueSky's own conflict pairs per step (cross-checks)
 
 
 @dataclass
@@ -142,6 +143,7 @@ def rollout(scenario: Scenario, controller: Controller, sim: BlueSkySim, cfg: Ro
     mvp = _MvpRecorder(cfg.mvp_probe_s) if controller.sim_resolution == "MVP" else None
     cleared = pd.DataFrame(columns=ACTION_SCHEMA.names)
     t, n_decisions, max_ac = 0.0, 0, 0
+    bs_pairs: set = set()
     while t <= scenario.duration_s:
         due = [f for f in pending if f.spawn_s <= t and f.flight_id not in spawned]
         if due:
@@ -163,6 +165,9 @@ def rollout(scenario: Scenario, controller: Controller, sim: BlueSkySim, cfg: Ro
         now = sim.time_of(t)
         if mvp is not None:
             actions.extend(mvp.update(t, now, st, sim.resolution_active()))
+        if cfg.record_bluesky_conflicts:
+            bsc = sim.conflicts()
+            bs_pairs.update(zip(bsc.loc[bsc["conflict"], "flight_id_1"], bsc.loc[bsc["conflict"], "flight_id_2"]))
         radar = noisy(st, cfg.noise, rng)
         conf = detect_snapshot(radar["flight_id"].to_numpy(), radar["lat_deg"].to_numpy(), radar["lon_deg"].to_numpy(),
                                radar["alt_ft"].to_numpy(), radar["gs_kt"].to_numpy(), radar["trk_deg"].to_numpy(),
@@ -189,5 +194,6 @@ def rollout(scenario: Scenario, controller: Controller, sim: BlueSkySim, cfg: Ro
     meta = {"scenario": scenario.name, "seed": seed, "t0": sim.time_of(0.0), "controller": controller.name,
             "style": getattr(controller, "style", None), "sim_s": scenario.duration_s,
             "wall_s": round(_time.perf_counter() - wall, 3), "decision_steps": n_decisions, "max_aircraft": max_ac,
-            "flights": len(spawned), "clearances": len(ac), "rejected_clearances": errors}
+            "flights": len(spawned), "clearances": len(ac), "rejected_clearances": errors,
+            "bluesky_conflict_pairs": sorted(bs_pairs)}
     return RolloutResult(scenario.name, controller.name, tr, ac, pd.DataFrame(truth), meta)
