@@ -21,14 +21,14 @@ from atc_il.schemas import to_table
 MARKER = "_SUCCESS"
 
 
-def atomic_write_table(table: pa.Table, path: str | Path) -> Path:
+def atomic_write_table(table: pa.Table, path: str | Path, compression: str = "zstd", **write_options) -> Path:
     """Write a parquet file atomically: a temporary file in the same folder, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=path.parent)
     os.close(fd)
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression=compression, **write_options)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from atc_il.config import DatasetConfig, PipelineConfig
 from atc_il.errors import DataError
-from atc_il.geometry import cpa, kwik_qdr_dist_nm, to_local_nm
+from atc_il.geometry import cpa, kwik_qdr_dist_nm, to_local_nm, velocity_kt
 from atc_il.io import mark_complete, read_table, reset_dir, write_json
 from atc_il.progress import track
 from atc_il.schemas import (ACTION_LINK_SCHEMA, ACTION_SCHEMA, ACTION_TYPES, CONFLICT_SCHEMA, EPISODE_SCHEMA,
@@ -102,25 +102,35 @@ class TrackIndex:
         return out
 
 
+def _fill(out: np.ndarray, feats: list, valid: np.ndarray) -> np.ndarray:
+    """Write features into a preallocated float32 array; padding and missing values become 0."""
+    for i, f in enumerate(feats):
+        out[..., i] = f
+    out[~valid] = 0.0
+    bad = np.isnan(out)
+    if bad.any():
+        out[bad] = 0.0
+    return out
+
+
 def _pose(state: dict, lat0, lon0, alt0, theta) -> np.ndarray:
     """Pose features in the pair frame; ``lat0``..``theta`` broadcast against the state arrays."""
     x, y = to_local_nm(state["lat_deg"], state["lon_deg"], lat0, lon0)
-    c, s = np.cos(np.radians(theta)), np.sin(np.radians(theta))
-    rel = np.radians(state["trk_deg"] - theta)
+    th = np.radians(theta)
+    c, s = np.cos(th), np.sin(th)
+    rel = np.radians(state["trk_deg"]) - th
     cfl_known = np.isfinite(state["cfl_ft"])
     feats = [x * c - y * s, x * s + y * c, state["alt_ft"] - alt0, state["gs_kt"], np.sin(rel), np.cos(rel),
              state["vs_fpm"], np.where(cfl_known, state["cfl_ft"] - state["alt_ft"], 0.0), cfl_known,
              state["valid"]]
-    out = np.stack([np.broadcast_to(np.asarray(f, dtype=float), x.shape) for f in feats], axis=-1)
-    out[~state["valid"]] = 0.0
-    return np.nan_to_num(out, nan=0.0).astype(np.float32)
+    return _fill(np.empty(x.shape + (len(POSE),), dtype=np.float32), feats, state["valid"])
 
 
 def _geometry(a: dict, b: dict, theta, tsec_since_first) -> np.ndarray:
     qdr, dist = kwik_qdr_dist_nm(a["lat_deg"], a["lon_deg"], b["lat_deg"], b["lon_deg"])
     dx, dy = dist * np.sin(np.radians(qdr)), dist * np.cos(np.radians(qdr))
-    ua, va = a["gs_kt"] * np.sin(np.radians(a["trk_deg"])), a["gs_kt"] * np.cos(np.radians(a["trk_deg"]))
-    ub, vb = b["gs_kt"] * np.sin(np.radians(b["trk_deg"])), b["gs_kt"] * np.cos(np.radians(b["trk_deg"]))
+    ua, va = velocity_kt(a["gs_kt"], a["trk_deg"])
+    ub, vb = velocity_kt(b["gs_kt"], b["trk_deg"])
     du, dv = ub - ua, vb - va
     tcpa, dcpa = cpa(dx, dy, du, dv)
     closure = -(dx * du + dy * dv) / np.maximum(dist, 1e-6)
@@ -129,9 +139,7 @@ def _geometry(a: dict, b: dict, theta, tsec_since_first) -> np.ndarray:
     valid = a["valid"] & b["valid"]
     feats = [tcpa, dcpa, dist, np.sin(rel), np.cos(rel), closure, np.abs(dalt),
              np.sign(dalt) * (a["vs_fpm"] - b["vs_fpm"]), np.maximum(tsec_since_first, 0.0), valid]
-    out = np.stack([np.asarray(f, dtype=float) for f in feats], axis=-1)
-    out[~valid] = 0.0
-    return np.nan_to_num(out, nan=0.0).astype(np.float32)
+    return _fill(np.empty(dist.shape + (len(GEOM),), dtype=np.float32), feats, valid)
 
 
 def _neighbours(idx: TrackIndex, s_tidx, lat_mid, lon_mid, c1, c2, k: int, range_nm: float) -> np.ndarray:
