@@ -59,7 +59,7 @@ class DatasetConfig(Section):
     val_fraction: float = Field(0.15, ge=0, lt=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)
     seed: int = 0
-    shard_rows: int = Field(50_000, ge=1)
+    shard_rows: int = Field(20_000, ge=1, description="samples per shard (bounds memory while building)")
 
 
 class PipelineConfig(Section):
