@@ -252,3 +252,64 @@ def generate(spec: ScenarioSpec | None = None, **overrides) -> Scenario:
 def scenario_set(n: int, seed: int, **spec) -> list[Scenario]:
     """``n`` scenarios with seeds derived from ``seed`` (scenario i uses seed * 100003 + i)."""
     return [generate(ScenarioSpec(name=f"s{seed}-{i:04d}", seed=seed * 100003 + i, **spec)) for i in range(n)]
+
+
+def _sim_id(fid: str, used: set) -> str:
+    """A BlueSky-safe identifier (upper-case letters, digits, '_' or '-') for a recorded flight id."""
+    import re
+    base = re.sub(r"[^A-Z0-9_-]", "_", str(fid).upper())[:12] or "FLT"
+    out, k = base, 1
+    while out in used:
+        out, k = f"{base[:10]}{k:02d}", k + 1
+    used.add(out)
+    return out
+
+
+def from_tracks(tracks, start=None, duration_s: float = 1800.0, sector: Sector | None = None, *,
+                name: str = "replay", seed: int = 0, waypoint_every_s: float = 300.0,
+                perturb_pos_nm: float = 0.0, perturb_alt_ft: float = 0.0, perturb_time_s: float = 0.0) -> Scenario:
+    """A scenario seeded from recorded canonical tracks: each flight starts where and when it was first seen
+    after ``start`` (heading, level, speed from the track), and flies a route of named waypoints sampled
+    from its recorded path every ``waypoint_every_s`` up to its last point in the window; its planned
+    level is its last recorded level. Optional seeded perturbations (position, level, spawn time) turn
+    one recording into many. ``spec`` keeps the mapping from simulator ids to recorded flight ids."""
+    import pandas as pd
+    from bluesky.tools import aero
+
+    df = tracks.sort_values(["flight_id", "time"], kind="stable")
+    t_start = pd.Timestamp(start) if start is not None else df["time"].min()
+    if t_start.tzinfo is None:
+        t_start = t_start.tz_localize("UTC")
+    t_end = t_start + pd.Timedelta(seconds=duration_s)
+    df = df[(df["time"] >= t_start) & (df["time"] <= t_end)].dropna(subset=["gs_kt", "trk_deg"])
+    if sector is None:
+        lat0, lon0 = float(df["lat_deg"].mean()), float(df["lon_deg"].mean())
+        x, y = to_local_nm(df["lat_deg"].to_numpy(), df["lon_deg"].to_numpy(), lat0, lon0)
+        half = float(max(np.abs(x).max(), np.abs(y).max())) + 10.0 if len(df) else 50.0
+        sector = Sector.box(lat0, lon0, half)
+    rng = np.random.default_rng(seed)
+    used: set = set()
+    flights, ids = [], {}
+    for fid, g in df.groupby("flight_id", sort=True):
+        if len(g) < 2 or g["gs_kt"].iloc[0] < 100:
+            continue
+        sid = _sim_id(fid, used)
+        ids[sid] = str(fid)
+        first, last = g.iloc[0], g.iloc[-1]
+        secs = (g["time"] - first["time"]).dt.total_seconds().to_numpy()
+        picks = list(np.flatnonzero(np.diff(np.floor(secs / waypoint_every_s), prepend=0) > 0)) + [len(g) - 1]
+        route = tuple(Waypoint(f"{sid[:8]}{k:02d}", float(g["lat_deg"].iloc[i]), float(g["lon_deg"].iloc[i]))
+                      for k, i in enumerate(dict.fromkeys(picks)))
+        dx, dy = rng.normal(0, perturb_pos_nm, 2) if perturb_pos_nm else (0.0, 0.0)
+        lat, lon = from_local_nm(dx, dy, float(first["lat_deg"]), float(first["lon_deg"]))
+        dalt = float(rng.choice([-1, 0, 1]) * perturb_alt_ft) if perturb_alt_ft else 0.0
+        alt = float(first["alt_ft"]) + dalt
+        cas = float(aero.vtas2cas(float(first["gs_kt"]) * KT_MPS, alt * FT_M)) / KT_MPS
+        spawn = float((first["time"] - t_start).total_seconds())
+        spawn = max(0.0, spawn + (rng.uniform(-perturb_time_s, perturb_time_s) if perturb_time_s else 0.0))
+        flights.append(FlightSpec(sid, spawn, float(lat), float(lon), float(first["trk_deg"]) % 360, alt,
+                                  round(cas, 1), route, float(round(last["alt_ft"] / 100) * 100 + dalt)))
+    flights.sort(key=lambda f: (f.spawn_s, f.flight_id))
+    return Scenario(name, seed, float(duration_s), sector, flights, [],
+                    {"source": "recorded tracks", "start": t_start.isoformat(), "flight_ids": ids,
+                     "perturb": {"pos_nm": perturb_pos_nm, "alt_ft": perturb_alt_ft, "time_s": perturb_time_s}})
