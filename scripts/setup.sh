@@ -14,7 +14,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 if ! python -c "import torch" >/dev/null 2>&1; then
   echo "[setup] installing torch (CPU build)"
   pip install -q "torch==2.13.0" 2>&1 | grep -v "is ignored: it is neither" || true
-  python -c "import torch" || { echo "[setup] torch install failed" >&2; exit 1; }
+  python -c "import torch" 2>/dev/null || { echo "[setup] torch install failed" >&2; exit 1; }
 fi
 if ! python -c "import atc_il, pytest" >/dev/null 2>&1 || [ pyproject.toml -nt .venv/.atc-il-installed ]; then
   echo "[setup] installing atc-il and its dependencies"
