@@ -100,6 +100,11 @@ def make_controller(spec: str, **kwargs) -> Controller:
     a factory registered under ``model`` receives the URI)."""
     import simulator_adapters.atco  # noqa: F401  (registers "atco")
     name, _, arg = spec.partition(":")
+    if name == "model" and "model" not in _REGISTRY:
+        try:
+            import models.controller  # noqa: F401  (registers "model": a learned policy in the loop)
+        except ImportError as exc:
+            raise ConfigError(f"controller {spec!r}: the models package cannot be loaded: {exc}") from exc
     if name not in _REGISTRY:
         raise ConfigError(f"unknown controller {spec!r}; known: {sorted(_REGISTRY)} (model:URI once a model package registers it)")
     return _REGISTRY[name](arg, **kwargs) if arg else _REGISTRY[name](**kwargs)
