@@ -1,0 +1,175 @@
+"""Observation encoders: normalised observation histories -> (summary (B, D), per-step features (B, H, D) or None).
+
+- ``mlp``: the Markovian baseline, the decision-time step only (plus recent clearances);
+- ``gru``: per-step tokens (pair, masked mean of neighbours, geometry) through a GRU over the history;
+- ``transformer``: the same tokens with masked attention pooling over neighbours, a learned positional
+  embedding and a CLS token, through a TransformerEncoder with a key padding mask on unobserved steps.
+
+Masks come from the ``valid`` feature (the last one of every tensor). No data-dependent Python control
+flow in ``forward``: every encoder traces with ``torch.compile(fullgraph=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from atc_il.errors import ModelError
+from models.config import EncoderConfig
+from models.interface import ENCODERS, Observations
+from models.normalizer import tensor_shapes
+
+
+def mlp(d_in: int, hidden: int, d_out: int, layers: int = 2, dropout: float = 0.0) -> nn.Sequential:
+    """``layers`` Linear layers with GELU (and dropout) between them."""
+    mods: list[nn.Module] = []
+    d = d_in
+    for _ in range(layers - 1):
+        mods += [nn.Linear(d, hidden), nn.GELU()] + ([nn.Dropout(dropout)] if dropout > 0 else [])
+        d = hidden
+    mods.append(nn.Linear(d, d_out))
+    return nn.Sequential(*mods)
+
+
+def valid_mask(x: torch.Tensor) -> torch.Tensor:
+    """(...,) float mask from the last feature (``valid``)."""
+    return (x[..., -1] > 0.5).to(x.dtype)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """Mean of ``x`` over ``dim`` where ``mask`` (x's shape without the last axis) is 1; 0 where none is."""
+    m = mask.unsqueeze(-1).to(x.dtype)
+    return (x * m).sum(dim) / m.sum(dim).clamp(min=1.0)
+
+
+class SetEncoder(nn.Module):
+    """Permutation-invariant encoder of a padded set (B, ..., N, F) -> (B, ..., D): phi per item, masked mean."""
+
+    def __init__(self, f_in: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.phi = mlp(f_in, hidden, hidden, 2, dropout)
+        self.rho = nn.Sequential(nn.GELU(), nn.Linear(hidden, hidden))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rho(masked_mean(self.phi(x), valid_mask(x), dim=-2))
+
+
+class AttentionPool(nn.Module):
+    """Attention of a query (B, H, D) over padded items (B, H, K, F): a learned null item is always
+    attendable, so a step with no valid neighbour pools to that null value instead of NaN."""
+
+    def __init__(self, f_in: int, hidden: int):
+        super().__init__()
+        self.key = nn.Linear(f_in, hidden)
+        self.value = nn.Linear(f_in, hidden)
+        self.query = nn.Linear(hidden, hidden)
+        self.null_key = nn.Parameter(torch.zeros(hidden))
+        self.null_value = nn.Parameter(torch.zeros(hidden))
+        self.scale = 1.0 / math.sqrt(hidden)
+
+    def forward(self, query: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        q = self.query(query)                                            # (B, H, D)
+        k, v = self.key(items), self.value(items)                        # (B, H, K, D)
+        logits = torch.einsum("bhd,bhkd->bhk", q, k) * self.scale
+        logits = logits.masked_fill(valid_mask(items) < 0.5, float("-inf"))
+        null = (q * self.null_key).sum(-1, keepdim=True) * self.scale    # (B, H, 1)
+        w = torch.softmax(torch.cat([null, logits], dim=-1).float(), dim=-1).to(v.dtype)
+        return w[..., :1] * self.null_value + torch.einsum("bhk,bhkd->bhd", w[..., 1:], v)
+
+
+class _Base(nn.Module):
+    def __init__(self, spec: dict, cfg: EncoderConfig):
+        super().__init__()
+        shapes = tensor_shapes(spec)
+        self.H, _, self.f_pose = shapes["pair"]
+        self.K = shapes["neighbours"][1]
+        self.f_geom = shapes["geometry"][-1]
+        self.M, self.f_clr = shapes["clearances"]
+        self.cfg = cfg
+
+
+@ENCODERS.register("mlp")
+class MLPEncoder(_Base):
+    """Markovian baseline: the last step of pair, neighbours and geometry, and the clearances, flattened."""
+
+    def __init__(self, spec: dict, cfg: EncoderConfig):
+        super().__init__(spec, cfg)
+        d_in = (2 + self.K) * self.f_pose + self.f_geom + self.M * self.f_clr
+        self.net = mlp(d_in, cfg.hidden, cfg.hidden, cfg.layers + 1, cfg.dropout)
+        self.out_dim = cfg.hidden
+
+    def forward(self, obs: Observations) -> tuple[torch.Tensor, None]:
+        b = obs.pair.shape[0]
+        x = torch.cat([obs.pair[:, -1].reshape(b, -1), obs.neighbours[:, -1].reshape(b, -1),
+                       obs.geometry[:, -1], obs.clearances.reshape(b, -1)], dim=-1)
+        return torch.nn.functional.gelu(self.net(x)), None
+
+
+class StepTokens(nn.Module):
+    """Per-step token (B, H, D): pair, pooled neighbours and geometry of each step, embedded together."""
+
+    def __init__(self, f_pose: int, f_geom: int, hidden: int, attention: bool, dropout: float = 0.0):
+        super().__init__()
+        self.pair = mlp(2 * f_pose, hidden, hidden, 2, dropout)
+        self.neigh = mlp(f_pose, hidden, hidden, 2, dropout) if not attention else None
+        self.attn = AttentionPool(f_pose, hidden) if attention else None
+        self.mix = nn.Sequential(nn.GELU(), nn.Linear(2 * hidden + f_geom, hidden), nn.GELU())
+
+    def forward(self, obs: Observations) -> torch.Tensor:
+        p = self.pair(obs.pair.flatten(-2))                               # (B, H, D)
+        if self.attn is not None:                                         # structural, fixed at build time
+            n = self.attn(p, obs.neighbours)
+        else:
+            n = masked_mean(self.neigh(obs.neighbours), valid_mask(obs.neighbours), dim=-2)
+        return self.mix(torch.cat([p, n, obs.geometry], dim=-1))
+
+
+@ENCODERS.register("gru")
+class GRUEncoder(_Base):
+    """GRU over per-step tokens; summary = last hidden state ⊕ clearance-set embedding (out_dim = 2 hidden)."""
+
+    def __init__(self, spec: dict, cfg: EncoderConfig):
+        super().__init__(spec, cfg)
+        d = cfg.hidden
+        self.tokens = StepTokens(self.f_pose, self.f_geom, d, attention=False, dropout=cfg.dropout)
+        self.gru = nn.GRU(d, d, num_layers=cfg.layers, batch_first=True,
+                          dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+        self.clearances = SetEncoder(self.f_clr, d, cfg.dropout)
+        self.out_dim = 2 * d
+
+    def forward(self, obs: Observations) -> tuple[torch.Tensor, torch.Tensor]:
+        tok = self.tokens(obs)
+        per_step, _ = self.gru(tok)
+        return torch.cat([per_step[:, -1], self.clearances(obs.clearances)], dim=-1), per_step
+
+
+@ENCODERS.register("transformer")
+class TransformerEncoder(_Base):
+    """TransformerEncoder over [CLS, step tokens + positions]; steps where neither aircraft of the pair
+    is observed are masked out; summary = CLS output ⊕ clearance-set embedding (out_dim = 2 hidden)."""
+
+    def __init__(self, spec: dict, cfg: EncoderConfig):
+        super().__init__(spec, cfg)
+        d = cfg.hidden
+        if d % cfg.heads:
+            raise ModelError(f"encoder.hidden ({d}) must be a multiple of encoder.heads ({cfg.heads})")
+        self.tokens = StepTokens(self.f_pose, self.f_geom, d, attention=True, dropout=cfg.dropout)
+        self.pos = nn.Parameter(torch.randn(self.H, d) * 0.02)
+        self.cls = nn.Parameter(torch.randn(d) * 0.02)
+        layer = nn.TransformerEncoderLayer(d, cfg.heads, dim_feedforward=2 * d, dropout=cfg.dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.body = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.clearances = SetEncoder(self.f_clr, d, cfg.dropout)
+        self.out_dim = 2 * d
+
+    def forward(self, obs: Observations) -> tuple[torch.Tensor, torch.Tensor]:
+        b = obs.pair.shape[0]
+        tok = self.tokens(obs) + self.pos
+        x = torch.cat([self.cls.expand(b, 1, -1).to(tok.dtype), tok], dim=1)
+        step_valid = (obs.pair[..., -1] > 0.5).any(-1)                            # (B, H)
+        pad = torch.cat([torch.zeros_like(step_valid[:, :1]), ~step_valid], dim=1)  # CLS never masked
+        y = self.norm(self.body(x, src_key_padding_mask=pad))
+        return torch.cat([y[:, 0], self.clearances(obs.clearances)], dim=-1), y[:, 1:]

@@ -1,0 +1,148 @@
+"""The policy: Normalizer + encoder + optional HistoryVAE + head, implementing models/interface.py.
+
+Raw observations go in; the policy normalises them with the training split's statistics it holds as
+buffers (saved with its weights). The head is conditioned on ``summary`` or ``concat(summary, z)``.
+
+A saved policy directory holds ``weights.pt`` (the state dict, loaded with ``weights_only=True``),
+``config.yaml`` (the ModelConfig) and ``feature_spec.json`` (the data set's feature spec, with the
+normalisation statistics); ``load_policy`` rebuilds the modules from the registries by name.
+
+Device: inputs are moved to the device of the module. Mixed precision: run under
+``torch.autocast('cuda', dtype=torch.bfloat16)``; distributions and log-probs stay float32.
+Compilation: ``policy.compile_encoder()`` compiles the encoder in place (state-dict keys unchanged).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+import models.encoders  # noqa: F401  (registers the encoders)
+import models.heads  # noqa: F401  (registers the heads)
+from atc_il.config import validate
+from atc_il.errors import AtcIlError, ModelError
+from atc_il.io import atomic_write_text
+from models.config import ModelConfig
+from models.interface import ENCODERS, HEADS, Decisions, Observations
+from models.normalizer import Normalizer
+from models.vae import HistoryVAE
+
+WEIGHTS_FILE, CONFIG_FILE, SPEC_FILE = "weights.pt", "config.yaml", "feature_spec.json"
+
+
+class Policy(nn.Module):
+    def __init__(self, config: ModelConfig, spec: dict):
+        super().__init__()
+        self.config = config
+        self.spec = spec
+        self.normalizer = Normalizer(spec)
+        self.encoder = ENCODERS.get(config.encoder.name)(spec, config.encoder)
+        ctx_dim = self.encoder.out_dim
+        self.vae = HistoryVAE(spec, config.vae, self.encoder.out_dim) if config.vae.enabled else None
+        if self.vae is not None:
+            ctx_dim += self.vae.latent_dim
+        self.head = HEADS.get(config.head.name)(ctx_dim, config.head)
+        self.exact_log_prob = self.head.exact_log_prob
+
+    @property
+    def device(self) -> torch.device:
+        return self.normalizer.pair_mean.device
+
+    # -- internals -------------------------------------------------------------------------------
+    def _encode(self, obs: Observations):
+        """(context (B, C), normalised obs, summary, (z, q) or None)."""
+        obs_n = self.normalizer(obs.to(self.device))
+        summary, _ = self.encoder(obs_n)
+        if self.vae is None:
+            return summary, obs_n, summary, None
+        z, q = self.vae(summary)
+        return torch.cat([summary, z.to(summary.dtype)], dim=-1), obs_n, summary, (z, q)
+
+    def context(self, obs: Observations) -> torch.Tensor:
+        """The conditioning vector the head sees (B, C)."""
+        return self._encode(obs)[0]
+
+    # -- the policy interface --------------------------------------------------------------------
+    def loss(self, obs: Observations, dec: Decisions) -> tuple[torch.Tensor, dict[str, float]]:
+        ctx, obs_n, _, zq = self._encode(obs)
+        loss, logs = self.head.loss(ctx, dec.to(self.device), act_weight=self.config.train.act_weight)
+        if zq is not None:
+            vae_loss, vae_logs = self.vae.loss(zq[0], zq[1], obs_n)
+            loss = loss + vae_loss
+            logs.update(vae_logs)
+        logs["loss"] = loss.detach()
+        return loss, {k: float(v) for k, v in logs.items()}
+
+    @torch.no_grad()
+    def sample(self, obs: Observations, n: int, generator: torch.Generator | None = None) -> Decisions:
+        return self.head.sample(self.context(obs), n, generator)
+
+    def log_prob(self, obs: Observations, dec: Decisions) -> torch.Tensor:
+        return self.head.log_prob(self.context(obs), dec.to(self.device))
+
+    @torch.no_grad()
+    def predict(self, obs: Observations) -> Decisions:
+        return self.head.predict(self.context(obs))
+
+    @torch.no_grad()
+    def posterior_mean(self, obs: Observations) -> torch.Tensor:
+        """E[z | history] (B, latent_dim), for evaluating what z captures (e.g. separability of styles)."""
+        if self.vae is None:
+            raise ModelError("this policy has no VAE (vae.enabled = false): there is no latent z")
+        summary, _ = self.encoder(self.normalizer(obs.to(self.device)))
+        return self.vae.posterior(summary).mean
+
+    def compile_encoder(self, **kwargs) -> "Policy":
+        """Compile the encoder in place with torch.compile (state-dict keys stay the same)."""
+        self.encoder.compile(**kwargs)
+        return self
+
+    # -- persistence -----------------------------------------------------------------------------
+    def save(self, path_dir: str | Path) -> Path:
+        path_dir = Path(path_dir)
+        path_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path_dir / f".{WEIGHTS_FILE}.tmp"
+        torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, tmp)
+        tmp.replace(path_dir / WEIGHTS_FILE)
+        atomic_write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False), path_dir / CONFIG_FILE)
+        atomic_write_text(json.dumps(self.spec, indent=2, sort_keys=True, default=str) + "\n", path_dir / SPEC_FILE)
+        return path_dir
+
+
+def build_policy(config: ModelConfig, spec: dict) -> Policy:
+    """Build a policy from the registries by name (``config.encoder.name``, ``config.head.name``)."""
+    return Policy(config, spec)
+
+
+def load_policy(path_dir: str | Path, map_location="cpu") -> Policy:
+    """Rebuild a policy saved with :meth:`Policy.save` (in eval mode)."""
+    path_dir = Path(path_dir)
+    if not path_dir.is_dir():
+        raise ModelError(f"{path_dir}: no such policy directory")
+    for name in (WEIGHTS_FILE, CONFIG_FILE, SPEC_FILE):
+        if not (path_dir / name).exists():
+            hint = (" (the feature spec carries the normalisation statistics a policy needs)" if name == SPEC_FILE
+                    else "")
+            raise ModelError(f"{path_dir}: not a saved policy, {name} is missing{hint}; save it with Policy.save")
+    try:
+        raw = yaml.safe_load((path_dir / CONFIG_FILE).read_text()) or {}
+        config = validate(ModelConfig, raw, str(path_dir / CONFIG_FILE))
+        spec = json.loads((path_dir / SPEC_FILE).read_text())
+    except (AtcIlError, ValueError, yaml.YAMLError) as exc:
+        raise ModelError(f"{path_dir}: cannot read the policy's configuration or feature spec: {exc}") from None
+    if not spec.get("normalisation"):
+        raise ModelError(f"{path_dir}/{SPEC_FILE} has no normalisation statistics; the policy cannot normalise "
+                         "its inputs (save it from a policy built on a data set's feature spec)")
+    policy = build_policy(config, spec)
+    state = torch.load(path_dir / WEIGHTS_FILE, map_location=map_location, weights_only=True)
+    try:
+        policy.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelError(f"{path_dir}/{WEIGHTS_FILE} does not match its config.yaml: {exc}") from None
+    if isinstance(map_location, (str, torch.device)):
+        policy = policy.to(map_location)
+    return policy.eval()
