@@ -170,6 +170,11 @@ class MDNHead(Head):
     def __init__(self, ctx_dim: int, cfg: HeadConfig):
         self.n_value_params = 3 * cfg.components
         super().__init__(ctx_dim, cfg)
+        # spread the initial component means over [-1.5, 1.5] scaled units (symmetry breaking: components
+        # that all start at 0 separate slowly, and a bimodal target is then first fitted by one wide bump)
+        k = cfg.components
+        with torch.no_grad():
+            self.value_net[-1].bias[k:2 * k].copy_(torch.linspace(-1.5, 1.5, k) if k > 1 else torch.zeros(1))
 
     def mixture(self, params: torch.Tensor) -> MixtureSameFamily:
         logits, mu, raw = params.float().chunk(3, dim=-1)

@@ -75,7 +75,8 @@ class Policy(nn.Module):
             loss = loss + vae_loss
             logs.update(vae_logs)
         logs["loss"] = loss.detach()
-        return loss, {k: float(v) for k, v in logs.items()}
+        values = torch.stack([v.float() for v in logs.values()]).tolist()     # one device sync, not one per log
+        return loss, dict(zip(logs, values))
 
     @torch.no_grad()
     def sample(self, obs: Observations, n: int, generator: torch.Generator | None = None) -> Decisions:
