@@ -53,13 +53,16 @@ class Policy(nn.Module):
         return self.normalizer.pair_mean.device
 
     # -- internals -------------------------------------------------------------------------------
-    def _encode(self, obs: Observations):
-        """(context (B, C), normalised obs, summary, (z, q) or None)."""
+    def _encode(self, obs: Observations, sample_z: bool = False):
+        """(context (B, C), normalised obs, summary, (z, q) or None). z is a reparameterised sample only
+        when ``sample_z`` (the training loss); sample/log_prob/predict use the posterior mean, so their
+        randomness comes only from the generator passed in."""
         obs_n = self.normalizer(obs.to(self.device))
         summary, _ = self.encoder(obs_n)
         if self.vae is None:
             return summary, obs_n, summary, None
-        z, q = self.vae(summary)
+        q = self.vae.posterior(summary)
+        z = q.rsample() if sample_z else q.mean
         return torch.cat([summary, z.to(summary.dtype)], dim=-1), obs_n, summary, (z, q)
 
     def context(self, obs: Observations) -> torch.Tensor:
@@ -68,7 +71,7 @@ class Policy(nn.Module):
 
     # -- the policy interface --------------------------------------------------------------------
     def loss(self, obs: Observations, dec: Decisions) -> tuple[torch.Tensor, dict[str, float]]:
-        ctx, obs_n, _, zq = self._encode(obs)
+        ctx, obs_n, _, zq = self._encode(obs, sample_z=self.training)
         loss, logs = self.head.loss(ctx, dec.to(self.device), act_weight=self.config.train.act_weight)
         if zq is not None:
             vae_loss, vae_logs = self.vae.loss(zq[0], zq[1], obs_n)

@@ -48,9 +48,13 @@ class HistoryVAE(nn.Module):
         return Normal(mu, torch.nn.functional.softplus(log_std) + 1e-4, validate_args=False)
 
     def forward(self, summary: torch.Tensor) -> tuple[torch.Tensor, Normal]:
+        """(z, q): a reparameterised sample in training mode, the posterior mean otherwise."""
         q = self.posterior(summary)
         z = q.rsample() if self.training else q.mean
         return z, q
+
+    def posterior_mean(self, summary: torch.Tensor) -> torch.Tensor:
+        return self.posterior(summary).mean
 
     def reconstruction_loss(self, z: torch.Tensor, obs_norm: Observations) -> torch.Tensor:
         """Masked MSE between the decoded and the observed normalised pair + geometry histories."""

@@ -170,10 +170,14 @@ def test_policy_without_vae_and_vae_posterior(spec):
     assert "vae_kl" not in logs
     with pytest.raises(ModelError, match="no VAE"):
         plain.posterior_mean(make_obs(spec))
-    policy = build_policy(config("gru", "mdn"), spec).eval()
+    policy = build_policy(config("gru", "mdn"), spec)       # training mode: z is sampled in loss() only
     z = policy.posterior_mean(make_obs(spec))
     assert z.shape == (B, 4)
-    torch.testing.assert_close(policy.log_prob(make_obs(spec), make_dec()), policy.log_prob(make_obs(spec), make_dec()))
+    obs, dec = make_obs(spec), make_dec()
+    torch.testing.assert_close(policy.log_prob(obs, dec), policy.log_prob(obs, dec))
+    s1, s2 = (policy.sample(obs, 5, torch.Generator().manual_seed(2)) for _ in range(2))
+    torch.testing.assert_close(s1.value, s2.value, equal_nan=True)
+    assert policy.loss(obs, dec)[1]["vae_recon"] > 0
     with pytest.raises(ModelError, match="future"):
         HistoryVAE(spec, VAEConfig(predict_future_steps=2), 16)
 
