@@ -122,19 +122,26 @@ class Head(nn.Module):
         logs["nll"] = sum(nll.values()).detach()
         return loss, logs
 
-    def sample(self, ctx: torch.Tensor, n: int, generator: torch.Generator | None = None) -> Decisions:
+    def sample(self, ctx: torch.Tensor, n: int, generator: torch.Generator | None = None,
+               given_act: bool = False) -> Decisions:
+        """n decisions per context (B, n); ``given_act``: from the distribution given that the controller acts."""
         b, dev = ctx.shape[0], ctx.device
         h = self.trunk(ctx)
         act = sample_index(self.act_out(h)[:, None, :].expand(b, n, 2), draw("rand", (b, n), generator, dev))
+        if given_act:
+            act = torch.ones_like(act)
         aircraft = sample_index(self.aircraft_out(h)[:, None, :].expand(b, n, 2), draw("rand", (b, n), generator, dev))
         hn = h[:, None, :].expand(b, n, h.shape[-1])
         type_ = sample_index(self.type_logits(hn, aircraft), draw("rand", (b, n), generator, dev))
         value = self.value_sample(self.value_params(hn, aircraft, type_), type_, generator)
         return finish(act, aircraft, type_, value)
 
-    def predict(self, ctx: torch.Tensor) -> Decisions:
+    def predict(self, ctx: torch.Tensor, given_act: bool = False) -> Decisions:
+        """The most likely decision; ``given_act``: the most likely action if the controller acts."""
         h = self.trunk(ctx)
         act = self.act_out(h).argmax(-1)
+        if given_act:
+            act = torch.ones_like(act)
         aircraft = self.aircraft_out(h).argmax(-1)
         type_ = self.type_logits(h, aircraft).argmax(-1)
         return finish(act, aircraft, type_, self.value_mode(self.value_params(h, aircraft, type_), type_))
@@ -157,8 +164,8 @@ class DeterministicHead(Head):
     def value_mode(self, params, type_):
         return params[..., 0] * self.log_scale[type_].exp()
 
-    def sample(self, ctx, n, generator=None):
-        d = self.predict(ctx)
+    def sample(self, ctx, n, generator=None, given_act=False):
+        d = self.predict(ctx, given_act=given_act)
         return Decisions(*(x[:, None].expand(-1, n).clone() for x in (d.act, d.aircraft, d.type, d.value)))
 
 

@@ -335,3 +335,14 @@ def test_cuda_autocast_and_cpu_generator(spec, enc):
         s = policy.eval().sample(make_obs(spec), 4, torch.Generator().manual_seed(0))
     loss.backward()
     assert torch.isfinite(loss) and s.value.device.type == "cuda"
+
+
+def test_given_act_predicts_and_samples_actions_only(spec):
+    """Evaluation scores aircraft, type and value given that the controller acts."""
+    for head in ("deterministic", "mdn", "autoregressive"):
+        pol = build_policy(ModelConfig(head={"name": head}), spec)
+        ctx = pol.context(make_obs(spec, 5))
+        d = pol.head.predict(ctx, given_act=True)
+        assert (d.act == 1).all() and (d.aircraft >= 0).all() and (d.type >= 0).all()
+        s = pol.head.sample(ctx, 7, torch.Generator().manual_seed(0), given_act=True)
+        assert s.act.shape == (5, 7) and (s.act == 1).all() and (s.type >= 0).all()
