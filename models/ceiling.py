@@ -84,6 +84,8 @@ def ceiling_metrics(dist: dict, act: np.ndarray, aircraft: np.ndarray, typ: np.n
             lp = (np.log(np.clip(p_act[pos], 1e-12, 1)) + np.log(np.clip(pa[rows, ai], 1e-12, 1))
                   + np.log(np.clip(pt[rows, np.clip(ti, 0, None)], 1e-12, 1)))
         out["positive_discrete_nll"] = float(-lp.mean())
+        extra = -(lp - np.log(np.clip(p_act[pos], 1e-12, 1)))           # aircraft + type terms
+        out["discrete_nll"] = float(out["act_nll"] + extra.sum() / len(act))
     return out
 
 

@@ -27,6 +27,7 @@ def test_ceiling_from_recorded_probabilities():
     assert m["act_nll"] == pytest.approx(-(np.log(0.8) + np.log(0.8) + np.log(1 - 1e-12)) / 3)
     assert m["aircraft_accuracy"] == pytest.approx(0.8) and m["type_accuracy"] == pytest.approx(0.8)
     assert m["positive_discrete_nll"] == pytest.approx(-(np.log(0.8) + np.log(0.8) + np.log(0.8)))
+    assert m["discrete_nll"] == pytest.approx(m["act_nll"] - 2 * np.log(0.8) / 3)
 
 
 def test_mode_coverage_counts_modes_with_real_mass():

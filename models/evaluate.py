@@ -1,0 +1,217 @@
+"""Offline evaluation of a policy on a data-set split, against the demonstrations and, on synthetic data,
+against the Bayes ceiling of the expert that made them.
+
+Metrics (``evaluate``): act-or-not accuracy and F1; on the samples where the controller acted, aircraft
+accuracy, type accuracy and macro-F1, value error per type (mean absolute error in degrees, feet, knots
+of the most likely value given the right type), all from the policy's most likely decision *given that it
+acts*; timing error (per episode with an action: seconds between the first step the policy's most likely
+decision is to act and the demonstrated action; episodes where it never acts count as misses); negative
+log-likelihood per sample (nats; the value's density in its type's unit) and its discrete part (act,
+aircraft, type); mode coverage (the share of the expert's modes that receive real probability mass,
+synthetic data); the total-variation distance between sampled and demonstrated decisions over the
+acting samples (aircraft x type x value cells of the mode tolerance); what the VAE's latent captures
+(cross-validated accuracy of the true controller style from E[z | history], synthetic data).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from atc_il.io import write_json
+from atc_il.schemas import ACTION_TYPES
+from models.ceiling import MODE_TOLERANCE, ceiling_metrics, expert_distributions, load_truth, mode_coverage
+from models.data import load_data
+from models.interface import Decisions, Observations
+from pipelines.shards import load_split
+
+META = ["time", "flight_id_1", "flight_id_2", "episode_id", "split_key"]
+
+
+def _f1(y: np.ndarray, p: np.ndarray, positive) -> float:
+    tp = np.sum((p == positive) & (y == positive))
+    fp = np.sum((p == positive) & (y != positive))
+    fn = np.sum((p != positive) & (y == positive))
+    return float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else float("nan")
+
+
+@torch.no_grad()
+def _run(policy, obs: Observations, n_samples: int, batch: int, seed: int) -> dict:
+    """Most likely decisions (unconditional and given acting), discrete and total log-likelihoods, samples
+    given acting, and E[z] when the policy has a latent; in batches."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    out: dict[str, list] = {k: [] for k in ("act", "p_act", "aircraft", "type", "value", "lp", "lp_disc", "s_ac", "s_ty", "s_val", "z")}
+    n = obs.batch_size
+    for i in range(0, n, batch):
+        o = Observations(*(getattr(obs, k)[i:i + batch] for k in ("pair", "neighbours", "geometry", "clearances")))
+        ctx = policy.context(o)
+        pred = policy.head.predict(ctx)
+        cond = policy.head.predict(ctx, given_act=True)
+        out["act"].append(pred.act.cpu())
+        out["p_act"].append(torch.softmax(policy.head.act_out(policy.head.trunk(ctx)).float(), -1)[:, 1].cpu())
+        out["aircraft"].append(cond.aircraft.cpu())
+        out["type"].append(cond.type.cpu())
+        out["value"].append(cond.value.cpu())
+        s = policy.head.sample(ctx, n_samples, gen, given_act=True)
+        out["s_ac"].append(s.aircraft.cpu())
+        out["s_ty"].append(s.type.cpu())
+        out["s_val"].append(s.value.cpu())
+        if policy.vae is not None:
+            out["z"].append(policy.posterior_mean(o).cpu())
+    return {k: torch.cat(v).numpy() for k, v in out.items() if v}
+
+
+@torch.no_grad()
+def _log_probs(policy, obs: Observations, dec: Decisions, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    lp, disc = [], []
+    for i in range(0, obs.batch_size, batch):
+        sl = slice(i, i + batch)
+        o = Observations(*(getattr(obs, k)[sl] for k in ("pair", "neighbours", "geometry", "clearances")))
+        d = Decisions(dec.act[sl], dec.aircraft[sl], dec.type[sl], dec.value[sl])
+        t = policy.head.terms(policy.context(o), d.to(policy.device))
+        disc.append((t["act"] + t["aircraft"] + t["type"]).cpu())
+        lp.append((t["act"] + t["aircraft"] + t["type"] + t["value"]).cpu())
+    return torch.cat(lp).numpy(), torch.cat(disc).numpy()
+
+
+def _cells(ac, ty, val) -> list:
+    tol = np.array([MODE_TOLERANCE[t] for t in ACTION_TYPES])
+    ty_c = np.clip(ty, 0, len(ACTION_TYPES) - 1)
+    b = np.where(np.isfinite(val), np.round(val / (2 * tol[ty_c])), 0).astype(int)
+    return list(zip(ac.tolist(), ty.tolist(), b.tolist()))
+
+
+def _tv(a: list, b: list) -> float:
+    ca, cb = Counter(a), Counter(b)
+    na, nb = max(len(a), 1), max(len(b), 1)
+    return 0.5 * sum(abs(ca[k] / na - cb[k] / nb) for k in set(ca) | set(cb))
+
+
+def _timing(meta: pd.DataFrame, y_act: np.ndarray, p_act: np.ndarray) -> tuple[float, float]:
+    """Per episode with a demonstrated action: |predicted - demonstrated| time of the first action, the
+    prediction being the first step with P(act) >= 0.5, else the step where P(act) is highest (a miss)."""
+    df = pd.DataFrame({"ep": meta["episode_id"], "t": meta["time"] / 1e9, "y": y_act, "p": p_act})
+    errs, missed = [], 0
+    for _, g in df.groupby("ep", sort=False):
+        if not g["y"].any():
+            continue
+        t_true = g.loc[g["y"] == 1, "t"].min()
+        over = g["p"] >= 0.5
+        if over.any():
+            t_pred = g.loc[over, "t"].min()
+        else:
+            missed += 1
+            t_pred = g.loc[g["p"].idxmax(), "t"]
+        errs.append(abs(t_pred - t_true))
+    return (float(np.mean(errs)) if errs else float("nan")), (missed / len(errs) if errs else float("nan"))
+
+
+def evaluate(policy, dataset_dir: str | Path, split: str = "test", truth: str | Path | None = None,
+             n_samples: int = 64, batch: int = 1024, seed: int = 0, out: str | Path | None = None,
+             title: str = "evaluation") -> dict:
+    """Metrics of ``policy`` on a split (see the module docstring); with ``out``, also metrics.json,
+    metrics.md and plots (values.png: demonstrated vs sampled values per type, given acting)."""
+    dataset_dir = Path(dataset_dir)
+    data = load_data(dataset_dir, split, expect=policy.spec)
+    meta = pd.DataFrame(load_split(dataset_dir, split, as_torch=False, columns=META))
+    obs, dec = data.batch()
+    policy.eval()
+    r = _run(policy, obs, n_samples, batch, seed)
+    lp, lp_disc = _log_probs(policy, obs, dec, batch)
+    y_act, y_ac, y_ty, y_val = (t.numpy() for t in (dec.act, dec.aircraft, dec.type, dec.value))
+    pos = y_act == 1
+    m: dict = {"samples": int(len(y_act)), "acting_samples": int(pos.sum()),
+               "act_accuracy": float(np.mean(r["act"] == y_act)), "act_f1": _f1(y_act, r["act"], 1),
+               "nll": float(-lp.mean()), "nll_discrete": float(-lp_disc.mean())}
+    if pos.any():
+        m["aircraft_accuracy"] = float(np.mean(r["aircraft"][pos] == y_ac[pos]))
+        m["type_accuracy"] = float(np.mean(r["type"][pos] == y_ty[pos]))
+        present = sorted(set(y_ty[pos].tolist()))
+        m["type_macro_f1"] = float(np.nanmean([_f1(y_ty[pos], r["type"][pos], t) for t in present]))
+        for ti, t in enumerate(ACTION_TYPES):
+            sel = pos & (y_ty == ti) & (r["type"] == ti)
+            if t != "resume" and sel.any():
+                m[f"value_mae_{t}"] = float(np.mean(np.abs(r["value"][sel] - y_val[sel])))
+        demo = _cells(y_ac[pos], y_ty[pos], y_val[pos])
+        sampled = _cells(r["s_ac"][pos].reshape(-1), r["s_ty"][pos].reshape(-1), r["s_val"][pos].reshape(-1))
+        m["decision_tv_distance"] = _tv(sampled, demo)
+    m["timing_error_s"], m["timing_miss_rate"] = _timing(meta, y_act, r["p_act"])
+    truth = Path(truth) if truth else dataset_dir.parent / "expert_truth.parquet"
+    if truth.exists():
+        t = load_truth(truth)
+        dist = expert_distributions(meta["time"].to_numpy(), meta["flight_id_1"], meta["flight_id_2"], t)
+        # a positive label the expert has no record for is an action it took for another conflict of the same
+        # aircraft (actions link to every active episode of their aircraft): left out of the ceiling
+        keep = dist["matched"] | ~pos
+        dist = {k: (v[keep] if isinstance(v, np.ndarray) else [x for x, ok in zip(v, keep) if ok]) for k, v in dist.items()}
+        ceil = ceiling_metrics(dist, y_act[keep], y_ac[keep], y_ty[keep])
+        ceil["positives_without_expert_record"] = int((pos & ~keep).sum())
+        pos_k = pos[keep]
+        m["ceiling"] = ceil
+        m["gap"] = {k: ceil[k] - m[k] for k in ("act_accuracy", "aircraft_accuracy", "type_accuracy") if k in ceil and k in m}
+        if "discrete_nll" in ceil:
+            m["gap"]["discrete_nll"] = m["nll_discrete"] - ceil["discrete_nll"]
+        idx = np.flatnonzero(keep)[pos_k]
+        m["mode_coverage"] = mode_coverage([dist["modes"][j] for j in np.flatnonzero(pos_k)],
+                                           [np.stack([r["s_ac"][i], r["s_ty"][i], r["s_val"][i]], 1) for i in idx])
+        if "z" in r:
+            m["latent_style_accuracy"] = _style_probe(r["z"], meta, t)
+    if out is not None:
+        write_report(m, out, title)
+        plot_values(r, y_ty, y_val, pos, Path(out) / "values.png", title)
+    return m
+
+
+def plot_values(r: dict, y_ty: np.ndarray, y_val: np.ndarray, pos: np.ndarray, path: Path, title: str) -> None:
+    """Demonstrated vs sampled values (given acting) per type: where a person sees mode collapse."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    types = [(i, t) for i, t in enumerate(ACTION_TYPES) if t in ("heading", "altitude", "speed")]
+    fig, axes = plt.subplots(1, len(types), figsize=(4.2 * len(types), 3.2))
+    for ax, (ti, t) in zip(axes, types):
+        demo = y_val[pos & (y_ty == ti)]
+        samp = r["s_val"][pos][r["s_ty"][pos] == ti]
+        lo, hi = np.nanpercentile(np.concatenate([demo, samp, [0.0]]), [1, 99]) if len(demo) + len(samp) else (-1, 1)
+        bins = np.linspace(lo - 1e-6, hi + 1e-6, 41)
+        ax.hist(demo, bins=bins, density=True, alpha=0.5, label=f"demonstrated ({len(demo)})")
+        ax.hist(samp, bins=bins, density=True, alpha=0.5, label=f"sampled ({len(samp)})")
+        ax.set_title(f"{t} ({ {'heading': 'deg', 'altitude': 'ft', 'speed': 'kt'}[t]})", fontsize=10)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _style_probe(z: np.ndarray, meta: pd.DataFrame, truth: pd.DataFrame) -> float | None:
+    """Cross-validated accuracy of the true style from E[z | history] (logistic regression)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+    style = truth.drop_duplicates("scenario").set_index("scenario")["style"]
+    scen = meta["split_key"].astype(str).str.replace("bluesky:", "", regex=False)
+    y = scen.map(style)
+    ok = y.notna().to_numpy()
+    if ok.sum() < 20 or y[ok].nunique() < 2:
+        return None
+    folds = int(min(5, y[ok].value_counts().min()))
+    if folds < 2:
+        return None
+    return float(cross_val_score(LogisticRegression(max_iter=500), z[ok], y[ok], cv=folds).mean())
+
+
+def write_report(metrics: dict, out: str | Path, title: str = "evaluation") -> None:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(metrics, out / "metrics.json")
+    flat = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+    for k, v in metrics.get("ceiling", {}).items():
+        flat[f"ceiling_{k}"] = v
+    lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in flat.items()]
+    (out / "metrics.md").write_text("\n".join(lines) + "\n")
