@@ -153,6 +153,38 @@ def evaluate(policy, loader, device, autocast, world: int = 1) -> dict:
     return _mean_logs(sums, n, "val_", world, device)
 
 
+def _train_epoch(model, policy, loader, optimizer, scheduler, st: dict, tc, device, autocast, world: int, show,
+                 label: str) -> tuple[dict, float, int]:
+    """One pass over the loader (or up to train.max_steps); returns (metrics, seconds, samples on this rank)."""
+    policy.train()
+    sums: dict = {}
+    n, nb, grad = 0, 0, torch.zeros((), device=device)
+    t0 = time.perf_counter()
+    for obs, dec in track(loader, label, total=len(loader), show=show):
+        obs, dec = obs.to(device, non_blocking=True), dec.to(device, non_blocking=True)
+        with autocast():
+            loss, logs = model(obs, dec)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad += torch.nn.utils.clip_grad_norm_(policy.parameters(), GRAD_CLIP).detach()
+        optimizer.step()
+        scheduler.step()
+        st["step"] += 1
+        b = obs.batch_size
+        n, nb = n + b, nb + 1
+        for k, v in logs.items():
+            sums[k] = sums.get(k, 0.0) + v * b
+        if tc.max_steps is not None and st["step"] >= tc.max_steps:
+            break
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    rec = {"step": st["step"], "lr": scheduler.get_last_lr()[0], **_mean_logs(sums, n, "train_", world, device),
+           "grad_norm": float(grad) / max(nb, 1),     # before clipping; equal on every rank under DDP
+           "samples_per_s": n * world / max(seconds, 1e-9)}
+    return rec, seconds, n
+
+
 # -- the entry point --------------------------------------------------------------------------------
 def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path | None = None, *, resume: bool = True,
           tracking_uri: str | None | bool = None, register_as: str | None = None, alias: str | None = "champion",
@@ -182,7 +214,8 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path | None 
         policy = build_policy(config, spec).to(device)
         optimizer = _optimizer(policy, tc)
         loader = BatchLoader(train_data, tc.batch_size, True, tc.seed, rank, world, cuda, tc.num_workers)
-        val_loader = BatchLoader(val_data, max(tc.batch_size, 1024), False, 0, rank, world, cuda, 0, pad=False)
+        # under DDP the val shards are padded like the train shards (a few samples count twice; every rank has data)
+        val_loader = BatchLoader(val_data, max(tc.batch_size, 1024), False, 0, rank, world, cuda, 0)
         total_steps = tc.epochs * len(loader)
         if tc.max_steps:
             total_steps = min(total_steps, tc.max_steps)
@@ -202,7 +235,11 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path | None 
             policy.load_state_dict(ck["model"])
             optimizer.load_state_dict(ck["optimizer"])
             scheduler.load_state_dict(ck["scheduler"])
-            scheduler.T_max = max(total_steps, 1)          # epochs or max_steps may have been extended
+            if scheduler.T_max != max(total_steps, 1):     # epochs or max_steps changed: the cosine over the new length
+                scheduler.T_max = max(total_steps, 1)
+                t = min(scheduler.last_epoch, scheduler.T_max) / scheduler.T_max
+                for g, base in zip(optimizer.param_groups, scheduler.base_lrs):
+                    g["lr"] = scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * t)) / 2
             _set_rng_state(ck["rng"])
             st.update({k: ck[k] for k in st})
             resumed = True
@@ -219,44 +256,23 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path | None 
         if world > 1:
             from torch.nn.parallel import DistributedDataParallel
             model = DistributedDataParallel(model, device_ids=[local_rank] if cuda else None)
+        finished = st["early_stopped"] or st["epoch"] >= tc.epochs or (
+            tc.max_steps is not None and st["step"] >= tc.max_steps)
+        if resumed and finished and (out_dir / "summary.json").exists():  # nothing left: no second model version
+            return {**json.loads((out_dir / "summary.json").read_text()), "resumed": True}
         tracker = None
         if rank == 0 and tracking_uri is not False:
             tracker = Tracker(tracking_uri or default_uri(data_dir.parent))
             st["run_id"] = tracker.start(config, spec, st["run_id"])
-        show = (progress if progress is not None else None) if rank == 0 else False
+        show = progress if rank == 0 else False
         status = "FAILED"
         try:
-            epoch = st["epoch"]
-            done = st["early_stopped"] or (tc.max_steps is not None and st["step"] >= tc.max_steps)
-            while epoch < tc.epochs and not done:
+            epoch, done = st["epoch"], finished
+            while not done:
                 loader.set_epoch(epoch)
-                policy.train()
-                sums: dict = {}
-                n, nb, grad = 0, 0, torch.zeros((), device=device)
-                t0 = time.perf_counter()
-                for obs, dec in track(loader, f"epoch {epoch + 1}/{tc.epochs}", total=len(loader), show=show):
-                    obs, dec = obs.to(device, non_blocking=True), dec.to(device, non_blocking=True)
-                    with autocast():
-                        loss, logs = model(obs, dec)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    grad += torch.nn.utils.clip_grad_norm_(policy.parameters(), GRAD_CLIP).detach()
-                    optimizer.step()
-                    scheduler.step()
-                    st["step"] += 1
-                    b = obs.batch_size
-                    n, nb = n + b, nb + 1
-                    for k, v in logs.items():
-                        sums[k] = sums.get(k, 0.0) + v * b
-                    if tc.max_steps is not None and st["step"] >= tc.max_steps:
-                        break
-                if cuda:
-                    torch.cuda.synchronize(device)
-                seconds = time.perf_counter() - t0
-                rec = {"epoch": epoch + 1, "step": st["step"], "lr": scheduler.get_last_lr()[0]}
-                rec.update(_mean_logs(sums, n, "train_", world, device))
-                rec["grad_norm"] = float(grad) / max(nb, 1)      # before clipping; equal on every rank under DDP
-                rec["samples_per_s"] = n * world / max(seconds, 1e-9)
+                rec, seconds, n = _train_epoch(model, policy, loader, optimizer, scheduler, st, tc, device, autocast,
+                                               world, show, f"epoch {epoch + 1}/{tc.epochs}")
+                rec = {"epoch": epoch + 1, **rec}
                 rec.update(evaluate(policy, val_loader, device, autocast, world))
                 epoch += 1
                 if not math.isfinite(rec.get("train_loss", math.nan)):
@@ -271,7 +287,8 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path | None 
                 else:
                     st["bad_epochs"] += 1
                 st["early_stopped"] = st["bad_epochs"] >= tc.patience
-                done = st["early_stopped"] or (tc.max_steps is not None and st["step"] >= tc.max_steps)
+                done = st["early_stopped"] or epoch >= tc.epochs or (
+                    tc.max_steps is not None and st["step"] >= tc.max_steps)
                 st["history"].append(rec)
                 st["epoch"] = epoch
                 if rank == 0:
@@ -287,7 +304,7 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path | None 
             summary = {"name": config.name, "epochs": st["epoch"], "steps": st["step"],
                        "best_val_loss": st["best_val"], "early_stopped": st["early_stopped"],
                        "samples_per_s": st["train_samples"] / max(st["train_seconds"], 1e-9),
-                       "device": str(device), "world_size": world, "bf16": bf16, "compiled": compiled,
+                       "device": str(device), "world_size": world, "rank": rank, "bf16": bf16, "compiled": compiled,
                        "resumed": resumed, "train_samples": len(train_data), "val_samples": len(val_data),
                        "out_dir": str(out_dir), "best_dir": str(out_dir / "best"), "run_id": st["run_id"],
                        "model_uri": None, "tracking_uri": tracker.uri if tracker else None,

@@ -1,6 +1,7 @@
 """Training: loss goes down, the registered model loads by alias and predicts like the saved policy, seeds
 reproduce, resume equals uninterrupted, early stopping, config and data-spec errors, DDP on CPU (gloo)."""
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -95,7 +96,8 @@ def test_cli_trains_registers_and_the_alias_loads_the_same_policy(data, tmp_path
                                    "--epochs", "3"])
     assert res.exit_code == 0, res.output
     assert "models:/tiny@champion" in res.output and (ws / "mlflow.db").exists()
-    hist = __import__("json").loads((ws / "runs" / "tiny" / "summary.json").read_text())["history"]
+    summary = json.loads((ws / "runs" / "tiny" / "summary.json").read_text())
+    hist = summary["history"]
     losses = [h["train_loss"] for h in hist]
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
 
@@ -114,7 +116,7 @@ def test_cli_trains_registers_and_the_alias_loads_the_same_policy(data, tmp_path
     expected = predict_frame(saved, {k: getattr(obs, k).numpy() for k in OBS_KEYS})
     assert len(frame) == len(test) and list(frame.columns) == ["act", "aircraft", "type", "value"]
     assert frame.equals(expected)
-    run = mlflow.get_run(hist and __import__("json").loads((ws / "runs" / "tiny" / "summary.json").read_text())["run_id"])
+    run = mlflow.get_run(summary["run_id"])
     assert {"train_loss", "val_loss", "lr", "samples_per_s", "val_nll_act"} <= set(run.data.metrics)
     assert run.data.params["encoder.name"] == "gru"
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
@@ -154,6 +156,8 @@ def test_resume_after_interruption_equals_uninterrupted(data, uninterrupted, tmp
     assert resumed["resumed"] and resumed["epochs"] == 4 and resumed["steps"] == summary["steps"]
     assert same(weights(out), weights(tmp_path))
     assert [h["val_loss"] for h in resumed["history"]] == [h["val_loss"] for h in summary["history"]]
+    again = train(tiny(epochs=4, batch_size=256), data / "dataset", tmp_path, tracking_uri=False)  # nothing left to do
+    assert again["resumed"] and again["steps"] == summary["steps"] and same(weights(out), weights(tmp_path))
 
 
 def test_early_stopping(data, tmp_path):
@@ -169,7 +173,8 @@ def test_invalid_config_names_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"train\.lr"):
         load_model_config(bad)
     bad.write_text("head: {compnents: 3}\n")
-    res = CliRunner().invoke(__import__("atc_il.cli", fromlist=["app"]).app, ["train", "-c", str(bad)])
+    from atc_il.cli import app
+    res = CliRunner().invoke(app, ["train", "-c", str(bad)])
     lines = [l for l in res.output.splitlines() if l.strip()]
     assert res.exit_code == 2 and len(lines) == 1 and "head.compnents" in lines[0]
 
