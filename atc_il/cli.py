@@ -199,6 +199,41 @@ def simeval(controller: List[str] = typer.Option(["none", "atco", "mvp"], "--con
     typer.echo(f"written: {out}/results.json, results.md, results.png, per_scenario.csv")
 
 
+@app.command()
+@_guard
+def train(config: Path = typer.Option(Path("models/configs/gru_mdn.yaml"), "--config", "-c",
+                                      help="model configuration: YAML file or a name in models/configs (gru_mdn, tiny...)"),
+          data: Optional[Path] = typer.Option(None, "--data", "-d", help="data set folder (default WORKSPACE/dataset)"),
+          workspace: Path = typer.Option(Path("workspace"), "--workspace", "--work", "-w",
+                                         help="workspace: mlflow.db and mlartifacts/ live here"),
+          out: Optional[Path] = typer.Option(None, "--out", help="run folder: checkpoints/, best/ (default WORKSPACE/runs/NAME)"),
+          epochs: Optional[int] = typer.Option(None, min=1, help="override train.epochs"),
+          max_steps: Optional[int] = typer.Option(None, min=1, help="override train.max_steps"),
+          register: bool = typer.Option(True, "--register/--no-register", help="register the best policy under the config's name"),
+          alias: str = typer.Option("champion", help="alias pointed at the new registered version"),
+          resume: bool = typer.Option(True, "--resume/--no-resume", help="continue from OUT/checkpoints/last.pt if present")):
+    """Train a policy (AdamW, cosine schedule, early stopping; CUDA/bf16 when available, DDP under torchrun),
+    tracked in MLflow. See the runs with: mlflow ui --backend-store-uri sqlite:///workspace/mlflow.db"""
+    from models.config import load_model_config
+    from models.registry import tracking_uri
+    from models.train import train as run_train
+
+    if not config.exists() and not config.is_absolute():   # a bare name or path inside the project's models/configs
+        packaged = Path(__file__).resolve().parents[1] / "models" / "configs"
+        config = next((p for p in (packaged / config.name, packaged / f"{config.name}.yaml") if p.exists()), config)
+    overrides = {k: v for k, v in {"epochs": epochs, "max_steps": max_steps}.items() if v is not None}
+    cfg = load_model_config(config, **({"train": overrides} if overrides else {}))
+    s = run_train(cfg, data or workspace / "dataset", out or workspace / "runs" / cfg.name, resume=resume,
+                  tracking_uri=tracking_uri(workspace), register_as=cfg.name if register else None, alias=alias)
+    if s["rank"] != 0:   # torchrun: rank 0 reports
+        return
+    _table(f"train {cfg.name}", {
+        "epochs": s["epochs"], "steps": s["steps"], "best val loss": s["best_val_loss"],
+        "early stopped": "yes" if s["early_stopped"] else "no", "samples/s": s["samples_per_s"], "device": s["device"],
+        "processes": s["world_size"], "run id": s["run_id"], "best policy": s["best_dir"],
+        "model URI": s["model_uri"], "tracking": s["tracking_uri"]})
+
+
 def main() -> None:
     try:
         app()
