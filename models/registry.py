@@ -101,15 +101,16 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def save_loss_curve(history: list[dict], path: str | Path) -> Path:
-    """Train and validation loss per epoch as a PNG (matplotlib, Agg backend)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Train and validation loss per epoch as a PNG (matplotlib's object API: Agg, no global pyplot state)."""
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ep = [r["epoch"] for r in history]
     for key, label in (("train_loss", "train"), ("val_loss", "validation")):
         ax.plot(ep, [r.get(key, float("nan")) for r in history], marker="o", label=label)
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
@@ -118,7 +119,6 @@ def save_loss_curve(history: list[dict], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 

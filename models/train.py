@@ -195,7 +195,8 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path | None 
     ``checkpoints/last.pt`` there is continued. ``tracking_uri``: MLflow store (default: MLFLOW_TRACKING_URI,
     else ``sqlite:///<data_dir>/../mlflow.db``; False: no tracking). ``register_as``: register the best
     policy under this name and point ``alias`` at it. ``progress``: show bars (None: on a terminal).
-    ``callback(record)`` is called after each epoch's checkpoint (rank 0).
+    ``callback(record)`` is called after each epoch's checkpoint (rank 0). Under DDP ``train.batch_size`` is
+    per process. Resuming applies changed epochs, max_steps and patience; the optimiser keeps its saved state.
     """
     from models.policy import build_policy
     from models.registry import Tracker, tracking_uri as default_uri
@@ -259,7 +260,7 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path | None 
         finished = st["early_stopped"] or st["epoch"] >= tc.epochs or (
             tc.max_steps is not None and st["step"] >= tc.max_steps)
         if resumed and finished and (out_dir / "summary.json").exists():  # nothing left: no second model version
-            return {**json.loads((out_dir / "summary.json").read_text()), "resumed": True}
+            return {**json.loads((out_dir / "summary.json").read_text()), "resumed": True, "rank": rank}
         tracker = None
         if rank == 0 and tracking_uri is not False:
             tracker = Tracker(tracking_uri or default_uri(data_dir.parent))
