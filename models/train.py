@@ -202,6 +202,8 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path | None 
     from models.registry import Tracker, tracking_uri as default_uri
 
     tc = config.train
+    if register_as and tracking_uri is False:
+        raise ModelError("register_as needs MLflow tracking; pass a tracking_uri (or None for the default) instead of False")
     data_dir = Path(data_dir)
     out_dir = Path(out_dir) if out_dir else data_dir.parent / "runs" / config.name
     rank, world, local_rank, own_group = _distributed()
