@@ -229,7 +229,13 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path | None 
         ckpt_path = out_dir / CHECKPOINT
         resumed = False
         if resume and ckpt_path.exists():
-            ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            try:
+                ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+                if ck.get("format") != FORMAT:
+                    raise ValueError(f"format {ck.get('format')}, expected {FORMAT}")
+            except Exception as exc:
+                raise ModelError(f"{ckpt_path}: not a readable atc-il checkpoint ({type(exc).__name__}: {str(exc)[:160]!r}); "
+                                 "start over with resume=False (--no-resume) or another --out folder") from None
             check_spec(spec, {"spec_hash": ck["spec_hash"], "tensors": ck["tensors"]},
                        f"{data_dir} (resuming {ckpt_path})")
             if ck["model_config"] != _model_sections(config):
