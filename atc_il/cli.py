@@ -234,6 +234,31 @@ def train(config: Path = typer.Option(Path("models/configs/gru_mdn.yaml"), "--co
         "model URI": s["model_uri"], "tracking": s["tracking_uri"]})
 
 
+@app.command()
+@_guard
+def evaluate(model: str = typer.Option(..., "--model", help="models:/NAME@alias, runs:/ID/model or a policy folder"),
+             data: Path = typer.Option(..., "--data", help="data-set folder (with feature_spec.json)"),
+             split: str = typer.Option("test", help="train, val or test"),
+             truth: Optional[Path] = typer.Option(None, help="expert_truth.parquet (default: next to the data set, when there)"),
+             workspace: Path = typer.Option(Path("workspace"), "--workspace", "-w", help="where the MLflow store is"),
+             out: Optional[Path] = typer.Option(None, help="output folder (default WORKSPACE/eval/<model>)"),
+             samples: int = typer.Option(64, help="samples per decision for mode coverage and distances")):
+    """Offline evaluation against the demonstrations (and the Bayes ceiling on synthetic data):
+    metrics.json, metrics.md and values.png."""
+    import os
+    from models.evaluate import evaluate as run_eval
+    from models.registry import load_policy_uri, tracking_uri
+    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri(workspace))
+    policy = load_policy_uri(model)
+    out = out or workspace / "eval" / "".join(c if c.isalnum() or c in "-_." else "_" for c in model)
+    m = run_eval(policy, data, split, truth, n_samples=samples, out=out, title=model)
+    rows = {k: v for k, v in m.items() if not isinstance(v, dict)}
+    rows.update({f"ceiling {k}": v for k, v in m.get("ceiling", {}).items()})
+    rows.update({f"gap {k}": v for k, v in m.get("gap", {}).items()})
+    _table(f"evaluate {model} on {split}", rows)
+    typer.echo(f"written: {out}/metrics.json, metrics.md, values.png")
+
+
 def main() -> None:
     try:
         app()

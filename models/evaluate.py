@@ -179,8 +179,9 @@ def plot_values(r: dict, y_ty: np.ndarray, y_val: np.ndarray, pos: np.ndarray, p
         samp = r["s_val"][pos][r["s_ty"][pos] == ti]
         lo, hi = np.nanpercentile(np.concatenate([demo, samp, [0.0]]), [1, 99]) if len(demo) + len(samp) else (-1, 1)
         bins = np.linspace(lo - 1e-6, hi + 1e-6, 41)
-        ax.hist(demo, bins=bins, density=True, alpha=0.5, label=f"demonstrated ({len(demo)})")
-        ax.hist(samp, bins=bins, density=True, alpha=0.5, label=f"sampled ({len(samp)})")
+        for vals, label in ((demo, "demonstrated"), (samp, "sampled")):
+            if len(vals):
+                ax.hist(vals, bins=bins, density=True, alpha=0.5, label=f"{label} ({len(vals)})")
         ax.set_title(f"{t} ({ {'heading': 'deg', 'altitude': 'ft', 'speed': 'kt'}[t]})", fontsize=10)
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
