@@ -126,8 +126,10 @@ def sample(out: Path = typer.Option(Path("workspace/raw"), help="where to write 
 
 @app.command()
 @_guard
-def quickstart(work: Path = Work, days: int = typer.Option(3, min=1), seed: int = typer.Option(0)):
-    """The main job on the embedded default: sample -> ingest -> conflicts -> actions -> dataset."""
+def quickstart(work: Path = Work, days: int = typer.Option(3, min=1), seed: int = typer.Option(0),
+               learn: bool = typer.Option(True, "--train/--no-train", help="also train, register and evaluate a small model")):
+    """The main job on the embedded default: sample -> ingest -> conflicts -> actions -> dataset
+    -> train (a small model, tracked in WORK/mlflow.db) -> evaluate."""
     from atc_il.config import PipelineConfig
     from pipelines import actions as act, conflicts as con
     from pipelines.dataset import build
@@ -148,6 +150,25 @@ def quickstart(work: Path = Work, days: int = typer.Option(3, min=1), seed: int 
         "actions": a.get("actions"), "linked actions": a.get("linked_actions"),
         "samples": d["samples"], "train/val/test": f"{d['train samples']}/{d['val samples']}/{d['test samples']}",
         "positive samples": d["positive samples"], "workspace": str(work)})
+    if learn:
+        _quick_learn(work)
+
+
+def _quick_learn(work: Path) -> None:
+    from models.config import load_model_config
+    from models.evaluate import evaluate as run_eval
+    from models.policy import load_policy
+    from models.registry import tracking_uri
+    from models.train import train as run_train
+    cfg = load_model_config(Path(__file__).resolve().parents[1] / "models" / "configs" / "tiny.yaml",
+                            name="atc-resolver", train={"epochs": 5})
+    s = run_train(cfg, work / "dataset", work / "runs" / cfg.name, resume=False, tracking_uri=tracking_uri(work),
+                  register_as=cfg.name, alias="champion")
+    m = run_eval(load_policy(s["best_dir"]), work / "dataset", "test", out=work / "eval" / cfg.name, title=cfg.name)
+    _table("quickstart: model", {"model URI": f"models:/{cfg.name}@champion", "best val loss": s["best_val_loss"],
+                                 "test act accuracy": m["act_accuracy"], "test NLL (nats)": m["nll"],
+                                 "evaluation": str(work / "eval" / cfg.name),
+                                 "see the runs": f"mlflow ui --backend-store-uri {tracking_uri(work)}"})
 
 
 @app.command()
