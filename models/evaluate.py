@@ -160,7 +160,7 @@ def evaluate(policy, dataset_dir: str | Path, split: str = "test", truth: str | 
         m["mode_coverage"] = mode_coverage([dist["modes"][j] for j in np.flatnonzero(pos_k)],
                                            [np.stack([r["s_ac"][i], r["s_ty"][i], r["s_val"][i]], 1) for i in idx])
         if "z" in r:
-            m["latent_style_accuracy"] = _style_probe(r["z"], meta, t)
+            m["latent_style_accuracy"], m["latent_style_majority"] = _style_probe(r["z"], meta, t)
     if out is not None:
         write_report(m, out, title)
         plot_values(r, y_ty, y_val, pos, Path(out) / "values.png", title)
@@ -190,20 +190,22 @@ def plot_values(r: dict, y_ty: np.ndarray, y_val: np.ndarray, pos: np.ndarray, p
     plt.close(fig)
 
 
-def _style_probe(z: np.ndarray, meta: pd.DataFrame, truth: pd.DataFrame) -> float | None:
-    """Cross-validated accuracy of the true style from E[z | history] (logistic regression)."""
+def _style_probe(z: np.ndarray, meta: pd.DataFrame, truth: pd.DataFrame) -> tuple[float | None, float | None]:
+    """Cross-validated accuracy of the true style from E[z | history] (logistic regression), and the
+    share of the most frequent style (what a probe that ignores z scores)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score
     style = truth.drop_duplicates("scenario").set_index("scenario")["style"]
     scen = meta["split_key"].astype(str).str.replace("bluesky:", "", regex=False)
     y = scen.map(style)
     ok = y.notna().to_numpy()
-    if ok.sum() < 20 or y[ok].nunique() < 2:
-        return None
+    if ok.sum() < 20:
+        return None, None
+    majority = float(y[ok].value_counts(normalize=True).iloc[0])
     folds = int(min(5, y[ok].value_counts().min()))
-    if folds < 2:
-        return None
-    return float(cross_val_score(LogisticRegression(max_iter=500), z[ok], y[ok], cv=folds).mean())
+    if y[ok].nunique() < 2 or folds < 2:
+        return None, majority
+    return float(cross_val_score(LogisticRegression(max_iter=500), z[ok], y[ok], cv=folds).mean()), majority
 
 
 def write_report(metrics: dict, out: str | Path, title: str = "evaluation") -> None:
