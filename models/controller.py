@@ -12,14 +12,8 @@ from __future__ import annotations
 
 from collections import deque
 
-import numpy as np
 import pandas as pd
-import torch
 
-from atc_il.config import DatasetConfig
-from atc_il.schemas import ACTION_SCHEMA, ACTION_TYPES
-from models.interface import Observations
-from pipelines.dataset import TrackIndex, build_features
 from simulator_adapters.controllers import Clearance, Controller, Decision, Observation, register
 
 
@@ -27,21 +21,16 @@ class ModelController(Controller):
     name = "model"
 
     def __init__(self, uri: str):
-        from models.registry import load_policy_uri
+        from models.serving import Predictor
         self.uri = uri
-        self.policy = load_policy_uri(uri)
-        self.policy.eval()
-        cfg = dict(self.policy.spec["config"])
-        self.dcfg = DatasetConfig(**cfg)
-        self.step_s = float(self.policy.spec["step_s"])
+        self.predictor = Predictor.from_uri(uri)
         self.name = f"model:{uri}"
         self.reset("", 0)
 
     def reset(self, scenario_name: str, seed: int) -> None:
-        self.frames: deque = deque(maxlen=self.dcfg.history_steps)
+        self.frames: deque = deque(maxlen=self.predictor.dcfg.history_steps)
         self.first_shown: dict[tuple[str, str], pd.Timestamp] = {}
         self.skipped = 0
-        torch.manual_seed(seed)
 
     def decide(self, obs: Observation) -> Decision:
         self.frames.append(obs.radar)
@@ -60,21 +49,16 @@ class ModelController(Controller):
                                 "flight_id_2": conf["flight_id_2"].to_numpy()})
         samples["first_detection"] = [self.first_shown[(a, b)] for a, b in zip(samples["flight_id_1"], samples["flight_id_2"])]
         tracks = pd.concat(list(self.frames), ignore_index=True)
-        actions = obs.cleared if len(obs.cleared) else ACTION_SCHEMA.empty_table().to_pandas()
-        feats = build_features(samples, TrackIndex.build(tracks, self.step_s), actions.sort_values("time"), self.dcfg)
-        with torch.no_grad():
-            d = self.policy.predict(Observations.from_dict(feats))
+        dec, _ = self.predictor.predict_samples(samples, tracks, obs.cleared)
         out, used = [], set()
-        for i in np.flatnonzero(d.act.numpy() == 1):
-            fid = samples.iloc[i][("flight_id_1", "flight_id_2")[int(d.aircraft[i])]]
-            kind = ACTION_TYPES[int(d.type[i])]
-            if fid in used:
+        for r in dec[dec["act"]].itertuples():
+            if r.flight_id in used:
                 continue
-            if kind == "direct_to":
+            if r.action_type == "direct_to":
                 self.skipped += 1
                 continue
-            used.add(fid)
-            out.append(Clearance(fid, kind, 0.0 if kind == "resume" else float(d.value[i])))
+            used.add(r.flight_id)
+            out.append(Clearance(r.flight_id, r.action_type, 0.0 if r.action_type == "resume" else float(r.value)))
         return Decision(out)
 
 
