@@ -126,49 +126,15 @@ def sample(out: Path = typer.Option(Path("workspace/raw"), help="where to write 
 
 @app.command()
 @_guard
-def quickstart(work: Path = Work, days: int = typer.Option(3, min=1), seed: int = typer.Option(0),
-               learn: bool = typer.Option(True, "--train/--no-train", help="also train, register and evaluate a small model")):
-    """The main job on the embedded default: sample -> ingest -> conflicts -> actions -> dataset
-    -> train (a small model, tracked in WORK/mlflow.db) -> evaluate."""
-    from atc_il.config import PipelineConfig
-    from pipelines import actions as act, conflicts as con
-    from pipelines.dataset import build
-    from pipelines.ingest import ingest as run_ingest
-    from pipelines.sample import SampleSpec, make_sample
-
-    cfg = PipelineConfig()
-    info = make_sample(work / "raw", SampleSpec(days=days, seed=seed))
-    rep = run_ingest([Path(p) for p in info["track_files"]], work, fmt="opensky", config=cfg)
-    c = con.run(work / "tracks", work, cfg.conflicts)
-    a = act.run(work / "tracks", work, cfg.actions, log=Path(info["clearance_log"]),
-                flight_plans=Path(info["flight_plans"]), episodes_dir=work / "episodes")
-    d = build(work, None, cfg)
-    r = rep.to_dict()
-    _table("quickstart", {
-        "raw rows": r.get("rows_in"), "rows kept": r.get("rows_kept"), "rows quarantined": r.get("rows_quarantined"),
-        "grid points": r.get("points_out"), "conflict episodes": c.get("episodes"),
-        "actions": a.get("actions"), "linked actions": a.get("linked_actions"),
-        "samples": d["samples"], "train/val/test": f"{d['train samples']}/{d['val samples']}/{d['test samples']}",
-        "positive samples": d["positive samples"], "workspace": str(work)})
-    if learn:
-        _quick_learn(work)
-
-
-def _quick_learn(work: Path) -> None:
-    from models.config import load_model_config
-    from models.evaluate import evaluate as run_eval
-    from models.policy import load_policy
-    from models.registry import tracking_uri
-    from models.train import train as run_train
-    cfg = load_model_config(Path(__file__).resolve().parents[1] / "models" / "configs" / "tiny.yaml",
-                            name="atc-resolver", train={"epochs": 5})
-    s = run_train(cfg, work / "dataset", work / "runs" / cfg.name, resume=False, tracking_uri=tracking_uri(work),
-                  register_as=cfg.name, alias="champion")
-    m = run_eval(load_policy(s["best_dir"]), work / "dataset", "test", out=work / "eval" / cfg.name, title=cfg.name)
-    _table("quickstart: model", {"model URI": f"models:/{cfg.name}@champion", "best val loss": s["best_val_loss"],
-                                 "test act accuracy": m["act_accuracy"], "test NLL (nats)": m["nll"],
-                                 "evaluation": str(work / "eval" / cfg.name),
-                                 "see the runs": f"mlflow ui --backend-store-uri {tracking_uri(work)}"})
+def quickstart(work: Path = Work, seed: int = typer.Option(0),
+               learn: bool = typer.Option(True, "--learn/--data-only", help="after the radar-track chain, also simulate, train, evaluate, predict and report"),
+               scenarios: int = typer.Option(6, min=3, help="simulated scenarios for the demonstrations")):
+    """The main job on the embedded default: radar-track chain (ingest -> conflicts -> actions -> histories),
+    then BlueSky demonstrations -> histories -> train -> offline and closed-loop evaluation -> registered
+    model -> batch prediction -> report. Each step prints what it did."""
+    from atc_il.quickstart import run
+    out = run(work, typer.echo, seed=seed, learn=learn, scenarios=scenarios)
+    _table("quickstart", out)
 
 
 @app.command()
@@ -278,6 +244,83 @@ def evaluate(model: str = typer.Option(..., "--model", help="models:/NAME@alias,
     rows.update({f"gap {k}": v for k, v in m.get("gap", {}).items()})
     _table(f"evaluate {model} on {split}", rows)
     typer.echo(f"written: {out}/metrics.json, metrics.md, values.png")
+
+
+@app.command()
+@_guard
+def predict(model: str = typer.Option(..., "--model", help="models:/NAME@alias, runs:/ID/model or a policy folder"),
+            tracks: Path = typer.Option(..., "--tracks", help="canonical tracks: the day=...[/hour=...] folders of atc-il ingest"),
+            out: Path = typer.Option(..., "--out", help="output folder: OUT/day=.../part-0.parquet, predict_report.json"),
+            engine: Optional[str] = typer.Option(None, help="local (in-process) or dask; default local for 1 worker, else dask"),
+            workers: int = typer.Option(1, min=1, help="Dask LocalCluster of N single-thread worker processes"),
+            scheduler: Optional[str] = typer.Option(None, help="address of an existing Dask scheduler to run on"),
+            clearances: Optional[Path] = typer.Option(None, help="issued clearances: a clearance log file or an actions/ folder"),
+            workspace: Path = typer.Option(Path("workspace"), "--workspace", "-w", help="where the MLflow store is")):
+    """Batch prediction: conflicts and the model's decision at every conflict step before CPA, per
+    partition (restartable: finished partitions are skipped, broken ones redone)."""
+    import os
+    from models.registry import tracking_uri
+    from pipelines.predict import run as run_predict
+    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri(workspace))
+    rep = run_predict(tracks, out, model, engine=engine, workers=workers, scheduler=scheduler, clearances=clearances)
+    _table(f"predict {model}", {
+        "partitions": rep["partitions"], "done": rep["partitions_done"], "skipped (finished before)": rep["partitions_skipped"],
+        "failed": rep["partitions_failed"], "track points": rep["track_points"], "conflict steps": rep["conflict_steps"],
+        "predictions": rep["predictions"], "seconds": rep["seconds"], "points/s": rep["points_per_s"],
+        "engine": f"{rep['engine']} ({rep['workers']} worker{'s' if rep['workers'] > 1 else ''})", "report": str(out / "predict_report.json")})
+    for key, cause in rep["failed"].items():
+        typer.secho(f"failed {key}: {cause}", fg="red", err=True)
+    if rep["failed"]:
+        typer.secho(f"{rep['partitions_failed']} of {rep['partitions']} partitions failed; fix them and rerun "
+                    "(finished partitions are skipped)", fg="red", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+@_guard
+def serve(model: str = typer.Option(..., "--model", help="models:/NAME@alias, runs:/ID/model or a policy folder"),
+          host: str = typer.Option("127.0.0.1", help="interface to listen on"),
+          port: int = typer.Option(8000, min=1, max=65535),
+          workers: int = typer.Option(1, min=1, help="uvicorn worker processes (each loads the model once)"),
+          api_key_file: Optional[Path] = typer.Option(None, "--api-key-file",
+                                                      help="API keys, one per line (also: ATC_IL_API_KEYS, comma-separated)"),
+          expect_spec_hash: Optional[str] = typer.Option(None, help="refuse a model whose feature spec_hash differs"),
+          max_body_bytes: int = typer.Option(2 * 2**20, min=1, help="larger request bodies are refused (413)"),
+          max_batch: int = typer.Option(64, min=1, help="most conflicts in one /v1/predict/batch request"),
+          n_alternatives_max: int = typer.Option(64, min=0, max=1024, help="most sampled alternatives per conflict"),
+          workspace: Path = typer.Option(Path("workspace"), "--workspace", "-w", help="where the MLflow store is"),
+          log_level: str = typer.Option("info", help="uvicorn log level")):
+    """Serve the model over HTTP: /v1/predict, /v1/predict/batch, /v1/detect, /v1/model, health and /metrics
+    (OpenAPI at /openapi.json). Every endpoint but /v1/health/live wants a key in the X-API-Key header."""
+    import json
+    import os
+
+    import uvicorn
+
+    from api.app import SERVE_ENV
+    from api.security import load_api_keys
+    from models.registry import tracking_uri
+    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri(workspace))
+    keys = load_api_keys(api_key_file)   # refuses to start without a key
+    opts = {"max_body_bytes": max_body_bytes, "max_batch": max_batch, "n_alternatives_max": n_alternatives_max,
+            "expect_spec_hash": expect_spec_hash, "workers": workers}
+    if workers == 1:
+        from api.app import create_app
+        web = create_app(model, api_keys=keys, **opts)
+        server = uvicorn.Server(uvicorn.Config(web, host=host, port=port, log_level=log_level, proxy_headers=False))
+        server.run()
+        if web.state.startup_error is not None:
+            raise web.state.startup_error
+        if not server.started:
+            raise typer.Exit(3)
+        return
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):   # /metrics aggregates the workers
+        import tempfile
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="atc-il-metrics-")
+    os.environ[SERVE_ENV] = json.dumps({"model_uri": model, **opts,
+                                        "api_key_file": str(api_key_file) if api_key_file else None})
+    uvicorn.run("api.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level=log_level, proxy_headers=False)
 
 
 def main() -> None:

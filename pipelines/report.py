@@ -63,9 +63,9 @@ def _md_table(d: dict) -> str:
 
 
 def build_report(work: str | Path, eval_dir: str | Path | None = None, simeval_dir: str | Path | None = None,
-                 title: str = "atc-il report") -> Path:
+                 title: str = "atc-il report", out: str | Path | None = None) -> Path:
     work = Path(work)
-    out = work / "report"
+    out = Path(out) if out else work / "report"
     out.mkdir(parents=True, exist_ok=True)
     parts: list[tuple[str, str, str | None]] = []       # (heading, markdown body, image file)
     geo = conflict_geometry_plot(work, out / "conflicts.png")

@@ -36,15 +36,19 @@ def test_unreadable_input_names_the_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_quickstart_runs_the_chain(tmp_path):
+def test_quickstart_runs_the_whole_chain(tmp_path):
     ws = tmp_path / "ws"
     proc = subprocess.run([sys.executable, "-m", "atc_il.cli", "quickstart", "-w", str(ws)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "samples" in proc.stdout
-    report = json.loads((ws / "ingest_report.json").read_text())
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for what in ("radar tracks:", "simulated", "trained", "offline evaluation", "closed loop", "report", "atc-il serve"):
+        assert what in proc.stdout, what
+    report = json.loads((ws / "radar" / "ingest_report.json").read_text())
     assert report["rows_in"] == report["rows_kept"] + report["rows_quarantined"] > 30000
-    spec = read_spec(ws / "dataset")
-    train = load_split(ws / "dataset", "train")
+    train = load_split(ws / "sim" / "dataset", "train")
+    spec = read_spec(ws / "sim" / "dataset")
     assert train["pair"].shape[1:] == (24, 2, 10) and len(train["label_act"]) == spec["splits"]["train"]["samples"]
     assert int(train["label_act"].sum()) > 0
+    assert (ws / "mlflow.db").exists() and (ws / "eval" / "metrics.json").exists()
+    assert json.loads((ws / "simeval" / "results.json").read_text())["results"]
+    assert "Closed loop" in (ws / "report" / "index.html").read_text()

@@ -1,0 +1,107 @@
+"""The main job on the embedded default (``atc-il quickstart``), part of the composition root like the CLI.
+
+1. radar tracks: the embedded OpenSky-format sample -> ingest -> conflicts -> actions -> observation histories;
+2. demonstrations: generated scenarios flown in BlueSky under the synthetic expert -> observation histories;
+3. train the default VAE-based model on them, tracked and registered in ``WORK/mlflow.db``;
+4. evaluate it offline (against the Bayes ceiling) and in closed loop in BlueSky beside the expert, MVP
+   and no controller;
+5. batch prediction over the radar tracks of step 1;
+6. a report with plots, and how to start the service.
+Each step prints what it did. Imports are lazy, as in the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(work: Path, say: Callable[[str], None] = print, *, scenarios: int = 6, duration_s: float = 1800.0,
+        seed: int = 0, epochs: int = 8, sim_scenarios: int = 2, learn: bool = True) -> dict:
+    from atc_il.config import PipelineConfig
+    from pipelines import actions as act, conflicts as con
+    from pipelines.dataset import build
+    from pipelines.ingest import ingest
+    from pipelines.sample import SampleSpec, make_sample
+
+    work = Path(work)
+    cfg = PipelineConfig()
+    t0 = time.perf_counter()
+    out: dict = {"workspace": str(work)}
+
+    def step(msg: str) -> None:
+        say(f"[{time.perf_counter() - t0:6.1f} s] {msg}")
+
+    radar = work / "radar"
+    raw = make_sample(radar / "raw", SampleSpec(days=3, seed=seed))
+    rep = ingest([Path(p) for p in raw["track_files"]], radar, fmt="opensky", config=cfg)
+    c = con.run(radar / "tracks", radar, cfg.conflicts)
+    a = act.run(radar / "tracks", radar, cfg.actions, log=Path(raw["clearance_log"]),
+                flight_plans=Path(raw["flight_plans"]), episodes_dir=radar / "episodes")
+    d = build(radar, None, cfg)
+    step(f"radar tracks: {rep.reconciliation}; {c['episodes']} conflict episodes; {a['actions']} actions "
+         f"({a['linked_actions']} linked); {d['samples']} observation histories -> {radar}")
+    out.update(radar_rows=rep.rows_in, radar_episodes=c["episodes"], radar_samples=d["samples"])
+    if not learn:
+        return out
+
+    from simulator_adapters.demonstrations import simulate
+    sim = work / "sim"
+    s = simulate(sim, scenarios, "atco", seed=seed, workers=2,
+                 scenario_kwargs={"duration_s": duration_s, "density": 4.0, "conflicts": 8})
+    step(f"simulated {scenarios} scenarios x {duration_s:.0f} s in BlueSky under the synthetic expert: "
+         f"{s['clearances']} clearances, {s['sim_seconds_per_wall_second']} simulated s per wall s -> {sim}")
+    con.run(sim / "tracks", sim, cfg.conflicts)
+    act.run(sim / "tracks", sim, cfg.actions, log=sim / "clearances.parquet", infer=False, episodes_dir=sim / "episodes")
+    ds = build(sim, None, cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"split": "scenario"})}))
+    step(f"observation histories: {ds['samples']} samples ({ds['positive samples']} with an action), "
+         f"train/val/test {ds['train samples']}/{ds['val samples']}/{ds['test samples']} by scenario")
+
+    from models.config import load_model_config
+    from models.registry import tracking_uri
+    from models.train import train
+    uri_store = tracking_uri(work)
+    os.environ["MLFLOW_TRACKING_URI"] = uri_store
+    mcfg = load_model_config(ROOT / "models" / "configs" / "gru_mdn.yaml", name="atc-resolver",
+                             train={"epochs": epochs, "device": "cpu"})
+    tr = train(mcfg, sim / "dataset", work / "runs" / mcfg.name, resume=False, tracking_uri=uri_store,
+               register_as=mcfg.name, alias="champion")
+    model_uri = f"models:/{mcfg.name}@champion"
+    step(f"trained {mcfg.encoder.name} encoder + VAE + {mcfg.head.name} head: {tr['epochs']} epochs, best val loss "
+         f"{tr['best_val_loss']:.3f}, {tr['samples_per_s']:.0f} samples/s; registered as {model_uri} in {uri_store}")
+
+    from models.evaluate import evaluate
+    from models.policy import load_policy
+    ev = evaluate(load_policy(tr["best_dir"]), sim / "dataset", "test", out=work / "eval", title=model_uri)
+    ceil = ev.get("ceiling", {})
+    step(f"offline evaluation (test split): act accuracy {ev['act_accuracy']:.3f} (ceiling {ceil.get('act_accuracy', float('nan')):.3f}), "
+         f"NLL {ev['nll']:.3f} nats, mode coverage {ev.get('mode_coverage', float('nan')):.2f} -> {work / 'eval'}")
+
+    from simulator_adapters.evaluation import simeval
+    agg = simeval(["none", "atco", "mvp", f"model:{model_uri}"], sim_scenarios, seed + 1000, work / "simeval",
+                  {"duration_s": 1200.0})
+    los = ", ".join(f"{r.controller} {int(r.los)}" for r in agg.itertuples())
+    step(f"closed loop in BlueSky on {sim_scenarios} new scenarios: losses of separation {los} -> {work / 'simeval'}")
+    out.update(model_uri=model_uri, act_accuracy=ev["act_accuracy"], nll=ev["nll"])
+
+    try:
+        from pipelines.predict import run_predict
+    except ImportError:
+        run_predict = None
+    if run_predict is not None:
+        pr = run_predict(model_uri, radar / "tracks", work / "predictions")
+        step(f"batch prediction over the radar tracks: {pr.get('predictions')} decisions for "
+             f"{pr.get('conflicts')} conflict steps -> {work / 'predictions'}")
+
+    from pipelines.report import build_report
+    index = build_report(sim, work / "eval", work / "simeval", title="atc-il quickstart", out=work / "report")
+    step(f"report with plots: {index}")
+    say(f"serve the model: ATC_IL_API_KEYS=change-me MLFLOW_TRACKING_URI={uri_store} "
+        f"atc-il serve --model {model_uri}")
+    say(f"see the runs: mlflow ui --backend-store-uri {uri_store}")
+    out["report"] = str(index)
+    return out
