@@ -1,0 +1,346 @@
+"""Batch prediction: canonical track partitions in, conflicts and the model's decisions out.
+
+The work per partition is one pure function, :func:`predict_partition` (tracks -> decisions: detect at
+every grid time, keep the steps in conflict before CPA, ``Predictor.predict_samples`` in chunks), so the
+same code runs in-process, on a local Dask cluster or on a remote one (:func:`run`, ``atc-il predict``).
+
+Partitions are the leaf folders of ``atc-il ingest`` output (``day=YYYY-MM-DD[/hour=HH]``); the output
+mirrors them: ``OUT/<partition>/part-0.parquet`` (:data:`PREDICTION_SCHEMA`, one row per conflict and
+decision time) with a completion marker, and ``OUT/predict_report.json``.
+
+History across partition boundaries. A decision at time t reads the H-1 grid steps before t and the
+time since the pair's current run of detections began (``first_detection``; a run may be much longer
+than H steps). So a partition is read together with the previous partitions' last (H-1) * step_s
+seconds (every aircraft), and, for the pairs whose run of detections is already going at the start of
+that window, those two aircraft's earlier points back to the run's first detection (a window doubled
+until the run's start is found; only these few flights are read). Decisions are emitted only at the
+partition's own times. Decisions at the start of a day therefore equal those of processing both days
+at once (``tests/test_predict.py``). A partition named otherwise than ``day=...`` has no known
+predecessor and is processed on its own.
+
+Restartable: a partition with a complete output (marker naming ``part-0.parquet``) is skipped; any
+other output folder is cleared and redone; writes are atomic. A failing partition (an unreadable
+file, bad data, or an unreadable predecessor needed for its history) is reported with its cause and
+the others go on. The model is loaded once per process (worker), never per partition.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time as _time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from atc_il.errors import ConfigError, DataError
+from atc_il.io import MARKER, atomic_write_table, is_complete, mark_complete, parquet_files, read_table, write_json
+from atc_il.progress import track
+from atc_il.schemas import ACTION_SCHEMA, TIME, TRACK_SCHEMA, conform, to_ns, to_table
+
+PREDICTION_SCHEMA = pa.schema(
+    [pa.field("time", TIME, nullable=False), pa.field("flight_id_1", pa.string(), nullable=False),
+     pa.field("flight_id_2", pa.string(), nullable=False), pa.field("tcpa_s", pa.float64()),
+     pa.field("dcpa_nm", pa.float64()), pa.field("act", pa.bool_()), pa.field("p_act", pa.float64()),
+     pa.field("aircraft", pa.int8()),          # 0 = flight_id_1, 1 = flight_id_2 (the one the action is for)
+     pa.field("flight_id", pa.string()), pa.field("action_type", pa.string()),
+     pa.field("value", pa.float64()), pa.field("unit", pa.string())],
+    metadata={"contract": "atc-il/decision/1"})
+PART_FILE = "part-0.parquet"
+REPORT_FILE = "predict_report.json"
+MODEL_FILE = "predict_model.json"
+CHUNK_SAMPLES = 8192          # samples per predict_samples call (bounds the feature tensors' memory)
+_KEY = re.compile(r"(?:^|/)day=(\d{4}-\d{2}-\d{2})(?:/hour=(\d{2}))?$")
+
+# ------------------------------------------------------------------ the model, once per process
+_PREDICTORS: dict = {}
+LOADS = {"count": 0}
+
+
+def get_predictor(uri: str):
+    """The :class:`models.serving.Predictor` for ``uri``, loaded on first use in this process."""
+    if uri not in _PREDICTORS:
+        from models.serving import Predictor
+        _PREDICTORS[uri] = Predictor.from_uri(uri)
+        LOADS["count"] += 1
+    return _PREDICTORS[uri]
+
+
+def load_count() -> int:
+    """How many models this process has loaded (for tests: ``client.run(load_count)``)."""
+    return LOADS["count"]
+
+
+# ------------------------------------------------------------------ the pure function
+def on_grid(tracks: pd.DataFrame, step_s: float) -> bool:
+    """Every time a multiple of ``step_s`` since the epoch and one point per (flight, time)."""
+    ns = to_ns(tracks["time"])
+    return not np.any(ns % int(round(step_s * 1e9))) and not tracks.duplicated(["flight_id", "time"]).any()
+
+
+def predict_partition(tracks: pd.DataFrame, predictor, clearances: pd.DataFrame | None = None, *,
+                      start=None, chunk: int = CHUNK_SAMPLES) -> pd.DataFrame:
+    """Decisions for every conflict step before CPA (``conflict`` and ``tcpa_s > 0``) at times >= ``start``.
+
+    ``tracks``: canonical points; off the model's grid they are resampled with ``predictor.grid``.
+    Points before ``start`` are history only (see the module doc for how much a caller must pass).
+    ``clearances``: issued clearances (ACTION_SCHEMA), features of the decisions after them.
+    Returns :data:`PREDICTION_SCHEMA` rows sorted by (time, flight_id_1, flight_id_2); ``attrs`` count
+    the conflict steps (``conflict_steps``) at emitted times.
+    """
+    out = PREDICTION_SCHEMA.empty_table().to_pandas()
+    out.attrs["conflict_steps"] = 0
+    if tracks.empty:
+        return out
+    from pipelines.dataset import TrackIndex
+    grid = tracks if on_grid(tracks, predictor.step_s) else predictor.grid(tracks)
+    grid = grid.reset_index(drop=True)
+    conf = predictor.detect(grid)
+    if start is not None and len(conf):
+        conf = conf[conf["time"] >= pd.Timestamp(start)]
+    if conf.empty:
+        return out
+    keep = conf["conflict"].astype(bool) & (conf["tcpa_s"] > 0)
+    samples = conf[keep].sort_values(["time", "flight_id_1", "flight_id_2"], kind="stable").reset_index(drop=True)
+    out.attrs["conflict_steps"] = int(conf["conflict"].astype(bool).sum())
+    if samples.empty:
+        return out
+    acts = None
+    if clearances is not None and len(clearances):
+        horizon = pd.Timedelta(seconds=predictor.dcfg.clearance_horizon_s)
+        acts = conform(clearances, ACTION_SCHEMA, "clearances")
+        acts = acts[(acts["time"] >= samples["time"].min() - horizon) & (acts["time"] < samples["time"].max())]
+        acts = acts.sort_values("time", kind="stable").reset_index(drop=True)
+    idx = TrackIndex.build(grid, predictor.step_s)
+    parts = [predictor.predict_samples(samples.iloc[a:a + chunk].reset_index(drop=True), grid, acts, index=idx)[0]
+             for a in range(0, len(samples), chunk)]
+    res = conform(pd.concat(parts, ignore_index=True), PREDICTION_SCHEMA, "decisions")
+    res.attrs["conflict_steps"] = out.attrs["conflict_steps"]
+    return res
+
+
+# ------------------------------------------------------------------ partitions
+def find_partitions(root: str | Path) -> list[dict]:
+    """Leaf folders holding parquet files, oldest first: {key, folder, start, end} (bounds from the name)."""
+    root = Path(root)
+    folders = sorted({f.parent for f in parquet_files(root)})
+    parts = []
+    for folder in folders:
+        key = folder.relative_to(root).as_posix() if folder != root else "."
+        m = _KEY.search(key)
+        start = end = None
+        if m:
+            start = pd.Timestamp(m.group(1), tz="UTC") + pd.Timedelta(hours=int(m.group(2) or 0))
+            end = start + pd.Timedelta(hours=1 if m.group(2) else 24)
+        parts.append({"key": key, "folder": str(folder), "start": start, "end": end})
+    if not parts:
+        raise DataError(f"{root}: no parquet track files (expected the day=... folders of `atc-il ingest`)")
+    return sorted(parts, key=lambda p: (p["start"] is None, p["start"] or pd.Timestamp(0, tz="UTC"), p["key"]))
+
+
+def _read_window(previous: list[dict], t_from, t_to, flights=None) -> pd.DataFrame:
+    """Points in [t_from, t_to) from the previous partitions (nearest first), optionally of ``flights``."""
+    frames = []
+    for p in previous:
+        if p["end"] <= t_from:
+            break
+        expr = (pc.field("time") >= pa.scalar(t_from, TIME)) & (pc.field("time") < pa.scalar(t_to, TIME))
+        if flights is not None:
+            expr &= pc.field("flight_id").isin(pa.array(sorted(flights), pa.string()))
+        try:
+            frames.append(read_table(p["folder"], TRACK_SCHEMA, filter=expr))
+        except Exception as exc:
+            raise DataError(f"history from the previous partition {p['key']} is unreadable: {exc}") from None
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else TRACK_SCHEMA.empty_table().to_pandas()
+
+
+def _grid(df: pd.DataFrame, predictor) -> pd.DataFrame:
+    return df if df.empty or on_grid(df, predictor.step_s) else predictor.grid(df)
+
+
+def _run_history(ctx: pd.DataFrame, t0, previous: list[dict], predictor) -> pd.DataFrame:
+    """Points before ``t0`` of the aircraft whose conflict run is already going at ``t0``, back to its start."""
+    step = pd.Timedelta(seconds=predictor.step_s)
+    gap = pd.Timedelta(seconds=predictor.conflicts.max_episode_gap_s)
+    head = ctx[ctx["time"] <= t0 + gap]
+    det = predictor.detect(head) if len(head) else head
+    det = det[det["time"] <= t0 - step + gap] if len(det) else det      # could continue a detection before t0
+    if det.empty:
+        return ctx.iloc[:0]
+    pairs = set(zip(det["flight_id_1"], det["flight_id_2"]))
+    flights = {f for p in pairs for f in p}
+    head = head[head["flight_id"].isin(flights)]
+    earliest = min(p["start"] for p in previous)
+    width = max(8 * gap, 24 * step)
+    while True:
+        ext = _grid(_read_window(previous, t0 - width, t0, flights), predictor)
+        if ext.empty:
+            return ext
+        d = predictor.detect(pd.concat([ext, head], ignore_index=True))
+        mine = np.array([p in pairs for p in zip(d["flight_id_1"], d["flight_id_2"])], dtype=bool)
+        d = d[mine & (d["time"] >= t0).to_numpy()]
+        run_start = d.groupby(["flight_id_1", "flight_id_2"])["first_detection"].min().min() if len(d) else t0
+        if run_start - gap >= t0 - width or t0 - width <= earliest:
+            return ext[ext["time"] >= min(run_start, t0)]
+        width *= 2
+
+
+def read_context(part: dict, previous: list[dict], predictor) -> tuple[pd.DataFrame, int]:
+    """A partition's points with the history its decisions need (module doc); and its own point count."""
+    own = read_table(part["folder"], TRACK_SCHEMA)
+    if not previous or part["start"] is None or own.empty:
+        return own, len(own)
+    start = part["start"]
+    t0 = start - pd.Timedelta(seconds=(predictor.dcfg.history_steps - 1) * predictor.step_s)
+    tail = _read_window(previous, t0, start)
+    ctx = _grid(pd.concat([f for f in (tail, own) if len(f)], ignore_index=True), predictor)
+    extra = _run_history(ctx, t0, previous, predictor)
+    return (pd.concat([extra, ctx], ignore_index=True) if len(extra) else ctx), len(own)
+
+
+# ------------------------------------------------------------------ one task
+def _clear(folder: Path) -> None:
+    """Remove this stage's files (output, marker, temporaries) from an incomplete output folder."""
+    for f in (folder / PART_FILE, folder / MARKER, *folder.glob(".tmp-*")):
+        if f.exists():
+            f.unlink()
+
+
+def finished(folder: str | Path) -> bool:
+    folder = Path(folder)
+    if not (is_complete(folder) and (folder / PART_FILE).exists()):
+        return False
+    try:
+        return PART_FILE in json.loads((folder / MARKER).read_text() or "[]")
+    except ValueError:
+        return False
+
+
+def process_partition(job: dict) -> dict:
+    """Read (with history), predict, write atomically, mark complete. Never raises: failures are returned."""
+    t = _time.perf_counter()
+    res = {"key": job["key"], "status": "done", "points": 0, "conflict_steps": 0, "predictions": 0}
+    folder = Path(job["out"])
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _clear(folder)
+        predictor = get_predictor(job["uri"])
+        tracks, res["points"] = read_context(job["part"], job["previous"], predictor)
+        dec = predict_partition(tracks, predictor, job.get("clearances"), start=job["part"]["start"])
+        atomic_write_table(to_table(dec, PREDICTION_SCHEMA, "decisions"), folder / PART_FILE)
+        mark_complete(folder, [PART_FILE])
+        res.update(conflict_steps=dec.attrs.get("conflict_steps", 0), predictions=len(dec))
+    except Exception as exc:     # reported per partition; the others go on
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        res.update(status="failed", error=f"{type(exc).__name__}: {msg}"[:2000])
+    res["seconds"] = round(_time.perf_counter() - t, 3)
+    res["pid"] = os.getpid()
+    return res
+
+
+# ------------------------------------------------------------------ the driver
+def read_clearances(path: str | Path | None) -> pd.DataFrame | None:
+    """A folder of ACTION_SCHEMA parquet (e.g. WORK/actions) or a clearance log file (CSV or parquet)."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_dir():
+        return read_table(path, ACTION_SCHEMA)
+    from pipelines.actions import read_clearance_log
+    return read_clearance_log(path)
+
+
+def _jobs(parts: list[dict], out: Path, uri: str, clearances, horizon_s: float) -> list[dict]:
+    jobs = []
+    for i, p in enumerate(parts):
+        prev = [q for q in parts[:i][::-1] if q["start"] is not None] if p["start"] is not None else []
+        acts = None
+        if clearances is not None and p["start"] is not None:
+            acts = clearances[(clearances["time"] >= p["start"] - pd.Timedelta(seconds=horizon_s))
+                              & (clearances["time"] < p["end"])].reset_index(drop=True)
+        elif clearances is not None:
+            acts = clearances
+        jobs.append({"key": p["key"], "part": p, "previous": prev, "uri": uri, "clearances": acts,
+                     "out": str(out if p["key"] == "." else out / p["key"])})
+    return jobs
+
+
+def _check_model(out: Path, predictor) -> None:
+    meta = {"uri": predictor.uri, "spec_hash": predictor.policy.spec.get("spec_hash"),
+            "history_steps": predictor.dcfg.history_steps, "step_s": predictor.step_s}
+    path = out / MODEL_FILE
+    if path.exists():
+        old = json.loads(path.read_text())
+        if {k: old.get(k) for k in meta} != meta:
+            raise ConfigError(f"{out} holds predictions of another model ({old.get('uri')}, spec {old.get('spec_hash')}); "
+                              f"choose another --out or remove it")
+    write_json(meta, path)
+
+
+def _execute(jobs: list[dict], engine: str, workers: int, scheduler: str | None, progress) -> list[dict]:
+    if engine == "local":
+        return [process_partition(j) for j in track(jobs, "predict", show=progress)]
+    import logging
+
+    from distributed import Client, LocalCluster, as_completed
+    cluster = None
+    if scheduler:
+        client = Client(scheduler)
+    else:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               silence_logs=logging.ERROR)
+        client = Client(cluster)
+    try:
+        futures = client.map(process_partition, jobs, pure=False)
+        return [f.result() for f in track(as_completed(futures), "predict", total=len(futures), show=progress)]
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def run(tracks_dir: str | Path, out_dir: str | Path, model_uri: str, *, engine: str | None = None, workers: int = 1,
+        scheduler: str | None = None, clearances: str | Path | pd.DataFrame | None = None,
+        progress: bool | None = None) -> dict:
+    """Predict every partition of ``tracks_dir`` into ``out_dir``; returns the summary (also in
+    OUT/predict_report.json). ``engine``: ``local`` (in-process) or ``dask`` (a LocalCluster of
+    ``workers`` single-thread processes, or the cluster at ``scheduler``); default local for one worker."""
+    t = _time.perf_counter()
+    engine = engine or ("dask" if workers > 1 or scheduler else "local")
+    if engine not in ("local", "dask"):
+        raise ConfigError(f"unknown engine {engine!r}; choose local or dask")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    predictor = get_predictor(str(model_uri))        # fails early on a bad URI; reused by the local engine
+    _check_model(out, predictor)
+    acts = clearances if isinstance(clearances, pd.DataFrame) or clearances is None else read_clearances(clearances)
+    if acts is not None:
+        acts = conform(acts, ACTION_SCHEMA, "clearances").sort_values("time", kind="stable").reset_index(drop=True)
+    jobs = _jobs(find_partitions(tracks_dir), out, str(model_uri), acts, predictor.dcfg.clearance_horizon_s)
+    todo = [j for j in jobs if not finished(j["out"])]
+    results = _execute(todo, engine, workers, scheduler, progress) if todo else []
+    seconds = _time.perf_counter() - t
+    done = [r for r in results if r["status"] == "done"]
+    failed = {r["key"]: r["error"] for r in results if r["status"] == "failed"}
+    points = sum(r["points"] for r in done)
+    report = {
+        "model": str(model_uri), "engine": engine, "workers": workers if engine == "dask" and not scheduler else 1,
+        "scheduler": scheduler, "partitions": len(jobs), "partitions_done": len(done),
+        "partitions_skipped": len(jobs) - len(todo), "partitions_failed": len(failed),
+        "track_points": points, "conflict_steps": sum(r["conflict_steps"] for r in done),
+        "predictions": sum(r["predictions"] for r in done), "seconds": round(seconds, 3),
+        "points_per_s": round(points / seconds, 1) if seconds > 0 else 0.0, "failed": failed,
+        "per_partition": sorted(results, key=lambda r: r["key"]), "out": str(out)}
+    write_json(report, out / REPORT_FILE)
+    return report
+
+
+def run_predict(model_uri: str, tracks_dir: str | Path, out_dir: str | Path, **kwargs) -> dict:
+    """:func:`run` with the model first (as ``atc_il.quickstart`` calls it); ``conflicts`` = conflict steps."""
+    rep = run(tracks_dir, out_dir, model_uri, **kwargs)
+    return {**rep, "conflicts": rep["conflict_steps"]}

@@ -1,0 +1,196 @@
+"""Batch prediction (pipelines/predict.py, `atc-il predict`): coverage, engines, loads, restarts, failures,
+and decisions across a day boundary."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from atc_il.config import PipelineConfig
+from atc_il.io import MARKER, read_table, write_partitioned
+from atc_il.schemas import ACTION_SCHEMA, TRACK_SCHEMA
+from pipelines import predict as P
+
+KEYS = ["time", "flight_id_1", "flight_id_2"]
+
+
+@pytest.fixture(scope="session")
+def ws(tmp_path_factory) -> Path:
+    """The quickstart chain on 3 sample days and a tiny model trained for one epoch (about 8 s)."""
+    from models.config import load_model_config
+    from models.train import train
+    from pipelines import actions, conflicts
+    from pipelines.dataset import build
+    from pipelines.ingest import ingest
+    from pipelines.sample import SampleSpec, make_sample
+
+    w = tmp_path_factory.mktemp("predict_ws")
+    cfg = PipelineConfig()
+    info = make_sample(w / "raw", SampleSpec(days=3))
+    ingest([Path(p) for p in info["track_files"]], w, fmt="opensky", config=cfg, progress=False)
+    conflicts.run(w / "tracks", w, cfg.conflicts, progress=False)
+    actions.run(w / "tracks", w, cfg.actions, log=Path(info["clearance_log"]),
+                flight_plans=Path(info["flight_plans"]), episodes_dir=w / "episodes")
+    build(w, None, cfg, progress=False)
+    cfg_m = load_model_config(Path(__file__).resolve().parents[1] / "models" / "configs" / "tiny.yaml", train={"epochs": 1})
+    train(cfg_m, w / "dataset", w / "run", tracking_uri=False, progress=False)
+    return w
+
+
+@pytest.fixture(scope="session")
+def uri(ws) -> str:
+    return str(ws / "run" / "best")
+
+
+@pytest.fixture(scope="session")
+def local_out(ws, uri, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("pred_local")
+    return out, P.run(ws / "tracks", out, uri, clearances=ws / "actions")
+
+
+def _read(out: Path) -> pd.DataFrame:
+    df = pd.concat([pd.read_parquet(f) for f in sorted(out.rglob("part-0.parquet"))], ignore_index=True)
+    return df.sort_values(KEYS, kind="stable").reset_index(drop=True)
+
+
+def _assert_same(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    a, b = a.sort_values(KEYS).reset_index(drop=True), b.sort_values(KEYS).reset_index(drop=True)
+    assert len(a) == len(b)
+    for c in a.columns:
+        if a[c].dtype.kind == "f":
+            np.testing.assert_allclose(a[c].to_numpy(), b[c].to_numpy(), rtol=1e-5, atol=1e-5, err_msg=c)
+        else:
+            assert (a[c].to_numpy() == b[c].to_numpy()).all(), c
+
+
+def test_outputs_mirror_input_and_cover_every_conflict_step(ws, uri, local_out):
+    out, rep = local_out
+    src = sorted(p.parent.relative_to(ws / "tracks").as_posix() for p in (ws / "tracks").rglob(MARKER))
+    dst = sorted(p.parent.relative_to(out).as_posix() for p in out.rglob(MARKER))
+    assert src == dst and len(src) == 3
+    assert all((out / k / "part-0.parquet").exists() for k in dst)
+    pred = _read(out)
+    assert list(pred.columns) == P.PREDICTION_SCHEMA.names
+    # every conflict step before CPA (detected on all days at once) has exactly one decision
+    tracks = read_table(ws / "tracks", TRACK_SCHEMA)
+    c = P.get_predictor(uri).detect(tracks)
+    want = c[c["conflict"] & (c["tcpa_s"] > 0)][KEYS].sort_values(KEYS).reset_index(drop=True)
+    assert len(want) > 100
+    pd.testing.assert_frame_equal(pred[KEYS], want, check_dtype=False)
+    assert pred["p_act"].between(0, 1).all() and pred["action_type"].notna().all()
+    assert (pred["flight_id"] == np.where(pred["aircraft"] == 0, pred["flight_id_1"], pred["flight_id_2"])).all()
+    saved = json.loads((out / P.REPORT_FILE).read_text())
+    assert saved["partitions_done"] == 3 and saved["partitions_failed"] == 0
+    assert saved["track_points"] == len(tracks) and saved["predictions"] == len(pred)
+    assert saved["conflict_steps"] == int(c["conflict"].sum()) and saved["points_per_s"] > 0
+
+
+def test_local_model_loaded_once_per_process(ws, uri, tmp_path):
+    P._PREDICTORS.clear()
+    before = P.load_count()
+    rep = P.run(ws / "tracks", tmp_path / "out", uri)
+    assert rep["partitions_done"] == 3 and P.load_count() - before == 1
+
+
+def test_dask_local_cluster_equals_in_process_and_loads_once_per_worker(ws, uri, local_out, tmp_path):
+    from distributed import Client, LocalCluster
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        rep = P.run(ws / "tracks", tmp_path / "out", uri, engine="dask", scheduler=cluster.scheduler_address,
+                    clearances=ws / "actions")
+        loads = client.run(P.load_count)
+    assert rep["engine"] == "dask" and rep["partitions_done"] == 3
+    worker_pids = {r["pid"] for r in rep["per_partition"]}
+    assert os.getpid() not in worker_pids                    # the work ran in the worker processes
+    assert set(loads.values()) <= {0, 1} and sum(loads.values()) == len(worker_pids)
+    _assert_same(_read(tmp_path / "out"), _read(local_out[0]))
+
+
+def test_rerun_skips_finished_and_redoes_broken(ws, uri, tmp_path):
+    out = tmp_path / "out"
+    P.run(ws / "tracks", out, uri)
+    parts = sorted(p.parent for p in out.rglob("part-0.parquet"))
+    first = _read(out)
+    mtimes = {p: (p / "part-0.parquet").stat().st_mtime_ns for p in parts}
+    broken = parts[1]
+    (broken / MARKER).unlink()                               # as if killed between write and marker
+    (broken / ".tmp-abc.parquet").write_bytes(b"half a file")
+    rep = P.run(ws / "tracks", out, uri)
+    assert (rep["partitions_skipped"], rep["partitions_done"]) == (2, 1)
+    assert [r["key"] for r in rep["per_partition"]] == [broken.relative_to(out).as_posix()]
+    for p in parts:
+        same = (p / "part-0.parquet").stat().st_mtime_ns == mtimes[p]
+        assert same == (p != broken)
+    assert (broken / MARKER).exists() and not list(broken.glob(".tmp-*"))
+    _assert_same(_read(out), first)
+    assert P.run(ws / "tracks", out, uri)["partitions_skipped"] == 3
+
+
+def test_corrupt_partition_is_reported_and_the_others_complete(ws, uri, tmp_path):
+    from typer.testing import CliRunner
+
+    from atc_il.cli import app
+    tracks = tmp_path / "tracks"
+    shutil.copytree(ws / "tracks", tracks)
+    last = sorted(tracks.glob("day=*"))[-1]
+    next(last.glob("*.parquet")).write_bytes(b"PAR1 this is not parquet")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["predict", "--model", uri, "--tracks", str(tracks), "--out", str(out)])
+    assert res.exit_code == 1, res.output
+    assert last.name in res.output and "failed" in res.output
+    rep = json.loads((out / P.REPORT_FILE).read_text())
+    assert (rep["partitions_done"], rep["partitions_failed"]) == (2, 1)
+    assert "not a readable" in rep["failed"][last.name]
+    assert not (out / last.name / "part-0.parquet").exists() and not (out / last.name / MARKER).exists()
+    assert all((out / p.name / MARKER).exists() for p in sorted(tracks.glob("day=*"))[:-1])
+
+
+def _across_midnight(ws, predictor, root: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.Timestamp]:
+    """Day 1 shifted so that midnight falls in its busiest minute of long conflict runs; written by day."""
+    tracks = read_table(ws / "tracks" / sorted(p.name for p in (ws / "tracks").glob("day=*"))[0], TRACK_SCHEMA)
+    c = predictor.detect(tracks)
+    c = c[c["conflict"] & (c["tcpa_s"] > 0) & (c["time"] - c["first_detection"] > pd.Timedelta(seconds=300))]
+    cut = c["time"].value_counts().idxmax()                  # many runs older than 5 min going on here
+    shift = cut.floor("D") + pd.Timedelta(days=1) - cut
+    tracks["time"] += shift
+    acts = read_table(ws / "actions", ACTION_SCHEMA)
+    acts["time"] += shift
+    write_partitioned(tracks, TRACK_SCHEMA, root, what="tracks")
+    return tracks, acts, cut + shift
+
+
+def test_decisions_at_the_start_of_a_day_equal_processing_both_days_at_once(ws, uri, tmp_path):
+    predictor = P.get_predictor(uri)
+    tracks, acts, midnight = _across_midnight(ws, predictor, tmp_path / "tracks")
+    assert len(list((tmp_path / "tracks").glob("day=*"))) == 2
+    rep = P.run(tmp_path / "tracks", tmp_path / "out", uri, clearances=acts)
+    assert rep["partitions_done"] == 2
+    split = _read(tmp_path / "out")
+    whole = P.predict_partition(tracks, predictor, acts)
+    _assert_same(split, whole)
+    start = split[split["time"] < midnight + pd.Timedelta(minutes=2)]
+    assert (start["time"] >= midnight).sum() > 10
+    # the check has teeth: with only the H-1 previous steps, runs that began earlier get another
+    # time-in-conflict, and the decisions change
+    h = pd.Timedelta(seconds=(predictor.dcfg.history_steps - 1) * predictor.step_s)
+    naive = P.predict_partition(tracks[tracks["time"] >= midnight - h], predictor, acts, start=midnight)
+    naive = naive[naive["time"] < midnight + pd.Timedelta(minutes=2)].reset_index(drop=True)
+    ok = start[start["time"] >= midnight].reset_index(drop=True)
+    assert (naive[KEYS] == ok[KEYS]).all().all()
+    assert np.abs(naive["p_act"] - ok["p_act"]).max() > 1e-4
+
+
+def test_off_grid_tracks_are_resampled_onto_the_model_grid(ws, uri):
+    predictor = P.get_predictor(uri)
+    tracks = read_table(ws / "tracks" / sorted(p.name for p in (ws / "tracks").glob("day=*"))[0], TRACK_SCHEMA)
+    shifted = tracks.assign(time=tracks["time"] + pd.Timedelta(seconds=1))
+    assert not P.on_grid(shifted, predictor.step_s)
+    dec = P.predict_partition(shifted, predictor)
+    assert len(dec) > 0 and (dec["time"].dt.second % 5 == 0).all()
