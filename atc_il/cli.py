@@ -308,7 +308,10 @@ def serve(model: str = typer.Option(..., "--model", help="models:/NAME@alias, ru
         from api.app import create_app
         web = create_app(model, api_keys=keys, **opts)
         server = uvicorn.Server(uvicorn.Config(web, host=host, port=port, log_level=log_level, proxy_headers=False))
-        server.run()
+        try:
+            server.run()
+        except SystemExit:   # uvicorn exits on a failed startup
+            pass
         if web.state.startup_error is not None:
             raise web.state.startup_error
         if not server.started:

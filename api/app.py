@@ -1,0 +1,217 @@
+"""The atc-il REST service: validate, call the one prediction function, format.
+
+``create_app(model_uri, api_keys=[...])`` builds the FastAPI app; the model is loaded once at start (lifespan)
+and inference runs in worker threads so that the event loop stays free. Every endpoint but
+``/v1/health/live`` wants a key in ``X-API-Key``. Client mistakes are 4xx naming the field; anything else is a
+generic 500 logged server-side (no traceback in a response).
+"""
+
+import json
+import logging
+import os
+from contextlib import asynccontextmanager
+from typing import Optional
+
+import anyio
+from fastapi import FastAPI, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.security import APIKeyHeader
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+
+from api import schemas as S
+from api.metrics import Metrics, MetricsMiddleware
+from api.security import KEY_HEADER, ApiKeyMiddleware, BodyLimitMiddleware, check_keys, error_response
+from api.service import ItemError, ModelService
+from atc_il.errors import AtcIlError, DataError, ModelError
+
+log = logging.getLogger("atc_il.api")
+ERRORS = {s: {"model": S.ErrorOut} for s in (401, 413, 422, 500, 503)}
+SERVE_ENV = "ATC_IL_SERVE"   # JSON configuration handed to uvicorn workers by `atc-il serve`
+
+
+class RequestProblem(Exception):
+    def __init__(self, detail: list[dict]):
+        self.detail = detail
+
+
+def _loc(loc) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _items(errors) -> list[dict]:
+    return [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in errors]
+
+
+def _validation_response(detail: list[dict], error="validation_error") -> JSONResponse:
+    first = detail[0] if detail else {"loc": [], "msg": "invalid request"}
+    more = f" (and {len(detail) - 1} more)" if len(detail) > 1 else ""
+    return error_response(422, error, f"{_loc(first['loc'])}: {first['msg']}{more}", detail)
+
+
+def default_threads(workers: int = 1) -> tuple[int, int]:
+    """(inference threads per worker, torch threads): the cores shared among workers, one torch thread
+    per concurrent inference beyond a few cores (the prediction is mostly pandas, GIL-bound)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_worker = max(1, cores // max(1, workers))
+    inference = max(1, min(4, per_worker))
+    return inference, max(1, per_worker // inference)
+
+
+def create_app(model_uri: str, *, api_keys, max_body_bytes: int = 2 * 2**20, max_batch: int = 64,
+               n_alternatives_max: int = 64, max_aircraft: int = 200, expect_spec_hash: Optional[str] = None,
+               workers: int = 1, inference_threads: Optional[int] = None,
+               torch_threads: Optional[int] = None) -> FastAPI:
+    """The service for ``model_uri`` (``models:/NAME@alias``, ``runs:/ID/model`` or a policy folder)."""
+    keys = check_keys(api_keys)
+    for name, v in (("max_body_bytes", max_body_bytes), ("max_batch", max_batch), ("max_aircraft", max_aircraft)):
+        if int(v) < 1:
+            raise AtcIlError(f"{name} must be at least 1, got {v}")
+    n_alternatives_max = max(0, min(int(n_alternatives_max), S.N_ALTERNATIVES_LIMIT))
+    inf_threads, t_threads = default_threads(workers)
+    service = ModelService(model_uri, expect_spec_hash, torch_threads or t_threads)
+    limiter = anyio.CapacityLimiter(inference_threads or inf_threads)
+    metrics = Metrics()
+    ConflictRequest = S.conflict_request_model(n_alternatives_max)
+    BatchRequest = S.batch_request_model(ConflictRequest, max_batch)
+    DetectRequest = S.detect_request_model(n_alternatives_max, max_aircraft)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        try:
+            await anyio.to_thread.run_sync(service.load)
+        except AtcIlError as exc:   # one clear line; raised here so that the logged traceback stays short
+            log.error("refusing to serve %s: %s", model_uri, exc)
+            app.state.startup_error = exc
+            raise ModelError(f"refusing to serve {model_uri}: {exc}") from None
+        metrics.ready.set(1)
+        yield
+        metrics.ready.set(0)
+
+    app = FastAPI(title="atc-il", version="1", lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None,
+                  description="Predicts how an air traffic controller resolves a conflict between two aircraft "
+                              "(imitation of recorded decisions). Units are in field names; times are ISO-8601 UTC.")
+    app.state.service, app.state.metrics, app.state.startup_error = service, metrics, None
+    documented_key = Security(APIKeyHeader(name=KEY_HEADER, auto_error=False,
+                                           description="one of the service's API keys"))
+
+    async def infer(endpoint: str, fn, *args):
+        if not service.ready:
+            raise StarletteHTTPException(503, "the model is not loaded yet")
+        with metrics.inference.labels(endpoint).time():
+            return await anyio.to_thread.run_sync(lambda: fn(*args), limiter=limiter)
+
+    # ------------------------------------------------------------------ errors
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        return _validation_response(_items(exc.errors()))
+
+    @app.exception_handler(RequestProblem)
+    async def _problem(request: Request, exc: RequestProblem):
+        return _validation_response(exc.detail)
+
+    @app.exception_handler(DataError)
+    async def _data_error(request: Request, exc: DataError):
+        loc = ["body", "conflicts", exc.index] if isinstance(exc, ItemError) else ["body"]
+        return error_response(422, "data_error", str(exc), [{"loc": loc, "msg": str(exc), "type": "data_error"}])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        names = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
+                 503: "not_ready"}
+        return error_response(exc.status_code, names.get(exc.status_code, "http_error"), str(exc.detail),
+                              headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception):
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal_error", "internal server error; the cause is in the server log")
+
+    # ------------------------------------------------------------------ health, model, metrics
+    @app.get("/v1/health/live", response_model=S.Health, tags=["health"])
+    async def live():
+        """Liveness (no key needed): the process answers."""
+        return {"status": "alive"}
+
+    @app.get("/v1/health/ready", response_model=S.Health, responses=ERRORS, tags=["health"],
+             dependencies=[documented_key])
+    async def ready():
+        """Readiness: 200 once the model is loaded, 503 before."""
+        if not service.ready:
+            return JSONResponse({"status": "loading", "detail": "the model is not loaded yet"}, status_code=503)
+        return {"status": "ready"}
+
+    @app.get("/v1/model", response_model=S.ModelInfo, responses=ERRORS, tags=["model"], dependencies=[documented_key])
+    async def model():
+        """The served model: URI, name, version when known, feature spec hash, history steps."""
+        if not service.ready:
+            raise StarletteHTTPException(503, "the model is not loaded yet")
+        i = service.info
+        return {**{k: i[k] for k in ("uri", "name", "version", "spec_hash", "history_steps", "step_s",
+                                     "exact_log_prob", "loaded_at")},
+                "limits": {"max_body_bytes": max_body_bytes, "max_batch": max_batch, "max_aircraft": max_aircraft,
+                           "n_alternatives_max": n_alternatives_max, "points_per_aircraft": S.POINTS_MAX,
+                           "span_s": S.SPAN_MAX_S}}
+
+    @app.get("/metrics", tags=["metrics"], dependencies=[documented_key],
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **ERRORS})
+    async def prometheus():
+        """Prometheus metrics: requests, latency histogram, errors by status, inference time."""
+        body, ctype = metrics.render()
+        return Response(body, media_type=ctype)
+
+    # ------------------------------------------------------------------ predictions
+    @app.post("/v1/predict", response_model=S.PredictResponse, responses=ERRORS, tags=["predict"],
+              dependencies=[documented_key])
+    async def predict(req: ConflictRequest):
+        """The most likely decision for one conflict (the two aircraft's recent track points, optional
+        neighbours, flight plans and recent clearances), with sampled alternatives grouped into modes."""
+        problems = S.cross_checks(req.aircraft, req.neighbours)
+        if problems:
+            raise RequestProblem(problems)
+        (res,) = await infer("predict", service.predict_conflicts, [req])
+        metrics.predicted.labels("predict").inc()
+        return {**res, "model": service.ref()}
+
+    @app.post("/v1/predict/batch", response_model=S.BatchResponse, responses=ERRORS, tags=["predict"],
+              dependencies=[documented_key])
+    async def predict_batch(req: BatchRequest):
+        """A decision for each of a list of conflicts (at most the service's batch size)."""
+        problems = [p for i, c in enumerate(req.conflicts)
+                    for p in S.cross_checks(c.aircraft, c.neighbours, ("body", "conflicts", i))]
+        if problems:
+            raise RequestProblem(problems)
+        res = await infer("batch", service.predict_conflicts, req.conflicts, True)
+        metrics.predicted.labels("batch").inc(len(res))
+        return {"model": service.ref(), "results": res}
+
+    @app.post("/v1/detect", response_model=S.DetectResponse, responses=ERRORS, tags=["predict"],
+              dependencies=[documented_key])
+    async def detect(req: DetectRequest):
+        """The conflicts in a radar picture at the decision time, and a predicted decision for each."""
+        problems = S.cross_checks(req.aircraft)
+        if problems:
+            raise RequestProblem(problems)
+        res = await infer("detect", service.detect, req)
+        metrics.predicted.labels("detect").inc(len(res["conflicts"]))
+        return {**res, "model": service.ref()}
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi():
+        return JSONResponse(app.openapi())
+
+    # outermost last: metrics see every answer, auth comes before reading the body
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(ApiKeyMiddleware, keys=keys)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=app.router.routes)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """uvicorn factory for ``atc-il serve --workers N``: configuration from ``ATC_IL_SERVE`` (JSON), keys from
+    its key file and/or ``ATC_IL_API_KEYS`` (never in the JSON)."""
+    from api.security import load_api_keys
+    cfg = json.loads(os.environ[SERVE_ENV])
+    keys = load_api_keys(cfg.pop("api_key_file", None))
+    return create_app(cfg.pop("model_uri"), api_keys=keys, **cfg)
