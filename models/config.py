@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from atc_il.config import Section, load_yaml, validate
 
@@ -27,14 +27,29 @@ class VAEConfig(Section):
 
 
 class HeadConfig(Section):
-    name: Literal["deterministic", "mdn", "autoregressive"] = "mdn"
+    name: Literal["deterministic", "mdn", "autoregressive", "cvae", "diffusion"] = "mdn"
     hidden: int = Field(128, ge=8)
     components: int = Field(4, ge=1, description="K: mixture components per type (mdn)")
     value_bins: int = Field(21, ge=3, description="bins per type for the value (autoregressive)")
+    latent_dim: int = Field(4, ge=1, description="continuous latent dimensions (cvae, latent = continuous)")
+    latent: Literal["continuous", "discrete"] = Field(
+        "continuous", description="cvae latent: diagonal Gaussian, or a categorical code over `codes` categories")
+    codes: int = Field(3, ge=2, description="categories of the discrete code (cvae, latent = discrete)")
+    diffusion_steps: int = Field(50, ge=2, description="T: training noise levels (diffusion)")
+    sampling_steps: int = Field(10, ge=1, description="DDIM steps when sampling, at most diffusion_steps (diffusion)")
+    beta_schedule: Literal["cosine"] = Field("cosine", description="noise schedule (diffusion)")
     value_range: dict[str, tuple[float, float]] = Field(
         default_factory=lambda: {"heading": (-60.0, 60.0), "altitude": (-4000.0, 4000.0), "speed": (-40.0, 40.0),
                                  "direct_to": (-90.0, 90.0), "resume": (-1.0, 1.0)},
-        description="value range per type, in the type's unit (autoregressive bins)")
+        description="value range per type, in the type's unit (autoregressive bins; diffusion: predicted values "
+                    "clipped at 1.5 times its largest magnitude)")
+
+    @model_validator(mode="after")
+    def _sampling_within_training_steps(self):
+        if self.sampling_steps > self.diffusion_steps:
+            raise ValueError(f"sampling_steps ({self.sampling_steps}) must be at most diffusion_steps "
+                             f"({self.diffusion_steps})")
+        return self
 
 
 class TrainConfig(Section):

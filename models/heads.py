@@ -239,3 +239,5 @@ class AutoregressiveHead(Head):
     def value_mode(self, params, type_):
         return self.lo[type_] + (params.argmax(-1).float() + 0.5) * self.width[type_]
 
+
+from models import generative  # noqa: E402,F401  (registers cvae and diffusion)
