@@ -30,6 +30,9 @@ decoder means at ``mode_samples`` prior draws from a fixed generator, scored by 
 those draws' decoder Gaussians), i.e. a mode of the value density, not its mean (which, for a bimodal
 value, lies between the modes).
 
+Likelihood, sampling, ``predict`` and the code distributions run in float32 with autocast off (the head's
+embeddings may come from autocast); the training objective may run under autocast.
+
 ``code_prior(ctx)`` and ``code_posterior(ctx, aircraft, type, value)`` return the code's distributions,
 e.g. to measure whether discrete codes align with controller styles (normalised mutual information).
 """
@@ -45,7 +48,7 @@ from torch.distributions import Categorical, Independent, Normal, kl_divergence
 
 from models.config import HeadConfig
 from models.encoders import mlp
-from models.generative import GenerativeHead, fixed_generator, normal_log_pdf
+from models.generative import GenerativeHead, fixed_generator, float32, normal_log_pdf
 from models.heads import RESUME, draw, sample_index
 from models.interface import HEADS, N_TYPES
 
@@ -144,6 +147,7 @@ class CVAEHead(GenerativeHead):
         mu, sd = self.decode(params, code)
         return normal_log_pdf(v, mu, sd) - kl_divergence(q, p) - self.log_scale[type_]
 
+    @float32
     def value_log_density(self, params, type_, value):
         v = value.float() / self.scale(type_)
         if self.discrete:
@@ -173,10 +177,12 @@ class CVAEHead(GenerativeHead):
         eps = draw("randn", (*n_shape, self.code_dim) if n_shape else loc.shape, generator, dev)
         return loc + sd * eps
 
+    @float32
     def value_sample(self, params, type_, generator):
         mu, sd = self.decode(params, self._prior_codes(params, (), generator))
         return (mu + sd * draw("randn", mu.shape, generator, params.device)) * self.scale(type_)
 
+    @float32
     def value_mode(self, params, type_):
         if self.discrete:
             mu, sd = self._per_code(params)
@@ -194,11 +200,13 @@ class CVAEHead(GenerativeHead):
 
     # -- codes, for evaluation -------------------------------------------------------------------------
     @torch.no_grad()
+    @float32
     def code_prior(self, ctx: torch.Tensor):
         """The learned prior p(c | ctx): a Categorical over ``codes`` (discrete) or an Independent Normal."""
         return self._latent(self.prior_net(self.trunk(ctx)))
 
     @torch.no_grad()
+    @float32
     def code_posterior(self, ctx: torch.Tensor, aircraft: torch.Tensor, type_: torch.Tensor, value: torch.Tensor):
         """p(c | ctx, aircraft, type, value), value in the type's unit, (B,) each.
 

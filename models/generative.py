@@ -5,14 +5,16 @@ only the value given (context, aircraft, type) is modelled generatively. Their t
 value is not its log-likelihood: ``loss`` switches the value term to :meth:`GenerativeHead.value_objective`
 (the ELBO for the cvae, minus the denoising error for the diffusion head), while ``terms`` / ``log_prob``
 outside ``loss`` give the head's likelihood (exact, or an estimate where ``exact_log_prob`` is False).
-So ``nll_value`` in the training logs is -ELBO (cvae, an upper bound on the NLL in nats, in the type's
-unit) or the epsilon mean squared error (diffusion, not a likelihood).
+So ``nll_value`` in the training logs is -ELBO (cvae: in nats, in the type's unit; an upper bound on the NLL,
+except that the discrete code's Gumbel-softmax relaxation makes it an approximate one) or the epsilon mean
+squared error (diffusion, not a likelihood).
 
 Importing this module registers both heads in ``HEADS``; ``models/heads.py`` imports it at its end.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from contextlib import contextmanager
 
@@ -57,6 +59,15 @@ class GenerativeHead(Head):
     def scale(self, type_: torch.Tensor) -> torch.Tensor:
         """VALUE_SCALE of each type (float32)."""
         return self.log_scale[type_].exp()
+
+
+def float32(fn):
+    """Run a head method ``fn(self, params, ...)`` with autocast off on ``params``' device (float32 math)."""
+    @functools.wraps(fn)
+    def wrapper(self, params, *args, **kwargs):
+        with torch.autocast(params.device.type, enabled=False):
+            return fn(self, params.float(), *args, **kwargs)
+    return wrapper
 
 
 def fixed_generator(seed: int = 0) -> torch.Generator:

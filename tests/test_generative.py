@@ -70,6 +70,7 @@ def test_losses_gradients_and_shapes(spec, variant):  # noqa: F811
     assert torch.isfinite(loss) and loss.ndim == 0
     assert {"loss", "nll", "nll_act", "nll_aircraft", "nll_type", "nll_value"} <= set(logs)
     assert all(isinstance(v, float) and math.isfinite(v) for v in logs.values())
+    assert policy.head._objective is False                     # the objective only inside loss()
     loss.backward()
     dead = [n for n, p in policy.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not dead, f"parameters without gradient: {dead}"
