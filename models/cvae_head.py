@@ -22,7 +22,8 @@ codes, the latent collapsed onto the prior on the bimodal toy target (one wide G
 Likelihood (``terms`` / ``log_prob``): discrete: EXACT by enumerating the codes (``exact_log_prob = True``);
 continuous: an importance-sampled ESTIMATE (``exact_log_prob = False``) with q as proposal,
 ``is_samples`` draws from a fixed generator (the same draws for every row, so the estimate is a
-deterministic function of its inputs); in expectation it is a lower bound of log p (Jensen), tight as K grows.
+deterministic function of its inputs); in expectation it is a lower bound of log p (Jensen), tight as K grows;
+with a poor proposal (an untrained q) one fixed set of draws missed brute-force Monte Carlo by up to 0.3 nats.
 
 Sampling: c from the learned prior, then v from the decoder. ``predict``: the most probable of a few
 candidate values (discrete: each code's decoder mean, scored by the exact mixture density; continuous: the
