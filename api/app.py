@@ -26,7 +26,7 @@ from api.service import ItemError, ModelService
 from atc_il.errors import AtcIlError, DataError, ModelError
 
 log = logging.getLogger("atc_il.api")
-ERRORS = {s: {"model": S.ErrorOut} for s in (401, 413, 422, 500, 503)}
+ERRORS = {s: {"model": S.ErrorOut} for s in (400, 401, 413, 422, 500, 503)}
 SERVE_ENV = "ATC_IL_SERVE"   # JSON configuration handed to uvicorn workers by `atc-il serve`
 
 
@@ -118,7 +118,7 @@ def create_app(model_uri: str, *, api_keys, max_body_bytes: int = 2 * 2**20, max
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        names = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
+        names = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
                  503: "not_ready"}
         return error_response(exc.status_code, names.get(exc.status_code, "http_error"), str(exc.detail),
                               headers=getattr(exc, "headers", None))

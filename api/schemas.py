@@ -303,6 +303,7 @@ class ErrorItem(BaseModel):
 
 
 class ErrorOut(BaseModel):
-    error: str = Field(description="validation_error, data_error, unauthorized, too_large, not_found, internal_error...")
+    error: str = Field(description="validation_error, data_error, bad_request, unauthorized, too_large, "
+                       "not_found, not_ready, internal_error")
     message: str
     detail: list[ErrorItem] = Field(default_factory=list)

@@ -102,7 +102,8 @@ def conflict(picture):
 
 def _frames(body: dict):
     """The same request as canonical DataFrames, built independently of the service's code."""
-    rows = [{"flight_id": a["flight_id"], **p} for a in body["aircraft"] + body.get("neighbours", []) for p in a["points"]]
+    rows = [{"flight_id": a["flight_id"], **p}
+            for a in body["aircraft"] + body.get("neighbours", []) for p in a["points"]]
     tracks = pd.DataFrame(rows).assign(time=lambda d: pd.to_datetime(d["time"], utc=True))
     cl = pd.DataFrame(body.get("clearances") or [])
     if len(cl):
@@ -335,7 +336,8 @@ def test_schemathesis_fuzz_finds_no_server_error(server):
             gen = GenerationMode.NEGATIVE if mode == "negative" else GenerationMode.POSITIVE
 
             @given(case=op.as_strategy(generation_mode=gen))
-            @settings(max_examples=EXAMPLES[mode] if op.method == "post" else 3, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
+            @settings(max_examples=EXAMPLES[mode] if op.method == "post" else 3, deadline=None, database=None,
+                      phases=[Phase.explicit, Phase.generate],
                       suppress_health_check=list(HealthCheck), derandomize=True)
             def run(case):
                 if mode == "repaired":
@@ -377,6 +379,18 @@ def test_refuses_to_start_without_a_key_or_with_a_foreign_model(model_ws, tmp_pa
     (bare / "feature_spec.json").write_text(json.dumps(spec))
     with pytest.raises(ModelError, match="altered"):
         ModelService(str(bare)).load()
+
+
+def test_worker_factory_reads_its_configuration_from_the_environment(model_ws, tmp_path, monkeypatch):
+    from api.app import SERVE_ENV, create_app_from_env
+    keys = tmp_path / "keys"
+    keys.write_text("# service keys\nfile-key-0123456789abc\n\n")
+    monkeypatch.setenv("ATC_IL_API_KEYS", "env-key-0123456789abcd")
+    monkeypatch.setenv(SERVE_ENV, json.dumps({"model_uri": str(model_ws / "run" / "best"), "max_batch": 7,
+                                              "api_key_file": str(keys)}))
+    app = create_app_from_env()
+    mw = next(m for m in app.user_middleware if m.cls.__name__ == "ApiKeyMiddleware")
+    assert sorted(mw.kwargs["keys"]) == ["env-key-0123456789abcd", "file-key-0123456789abc"]
 
 
 def test_not_ready_until_the_model_is_loaded(model_ws, conflict):
