@@ -77,9 +77,16 @@ def load_count() -> int:
 
 # ------------------------------------------------------------------ the pure function
 def on_grid(tracks: pd.DataFrame, step_s: float) -> bool:
-    """Every time a multiple of ``step_s`` since the epoch and one point per (flight, time)."""
-    ns = to_ns(tracks["time"])
-    return not np.any(ns % int(round(step_s * 1e9))) and not tracks.duplicated(["flight_id", "time"]).any()
+    """Every time a multiple of ``step_s`` since the epoch, one point per (flight, time), and mostly
+    consecutive grid steps within a flight (a coarser grid, e.g. 10 s for a 5 s model, is not the model's)."""
+    ns, step = to_ns(tracks["time"]), int(round(step_s * 1e9))
+    if np.any(ns % step):
+        return False
+    codes = pd.factorize(tracks["flight_id"])[0]
+    order = np.lexsort((ns, codes))
+    same = codes[order][1:] == codes[order][:-1]
+    d = np.diff(ns[order])[same]
+    return bool((d > 0).all() and (not len(d) or (d == step).mean() > 0.5))
 
 
 def predict_partition(tracks: pd.DataFrame, predictor, clearances: pd.DataFrame | None = None, *,
@@ -126,7 +133,7 @@ def predict_partition(tracks: pd.DataFrame, predictor, clearances: pd.DataFrame 
 # ------------------------------------------------------------------ partitions
 def find_partitions(root: str | Path) -> list[dict]:
     """Leaf folders holding parquet files, oldest first: {key, folder, start, end} (bounds from the name)."""
-    root = Path(root)
+    root = Path(root).resolve()               # absolute: workers of a cluster may run elsewhere
     folders = sorted({f.parent for f in parquet_files(root)})
     parts = []
     for folder in folders:
@@ -314,9 +321,9 @@ def run(tracks_dir: str | Path, out_dir: str | Path, model_uri: str, *, engine: 
     engine = engine or ("dask" if workers > 1 or scheduler else "local")
     if engine not in ("local", "dask"):
         raise ConfigError(f"unknown engine {engine!r}; choose local or dask")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     predictor = get_predictor(str(model_uri))        # fails early on a bad URI; reused by the local engine
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
     _check_model(out, predictor)
     acts = clearances if isinstance(clearances, pd.DataFrame) or clearances is None else read_clearances(clearances)
     if acts is not None:

@@ -194,3 +194,10 @@ def test_off_grid_tracks_are_resampled_onto_the_model_grid(ws, uri):
     assert not P.on_grid(shifted, predictor.step_s)
     dec = P.predict_partition(shifted, predictor)
     assert len(dec) > 0 and (dec["time"].dt.second % 5 == 0).all()
+
+
+def test_a_coarser_grid_is_not_the_model_grid(ws, uri):
+    step = P.get_predictor(uri).step_s
+    tracks = read_table(ws / "tracks" / sorted(p.name for p in (ws / "tracks").glob("day=*"))[0], TRACK_SCHEMA)
+    assert P.on_grid(tracks, step)
+    assert not P.on_grid(tracks[tracks["time"].dt.second % 10 == 0], step)

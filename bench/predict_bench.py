@@ -1,0 +1,140 @@
+"""Batch prediction throughput (track points per second): in-process versus a Dask LocalCluster of 2
+single-thread worker processes, side by side in one run on the same dense traffic and the same model.
+
+    .venv/bin/python bench/predict_bench.py [--days 2] [--hours 8] [--background 220] [--conflicts 40]
+                                            [--config gru_mdn] [--by-hour] [--workdir /tmp/atc-il-predict]
+
+Setup (cached in --workdir, not timed): a small sample trains the model (``--config``, one short epoch:
+throughput does not depend on the weights), then dense synthetic traffic is sampled and ingested into
+day partitions (``--by-hour``: hour partitions). Both engines run ``pipelines.predict.run`` end to end
+(partition discovery, reads with history, detection, features, the policy, atomic writes), the Dask
+one including its cluster start-up. Appends a table to bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _machine import append_results  # noqa: E402
+
+os.environ.setdefault("ATC_IL_PROGRESS", "0")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_model(work: Path, config: str) -> Path:
+    best = work / "model" / "run" / "best"
+    if best.exists():
+        return best
+    from atc_il.config import PipelineConfig
+    from models.config import load_model_config
+    from models.train import train
+    from pipelines import actions, conflicts
+    from pipelines.dataset import build
+    from pipelines.ingest import ingest
+    from pipelines.sample import SampleSpec, make_sample
+    w, cfg = work / "model", PipelineConfig()
+    info = make_sample(w / "raw", SampleSpec(days=3))
+    ingest([Path(p) for p in info["track_files"]], w, fmt="opensky", config=cfg, progress=False)
+    conflicts.run(w / "tracks", w, cfg.conflicts, progress=False)
+    actions.run(w / "tracks", w, cfg.actions, log=Path(info["clearance_log"]),
+                flight_plans=Path(info["flight_plans"]), episodes_dir=w / "episodes")
+    build(w, None, cfg, progress=False)
+    mc = load_model_config(ROOT / "models" / "configs" / f"{config}.yaml", train={"epochs": 1, "max_steps": 20, "device": "cpu"})
+    train(mc, w / "dataset", w / "run", tracking_uri=False, progress=False)
+    return best
+
+
+def make_traffic(work: Path, days: int, hours: float, background: int, conflicts: int, by_hour: bool) -> dict:
+    data = work / f"traffic-d{days}-h{hours:g}-b{background}-c{conflicts}{'-hourly' if by_hour else ''}"
+    info_file = data / "info.json"
+    if info_file.exists():
+        return json.loads(info_file.read_text())
+    shutil.rmtree(data, ignore_errors=True)
+    from atc_il.io import read_table, write_partitioned
+    from atc_il.schemas import TRACK_SCHEMA
+    from pipelines.ingest import ingest
+    from pipelines.sample import SampleSpec, make_sample
+    info = make_sample(data / "raw", SampleSpec(days=days, hours_per_day=hours, background_per_hour=background,
+                                                conflicts_per_hour=conflicts, seed=1))
+    rep = ingest(sorted((data / "raw").glob("opensky_day*.csv")), data, fmt="opensky", progress=False)
+    tracks = data / "tracks"
+    if by_hour:
+        df = read_table(tracks, TRACK_SCHEMA)
+        tracks = data / "tracks_hourly"
+        write_partitioned(df, TRACK_SCHEMA, tracks, by_hour=True, what="tracks")
+    out = {"tracks": str(tracks), "clearances": info["clearance_log"], "raw_rows": info["raw_rows"],
+           "points": rep.points_out}
+    info_file.write_text(json.dumps(out))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--days", type=int, default=2)
+    ap.add_argument("--hours", type=float, default=8.0, help="hours of traffic per day")
+    ap.add_argument("--background", type=int, default=220, help="background flights per hour")
+    ap.add_argument("--conflicts", type=int, default=40, help="injected conflict pairs per hour")
+    ap.add_argument("--config", default="gru_mdn", help="model configuration in models/configs")
+    ap.add_argument("--by-hour", action="store_true", help="hour partitions instead of day partitions")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/atc-il-predict"))
+    ap.add_argument("--no-record", action="store_true")
+    args = ap.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    uri = str(make_model(args.workdir / args.config, args.config))
+    data = make_traffic(args.workdir, args.days, args.hours, args.background, args.conflicts, args.by_hour)
+    print(f"setup {time.perf_counter() - t:.1f} s: {data['points']:,} grid points in {data['tracks']}", flush=True)
+
+    import pandas as pd
+    import torch
+    from pipelines.predict import run
+    results = {}
+    for name, kw in (("in-process", {"engine": "local"}), (f"Dask LocalCluster, {args.workers} workers",
+                                                          {"engine": "dask", "workers": args.workers})):
+        out = args.workdir / "out" / kw["engine"]
+        shutil.rmtree(out, ignore_errors=True)
+        rep = run(data["tracks"], out, uri, clearances=data["clearances"], **kw)
+        if rep["partitions_failed"]:
+            sys.exit(f"{name}: partitions failed: {rep['failed']}")
+        busy = sum(r["seconds"] for r in rep["per_partition"])
+        results[name] = (rep, busy, out)
+        print(f"{name:32s} {rep['seconds']:7.1f} s  {rep['points_per_s']:10,.0f} points/s  "
+              f"{rep['predictions']:,} predictions", flush=True)
+
+    (loc, _, out_l), (dsk, _, out_d) = results.values()
+    read = lambda o: pd.concat([pd.read_parquet(f) for f in sorted(o.rglob("part-0.parquet"))]).sort_values(
+        ["time", "flight_id_1", "flight_id_2"]).reset_index(drop=True)
+    a, b = read(out_l), read(out_d)
+    same = len(a) == len(b) and (a[["time", "flight_id_1", "flight_id_2", "action_type"]] ==
+                                 b[["time", "flight_id_1", "flight_id_2", "action_type"]]).all().all()
+    dp = float((a["p_act"] - b["p_act"]).abs().max()) if len(a) == len(b) else float("nan")
+    lines = ["| engine | partitions | track points | conflict steps | predictions | wall s | partition-busy s | "
+             "points / s | vs in-process |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, (rep, busy, _) in results.items():
+        lines.append(f"| {name} | {rep['partitions']} | {rep['track_points']:,} | {rep['conflict_steps']:,} | "
+                     f"{rep['predictions']:,} | {rep['seconds']:.1f} | {busy:.1f} | {rep['points_per_s']:,.0f} | "
+                     f"{rep['points_per_s'] / loc['points_per_s']:.2f}x |")
+    body = (f"`.venv/bin/python bench/predict_bench.py --days {args.days} --hours {args.hours:g} --background "
+            f"{args.background} --conflicts {args.conflicts} --config {args.config}{' --by-hour' if args.by_hour else ''}`: "
+            f"{data['points']:,} grid points (5 s) of dense synthetic traffic in {loc['partitions']} "
+            f"{'hour' if args.by_hour else 'day'} partitions, model `{args.config}` (CPU), clearance log as features. "
+            f"Wall time is `pipelines.predict.run` end to end (the Dask row includes starting the cluster); "
+            f"partition-busy is the sum of the per-partition task times. In-process torch uses "
+            f"{torch.get_num_threads()} intra-op threads, each Dask worker 1. Same decisions from both engines: "
+            f"{'yes' if same else 'NO'} (max |p_act| difference {dp:.1e}).\n\n" + "\n".join(lines))
+    print(body)
+    if not args.no_record:
+        append_results("Batch prediction: in-process vs Dask LocalCluster (bench/predict_bench.py)", body)
+
+
+if __name__ == "__main__":
+    main()
