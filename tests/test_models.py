@@ -110,7 +110,7 @@ def test_normalizer_without_statistics_raises(spec):
 # -- every encoder x head ----------------------------------------------------------------------------
 def test_registries_hold_every_name():
     assert ENCODERS.names() == sorted(ENC_NAMES)
-    assert HEADS.names() == sorted(HEAD_NAMES)
+    assert set(HEAD_NAMES) <= set(HEADS.names()) and {"cvae", "diffusion"} <= set(HEADS.names())
     with pytest.raises(ModelError, match="unknown head"):
         HEADS.get("nope")
 
