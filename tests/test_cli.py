@@ -1,6 +1,7 @@
 """The CLI: every stage has --help, errors are one line, and the quickstart runs the whole chain."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -38,8 +39,9 @@ def test_unreadable_input_names_the_file(tmp_path):
 @pytest.mark.slow
 def test_quickstart_runs_the_whole_chain(tmp_path):
     ws = tmp_path / "ws"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}   # the embedded default store
     proc = subprocess.run([sys.executable, "-m", "atc_il.cli", "quickstart", "-w", str(ws)],
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for what in ("radar tracks:", "simulated", "trained", "offline evaluation", "closed loop", "report", "atc-il serve"):
         assert what in proc.stdout, what
