@@ -25,8 +25,7 @@ def run(work: Path, say: Callable[[str], None] = print, *, scenarios: int = 6, d
     from atc_il.config import PipelineConfig
     from pipelines import actions as act, conflicts as con
     from pipelines.dataset import build
-    from pipelines.ingest import ingest
-    from pipelines.sample import SampleSpec, make_sample
+    from pipelines.sample import radar_chain
 
     work = Path(work)
     cfg = PipelineConfig()
@@ -37,12 +36,8 @@ def run(work: Path, say: Callable[[str], None] = print, *, scenarios: int = 6, d
         say(f"[{time.perf_counter() - t0:6.1f} s] {msg}")
 
     radar = work / "radar"
-    raw = make_sample(radar / "raw", SampleSpec(days=3, seed=seed))
-    rep = ingest([Path(p) for p in raw["track_files"]], radar, fmt="opensky", config=cfg)
-    c = con.run(radar / "tracks", radar, cfg.conflicts)
-    a = act.run(radar / "tracks", radar, cfg.actions, log=Path(raw["clearance_log"]),
-                flight_plans=Path(raw["flight_plans"]), episodes_dir=radar / "episodes")
-    d = build(radar, None, cfg)
+    chain = radar_chain(radar, days=3, seed=seed, config=cfg)
+    rep, c, a, d = chain["ingest"], chain["conflicts"], chain["actions"], chain["dataset"]
     step(f"radar tracks: {rep.reconciliation}; {c['episodes']} conflict episodes; {a['actions']} actions "
          f"({a['linked_actions']} linked); {d['samples']} observation histories -> {radar}")
     out.update(radar_rows=rep.rows_in, radar_episodes=c["episodes"], radar_samples=d["samples"])

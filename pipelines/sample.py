@@ -242,3 +242,22 @@ def _flight_plans(tracks: pd.DataFrame, route_hdg: np.ndarray, fid: np.ndarray) 
                                   "lat_deg": lat, "lon_deg": lon}))
     _ = bearing_deg  # routes are straight: bearings between consecutive waypoints equal the route heading
     return pd.concat(rows, ignore_index=True).sort_values(["flight_id", "seq"]).reset_index(drop=True)
+
+
+def radar_chain(work: str | Path, days: int = 3, seed: int = 0, config=None, progress: bool | None = None) -> dict:
+    """The embedded sample through the whole data chain into ``work``: ingest -> conflicts -> actions
+    (clearance log and flight plans) -> observation histories. Returns each stage's summary."""
+    from atc_il.config import PipelineConfig
+    from pipelines import actions, conflicts
+    from pipelines.dataset import build
+    from pipelines.ingest import ingest
+
+    work = Path(work)
+    cfg = config or PipelineConfig()
+    info = make_sample(work / "raw", SampleSpec(days=days, seed=seed))
+    rep = ingest([Path(p) for p in info["track_files"]], work, fmt="opensky", config=cfg, progress=progress)
+    c = conflicts.run(work / "tracks", work, cfg.conflicts, progress=progress)
+    a = actions.run(work / "tracks", work, cfg.actions, log=Path(info["clearance_log"]),
+                    flight_plans=Path(info["flight_plans"]), episodes_dir=work / "episodes")
+    d = build(work, None, cfg, progress=progress)
+    return {"sample": info, "ingest": rep, "conflicts": c, "actions": a, "dataset": d}

@@ -25,21 +25,11 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="session")
 def model_ws(tmp_path_factory):
     """A tiny policy trained one epoch on the embedded sample (the quickstart chain, no MLflow)."""
-    from atc_il.config import PipelineConfig
     from models.config import load_model_config
     from models.train import train
-    from pipelines import actions as act, conflicts as con
-    from pipelines.dataset import build
-    from pipelines.ingest import ingest
-    from pipelines.sample import SampleSpec, make_sample
+    from pipelines.sample import radar_chain
     ws = tmp_path_factory.mktemp("api")
-    cfg = PipelineConfig()
-    info = make_sample(ws / "raw", SampleSpec(days=3, seed=0))
-    ingest([Path(p) for p in info["track_files"]], ws, fmt="opensky", config=cfg)
-    con.run(ws / "tracks", ws, cfg.conflicts)
-    act.run(ws / "tracks", ws, cfg.actions, log=Path(info["clearance_log"]), flight_plans=Path(info["flight_plans"]),
-            episodes_dir=ws / "episodes")
-    build(ws, None, cfg)
+    radar_chain(ws)
     root = Path(__file__).resolve().parents[1]
     train(load_model_config(root / "models/configs/tiny.yaml", train={"epochs": 1}), ws / "dataset", ws / "run",
           tracking_uri=False, progress=False)

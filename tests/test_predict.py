@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from atc_il.config import PipelineConfig
 from atc_il.io import MARKER, read_table, write_partitioned
 from atc_il.schemas import ACTION_SCHEMA, TRACK_SCHEMA
 from pipelines import predict as P
@@ -26,19 +25,10 @@ def ws(tmp_path_factory) -> Path:
     """The quickstart chain on 3 sample days and a tiny model trained for one epoch (about 8 s)."""
     from models.config import load_model_config
     from models.train import train
-    from pipelines import actions, conflicts
-    from pipelines.dataset import build
-    from pipelines.ingest import ingest
-    from pipelines.sample import SampleSpec, make_sample
+    from pipelines.sample import radar_chain
 
     w = tmp_path_factory.mktemp("predict_ws")
-    cfg = PipelineConfig()
-    info = make_sample(w / "raw", SampleSpec(days=3))
-    ingest([Path(p) for p in info["track_files"]], w, fmt="opensky", config=cfg, progress=False)
-    conflicts.run(w / "tracks", w, cfg.conflicts, progress=False)
-    actions.run(w / "tracks", w, cfg.actions, log=Path(info["clearance_log"]),
-                flight_plans=Path(info["flight_plans"]), episodes_dir=w / "episodes")
-    build(w, None, cfg, progress=False)
+    radar_chain(w, progress=False)
     cfg_m = load_model_config(Path(__file__).resolve().parents[1] / "models" / "configs" / "tiny.yaml", train={"epochs": 1})
     train(cfg_m, w / "dataset", w / "run", tracking_uri=False, progress=False)
     return w

@@ -34,19 +34,12 @@ def data(tmp_path_factory):
     """The quickstart chain on the embedded sample (3 days: train/val/test), plus the same data set with a
     shorter history (a different feature spec)."""
     from atc_il.config import PipelineConfig
-    from pipelines import actions as act, conflicts as con
     from pipelines.dataset import build
-    from pipelines.ingest import ingest
-    from pipelines.sample import SampleSpec, make_sample
+    from pipelines.sample import radar_chain
 
     ws = tmp_path_factory.mktemp("train_ws")
     cfg = PipelineConfig()
-    info = make_sample(ws / "raw", SampleSpec(days=3, seed=0))
-    ingest([Path(p) for p in info["track_files"]], ws, fmt="opensky", config=cfg)
-    con.run(ws / "tracks", ws, cfg.conflicts)
-    act.run(ws / "tracks", ws, cfg.actions, log=Path(info["clearance_log"]), flight_plans=Path(info["flight_plans"]),
-            episodes_dir=ws / "episodes")
-    build(ws, None, cfg)
+    radar_chain(ws, config=cfg)
     build(ws, ws / "dataset_h12", cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"history_steps": 12})}))
     return ws
 
