@@ -74,14 +74,15 @@ class Predictor:
     # ------------------------------------------------------------------ prediction
     @torch.no_grad()
     def predict_samples(self, samples: pd.DataFrame, grid: pd.DataFrame, clearances: pd.DataFrame | None = None,
-                        n_alternatives: int = 0, seed: int = 0, index: TrackIndex | None = None) -> tuple[pd.DataFrame, list]:
+                        n_alternatives: int = 0, seed: int = 0, index: TrackIndex | None = None,
+                        flight_plans: pd.DataFrame | None = None) -> tuple[pd.DataFrame, list]:
         """Decisions for ``samples`` (time, flight_id_1, flight_id_2, first_detection[, tcpa_s, dcpa_nm])."""
         if samples.empty:
             return pd.DataFrame(columns=DECISION_COLUMNS), []
         acts = ACTION_SCHEMA.empty_table().to_pandas() if clearances is None or clearances.empty else \
             conform(clearances, ACTION_SCHEMA, "clearances").sort_values("time", kind="stable")
         idx = index or TrackIndex.build(grid, self.step_s)
-        obs = Observations.from_dict(build_features(samples, idx, acts, self.dcfg))
+        obs = Observations.from_dict(build_features(samples, idx, acts, self.dcfg, flight_plans))
         ctx = self.policy.context(obs)
         head = self.policy.head
         best = head.predict(ctx)
@@ -98,7 +99,8 @@ class Predictor:
         return out, alts
 
     def detect_and_predict(self, tracks: pd.DataFrame, at=None, clearances=None, n_alternatives: int = 0,
-                           pairs: list[tuple[str, str]] | None = None, seed: int = 0):
+                           pairs: list[tuple[str, str]] | None = None, seed: int = 0,
+                           flight_plans: pd.DataFrame | None = None):
         """The conflicts at ``at`` (default: the latest grid time) and a decision for each (or for ``pairs``,
         in conflict or not)."""
         grid = self.grid(tracks)
@@ -120,7 +122,8 @@ class Predictor:
         else:
             samples = conf[conf["conflict"].astype(bool)].copy() if len(conf) else conf
         samples = samples.reset_index(drop=True)
-        dec, alts = self.predict_samples(samples, grid, clearances, n_alternatives, seed)
+        dec, alts = self.predict_samples(samples, grid, clearances, n_alternatives, seed,
+                                        flight_plans=flight_plans)
         return samples, dec, alts
 
 

@@ -190,8 +190,12 @@ def _clearances(actions: pd.DataFrame, t_ns: np.ndarray, f1: np.ndarray, f2: np.
     return feats.astype(np.float32)
 
 
-def build_features(samples: pd.DataFrame, idx: TrackIndex, actions: pd.DataFrame, cfg: DatasetConfig) -> dict:
+def build_features(samples: pd.DataFrame, idx: TrackIndex, actions: pd.DataFrame, cfg: DatasetConfig,
+                   flight_plans: pd.DataFrame | None = None) -> dict:
     """Feature tensors for ``samples`` (columns time, flight_id_1, flight_id_2, first_detection).
+
+    ``flight_plans`` (flight-plan contract rows, optional) are read only by goal-conditioned
+    configurations.
 
     Pure in the past: only track rows at or before each sample's time and actions strictly before it
     are read (the leakage test perturbs everything later and checks these tensors do not change).
