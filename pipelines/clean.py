@@ -56,8 +56,15 @@ def segment_ids(df: pd.DataFrame, max_gap_s: float) -> np.ndarray:
     """Segment number of each row of ``df`` (sorted by flight_id, time)."""
     if df.empty:
         return np.zeros(0, dtype=np.int64)
-    gap = np.r_[True, np.diff(_ns(df["time"])) > max_gap_s * 1e9]
-    return np.cumsum(_new_flight(df) | gap) - 1
+    return segments(_new_flight(df), _ns(df["time"]), max_gap_s)
+
+
+def segments(new_flight: np.ndarray, t_ns: np.ndarray, max_gap_s: float) -> np.ndarray:
+    """Segment numbers from a new-flight flag and times (rows sorted by flight, time)."""
+    if len(t_ns) == 0:
+        return np.zeros(0, dtype=np.int64)
+    gap = np.r_[True, np.diff(t_ns) > max_gap_s * 1e9]
+    return np.cumsum(new_flight | gap) - 1
 
 
 def _quarantine(df: pd.DataFrame, mask: np.ndarray, reason: str, detail) -> pd.DataFrame:
@@ -210,26 +217,32 @@ def derive_kinematics(df: pd.DataFrame, max_gap_s: float = 60.0) -> pd.DataFrame
     inside a segment, one-sided at its ends; single-point segments stay NaN). Returns the rows
     sorted by flight_id and time."""
     df = _sorted(df)
-    n = len(df)
-    if n == 0:
+    if len(df) == 0:
         return df
-    seg = segment_ids(df, max_gap_s)
+    cur = {c: df[c].to_numpy(float) if c in df else np.full(len(df), np.nan) for c in ("gs_kt", "trk_deg", "vs_fpm")}
+    derived = kinematics(segment_ids(df, max_gap_s), _ns(df["time"]),
+                         *(df[c].to_numpy(float) for c in ("lat_deg", "lon_deg", "alt_ft")), **cur)
+    for col, v in derived.items():
+        df[col] = v
+    return df
+
+
+def kinematics(seg: np.ndarray, t_ns: np.ndarray, lat, lon, alt, gs_kt, trk_deg, vs_fpm) -> dict:
+    """The array core of :func:`derive_kinematics`: missing (NaN) gs_kt, trk_deg, vs_fpm filled."""
+    n = len(seg)
     idx = np.arange(n)
     i0 = np.where(np.r_[False, seg[1:] == seg[:-1]], idx - 1, idx)
     i1 = np.where(np.r_[seg[1:] == seg[:-1], False], idx + 1, idx)
-    t = _ns(df["time"]) / 1e9
+    t = t_ns / 1e9
     dt = t[i1] - t[i0]
     ok = dt > 0
-    lat, lon, alt = (df[c].to_numpy(float) for c in ("lat_deg", "lon_deg", "alt_ft"))
     with np.errstate(divide="ignore", invalid="ignore"):
         dist = haversine_nm(lat[i0], lon[i0], lat[i1], lon[i1])
         gs = np.where(ok, dist / dt * 3600.0, np.nan)
         trk = np.where(ok & (dist > 0), bearing_deg(lat[i0], lon[i0], lat[i1], lon[i1]), np.nan)
         vs = np.where(ok, (alt[i1] - alt[i0]) / dt * 60.0, np.nan)
-    for col, derived in (("gs_kt", gs), ("trk_deg", trk), ("vs_fpm", vs)):
-        cur = df[col].to_numpy(float) if col in df else np.full(n, np.nan)
-        df[col] = np.where(np.isnan(cur), derived, cur)
-    return df
+    return {col: np.where(np.isnan(cur), derived, cur)
+            for col, cur, derived in (("gs_kt", gs_kt, gs), ("trk_deg", trk_deg, trk), ("vs_fpm", vs_fpm, vs))}
 
 
 def resample_tracks(df: pd.DataFrame, step_s: float = 5.0, max_gap_s: float = 60.0) -> pd.DataFrame:
@@ -243,11 +256,33 @@ def resample_tracks(df: pd.DataFrame, step_s: float = 5.0, max_gap_s: float = 60
     df = _sorted(df)
     if df.empty:
         return df.reindex(columns=COLUMNS).iloc[:0]
-    step = int(round(step_s * 1e9))
     t = _ns(df["time"])
-    seg = segment_ids(df, max_gap_s)
+    grid, i, j, w = resample_plan(segment_ids(df, max_gap_s), t, int(round(step_s * 1e9)))
+
+    def lerp(col: str, circular=False) -> np.ndarray:
+        return interpolate(df[col].to_numpy(float), i, j, w, circular)
+
+    out = pd.DataFrame({"time": pd.to_datetime(grid, unit="ns", utc=True),
+                        "flight_id": df["flight_id"].to_numpy(dtype=object)[i]})
+    carried = df.groupby("flight_id", sort=False)[["callsign", "cfl_ft", "source"]].ffill() \
+        if {"callsign", "cfl_ft", "source"} <= set(df.columns) else df.reindex(columns=["callsign", "cfl_ft", "source"])
+    out["callsign"] = carried["callsign"].to_numpy(dtype=object)[i]
+    out["lat_deg"] = lerp("lat_deg")
+    out["lon_deg"] = lerp("lon_deg", circular="lon")
+    out["alt_ft"] = lerp("alt_ft")
+    out["gs_kt"] = lerp("gs_kt")
+    out["trk_deg"] = lerp("trk_deg", circular="track")
+    out["vs_fpm"] = lerp("vs_fpm")
+    out["cfl_ft"] = carried["cfl_ft"].to_numpy(dtype=float)[i]
+    out["source"] = carried["source"].to_numpy(dtype=object)[i]
+    return out[COLUMNS]
+
+
+def resample_plan(seg: np.ndarray, t: np.ndarray, step: int) -> tuple[np.ndarray, ...]:
+    """The array core of :func:`resample_tracks`: grid times (ns) of every segment, and for each the raw
+    row at or before it (``i``), the next raw row of its segment (``j``) and the weight of ``j``."""
     starts = np.flatnonzero(np.r_[True, seg[1:] != seg[:-1]])
-    ends = np.r_[starts[1:], len(df)] - 1
+    ends = np.r_[starts[1:], len(seg)] - 1
     g0 = -(-t[starts] // step) * step                       # first grid time >= segment start
     g1 = t[ends] // step * step                             # last grid time <= segment end
     counts = np.maximum((g1 - g0) // step + 1, 0)
@@ -256,7 +291,7 @@ def resample_tracks(df: pd.DataFrame, step_s: float = 5.0, max_gap_s: float = 60
     offset = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
     grid = g0[gseg] + offset * step
     # last raw point at or before each grid time: merge raw and grid events sorted by (segment, time)
-    n = len(df)
+    n = len(seg)
     order = np.lexsort((np.r_[np.zeros(n), np.ones(total)], np.r_[t, grid], np.r_[seg, gseg]))
     last_raw = np.maximum.accumulate(np.where(order < n, order, -1))
     i = np.empty(total, dtype=np.int64)
@@ -264,27 +299,16 @@ def resample_tracks(df: pd.DataFrame, step_s: float = 5.0, max_gap_s: float = 60
     j = np.minimum(i + 1, ends[gseg])
     span = (t[j] - t[i]).astype(float)
     w = np.divide((grid - t[i]).astype(float), span, out=np.zeros(total), where=span > 0)
+    return grid, i, j, w
 
-    def lerp(col: str, circular: bool = False) -> np.ndarray:
-        v = df[col].to_numpy(float)
-        if circular:
-            return v[i] + w * wrap180(v[j] - v[i])
+
+def interpolate(v: np.ndarray, i: np.ndarray, j: np.ndarray, w: np.ndarray, circular=False) -> np.ndarray:
+    """Linear interpolation along a :func:`resample_plan`; ``circular`` ("lon" or "track") values are degrees
+    on the circle: longitudes are returned in [-180, 180), tracks in [0, 360)."""
+    if not circular:
         return v[i] + w * (v[j] - v[i])
-
-    out = pd.DataFrame({"time": pd.to_datetime(grid, unit="ns", utc=True),
-                        "flight_id": df["flight_id"].to_numpy(dtype=object)[i]})
-    carried = df.groupby("flight_id", sort=False)[["callsign", "cfl_ft", "source"]].ffill() \
-        if {"callsign", "cfl_ft", "source"} <= set(df.columns) else df.reindex(columns=["callsign", "cfl_ft", "source"])
-    out["callsign"] = carried["callsign"].to_numpy(dtype=object)[i]
-    out["lat_deg"] = lerp("lat_deg")
-    out["lon_deg"] = (lerp("lon_deg", circular=True) + 180.0) % 360.0 - 180.0
-    out["alt_ft"] = lerp("alt_ft")
-    out["gs_kt"] = lerp("gs_kt")
-    out["trk_deg"] = lerp("trk_deg", circular=True) % 360.0
-    out["vs_fpm"] = lerp("vs_fpm")
-    out["cfl_ft"] = carried["cfl_ft"].to_numpy(dtype=float)[i]
-    out["source"] = carried["source"].to_numpy(dtype=object)[i]
-    return out[COLUMNS]
+    x = v[i] + w * wrap180(v[j] - v[i])
+    return x % 360.0 if circular == "track" else (x + 180.0) % 360.0 - 180.0
 
 
 def clean_and_resample(df: pd.DataFrame, config: PipelineConfig = PipelineConfig(),

@@ -305,14 +305,32 @@ def detect(tracks: pd.DataFrame, cfg: ConflictConfig = ConflictConfig(), progres
         if c not in tracks.columns:
             raise DataError(f"detect: tracks lack column {c!r}; have {list(tracks.columns)}")
     col = lambda c: tracks[c].to_numpy(dtype=float, na_value=np.nan) if c in tracks else np.zeros(len(tracks))
-    lat, lon, alt, gs, trk, vs = (col(c) for c in ("lat_deg", "lon_deg", "alt_ft", "gs_kt", "trk_deg", "vs_fpm"))
-    vs = np.nan_to_num(vs, nan=0.0)
-    use, n_missing, n_low = _usable(lat, lon, alt, gs, trk, vs, cfg)
     times = pd.DatetimeIndex(tracks["time"])
     if times.tz is None:
         times = times.tz_localize("UTC")
     tns = np.asarray(times.as_unit("ns").asi8, dtype=np.int64)
     codes, flights = pd.factorize(tracks["flight_id"].astype(str), sort=True)
+    cat, counts = detect_arrays(tns, codes, *(col(c) for c in ("lat_deg", "lon_deg", "alt_ft", "gs_kt", "trk_deg",
+                                                               "vs_fpm")), cfg=cfg, progress=progress)
+    if not len(cat["time"]):
+        out = empty(CONFLICT_SCHEMA)
+    else:
+        names = np.asarray(flights, dtype=object)
+        out = _frame(names[cat["c1"]], names[cat["c2"]], cat)
+        out.insert(0, "time", pd.to_datetime(cat["time"], utc=True))
+        out["episode_id"] = None
+        out = conform(out, CONFLICT_SCHEMA, "conflicts")
+    out.attrs.update(counts)
+    return out
+
+
+def detect_arrays(tns, codes, lat, lon, alt, gs, trk, vs, *, cfg: ConflictConfig = ConflictConfig(),
+                  progress: bool | None = False) -> tuple[dict, dict]:
+    """The array core of :func:`detect`: one row per (time, c1 < c2 flight codes) pair in conflict or LoS,
+    sorted by (time, c1, c2), as a dict of arrays ``time`` (ns), ``c1``, ``c2`` and :data:`PAIR_COLUMNS`;
+    and the counts of skipped rows and snapshots."""
+    vs = np.nan_to_num(vs, nan=0.0)
+    use, n_missing, n_low = _usable(lat, lon, alt, gs, trk, vs, cfg)
     rows = np.flatnonzero(use)
     rows = rows[np.lexsort((codes[rows], tns[rows]))]
     t_sorted, c_sorted = tns[rows], codes[rows]
@@ -338,18 +356,14 @@ def detect(tracks: pd.DataFrame, cfg: ConflictConfig = ConflictConfig(), progres
         if len(i):
             cols.update(time=tns[r[i]], c1=c_sorted[bounds[g0] + i], c2=c_sorted[bounds[g0] + j])
             parts.append(cols)
-    if not parts:
-        out = empty(CONFLICT_SCHEMA)
-    else:
+    if parts:
         cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        names = np.asarray(flights, dtype=object)
-        out = _frame(names[cat["c1"]], names[cat["c2"]], cat)
-        out.insert(0, "time", pd.to_datetime(cat["time"], utc=True))
-        out["episode_id"] = None
-        out = conform(out, CONFLICT_SCHEMA, "conflicts")
-    out.attrs.update(skipped_missing_state=n_missing, skipped_below_min_alt=n_low,
-                     snapshots=len(starts), aircraft_snapshots=len(rows))
-    return out
+    else:
+        e = np.zeros(0, dtype=np.int64)
+        cat = {"time": e, "c1": e, "c2": e, **_detect_rows(_State(*([np.zeros(0)] * 6), e), cfg)[2]}
+    counts = dict(skipped_missing_state=n_missing, skipped_below_min_alt=n_low, snapshots=len(starts),
+                  aircraft_snapshots=len(rows))
+    return cat, counts
 
 
 def run(tracks_dir, out_dir, cfg: ConflictConfig = ConflictConfig(), progress: bool | None = None) -> dict:

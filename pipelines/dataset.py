@@ -40,6 +40,7 @@ GEOM = [("tcpa_s", "s", True), ("dcpa_nm", "NM", True), ("dist_nm", "NM", True),
 CLEAR = ([("age_s", "s", True), ("on_ac1", "1", False), ("on_ac2", "1", False), ("on_other", "1", False)]
          + [(f"type_{t}", "1", False) for t in ACTION_TYPES]
          + [("value_deg", "deg", True), ("value_ft", "ft", True), ("value_kt", "kt", True), ("valid", "1", False)])
+INDEX_COLUMNS = ("lat_deg", "lon_deg", "alt_ft", "gs_kt", "trk_deg", "vs_fpm", "cfl_ft")
 META = ["sample_id", "episode_id", "time", "flight_id_1", "flight_id_2", "split_key"]
 LABELS = ["label_act", "label_aircraft", "label_type", "label_value", "label_confidence"]
 
@@ -63,14 +64,20 @@ class TrackIndex:
     def build(cls, tracks: pd.DataFrame, step_s: float) -> "TrackIndex":
         if tracks.empty:
             raise DataError("dataset: the track table is empty")
-        ns = to_ns(tracks["time"])
+        codes, flights = pd.factorize(tracks["flight_id"], sort=True)
+        cols = {c: tracks[c].to_numpy(dtype=float, na_value=np.nan) for c in INDEX_COLUMNS}
+        return cls.from_arrays(to_ns(tracks["time"]), codes, pd.Index(flights), cols, step_s)
+
+    @classmethod
+    def from_arrays(cls, ns: np.ndarray, codes: np.ndarray, flights: pd.Index, cols: dict,
+                    step_s: float) -> "TrackIndex":
+        """From grid times (ns), flight codes into ``flights`` and the :data:`INDEX_COLUMNS` arrays."""
         step_ns = int(round(step_s * 1e9))
         t0 = int(ns.min())
         if np.any((ns - t0) % step_ns):
             raise DataError(f"dataset: tracks are not on a regular {step_s:g} s grid; "
                             "ingest with resampling (atc-il ingest without --no-resample) or set dataset step")
         tidx = (ns - t0) // step_ns
-        codes, flights = pd.factorize(tracks["flight_id"], sort=True)
         n_t = int(tidx.max()) + 1
         keys = codes.astype(np.int64) * n_t + tidx
         order = np.argsort(keys, kind="stable")
@@ -78,9 +85,7 @@ class TrackIndex:
             raise DataError("dataset: duplicate (flight_id, time) rows in tracks")
         by_time = np.argsort(tidx, kind="stable")
         bounds = np.searchsorted(tidx[by_time], np.arange(n_t + 1))
-        cols = {c: tracks[c].to_numpy(dtype=float, na_value=np.nan)
-                for c in ("lat_deg", "lon_deg", "alt_ft", "gs_kt", "trk_deg", "vs_fpm", "cfl_ft")}
-        return cls(t0, step_ns, n_t, keys[order], order, codes, tidx, pd.Index(flights), cols, by_time, bounds)
+        return cls(t0, step_ns, n_t, keys[order], order, codes, tidx, flights, cols, by_time, bounds)
 
     def lookup(self, codes: np.ndarray, tidx: np.ndarray) -> np.ndarray:
         """Track rows for (flight code, grid step) arrays of any shape; -1 where absent."""
