@@ -21,6 +21,7 @@ from atc_il.schemas import ACTION_SCHEMA, ACTION_TYPES, ACTION_UNITS, TRACK_SCHE
 from models.ceiling import MODE_TOLERANCE
 from models.interface import Decisions, Observations
 from pipelines.dataset import TrackIndex, build_features
+from pipelines.picture import Picture
 
 DECISION_COLUMNS = ["time", "flight_id_1", "flight_id_2", "tcpa_s", "dcpa_nm", "act", "p_act", "aircraft",
                     "flight_id", "action_type", "value", "unit"]
@@ -98,32 +99,17 @@ class Predictor:
                                    float(p_act[i]), samples.iloc[i]))
         return out, alts
 
-    def detect_and_predict(self, tracks: pd.DataFrame, at=None, clearances=None, n_alternatives: int = 0,
+    def detect_and_predict(self, tracks, at=None, clearances=None, n_alternatives: int = 0,
                            pairs: list[tuple[str, str]] | None = None, seed: int = 0,
                            flight_plans: pd.DataFrame | None = None):
         """The conflicts at ``at`` (default: the latest grid time) and a decision for each (or for ``pairs``,
-        in conflict or not)."""
-        grid = self.grid(tracks)
-        t_last = grid["time"].max()
-        at = t_last if at is None else pd.Timestamp(at).tz_convert("UTC").floor(f"{int(self.step_s)}s")
-        now = grid[grid["time"] == at]
-        if now.empty:
-            raise DataError(f"tracks: no aircraft has a position at the decision time {at.isoformat()}")
-        conf = self.detect(grid[grid["time"] <= at])
-        conf = conf[conf["time"] == at] if len(conf) else conf
-        if pairs is not None:
-            want = pd.DataFrame([tuple(sorted(p)) for p in pairs], columns=["flight_id_1", "flight_id_2"])
-            missing = sorted(set(want.stack()) - set(now["flight_id"]))
-            if missing:
-                raise DataError(f"tracks: no position at {at.isoformat()} for aircraft {missing}")
-            samples = want.merge(conf, on=["flight_id_1", "flight_id_2"], how="left")
-            samples["time"] = at
-            samples["first_detection"] = samples["first_detection"].fillna(at)
-        else:
-            samples = conf[conf["conflict"].astype(bool)].copy() if len(conf) else conf
-        samples = samples.reset_index(drop=True)
-        dec, alts = self.predict_samples(samples, grid, clearances, n_alternatives, seed,
-                                        flight_plans=flight_plans)
+        in conflict or not). ``tracks``: canonical track points (DataFrame) or a :class:`Picture`."""
+        pic = tracks if isinstance(tracks, Picture) else Picture.from_frame(tracks, self.step_s)
+        step_ns = int(round(self.step_s * 1e9))
+        at_ns = pic.last_ns if at is None else pd.Timestamp(at).tz_convert("UTC").value // step_ns * step_ns
+        samples = pic.samples(at_ns, self.conflicts, pairs)
+        dec, alts = self.predict_samples(samples, None, clearances, n_alternatives, seed, index=pic.index,
+                                         flight_plans=flight_plans)
         return samples, dec, alts
 
 
