@@ -19,7 +19,7 @@ from atc_il.config import ConflictConfig, DatasetConfig
 from atc_il.errors import DataError
 from atc_il.schemas import ACTION_SCHEMA, ACTION_TYPES, ACTION_UNITS, TRACK_SCHEMA, conform
 from models.ceiling import MODE_TOLERANCE
-from models.interface import Decisions, Observations
+from models.interface import Observations
 from pipelines.dataset import TrackIndex, build_features
 from pipelines.picture import Picture
 
@@ -73,71 +73,125 @@ class Predictor:
         return c
 
     # ------------------------------------------------------------------ prediction
-    @torch.no_grad()
-    def predict_samples(self, samples: pd.DataFrame, grid: pd.DataFrame, clearances: pd.DataFrame | None = None,
-                        n_alternatives: int = 0, seed: int = 0, index: TrackIndex | None = None,
-                        flight_plans: pd.DataFrame | None = None) -> tuple[pd.DataFrame, list]:
-        """Decisions for ``samples`` (time, flight_id_1, flight_id_2, first_detection[, tcpa_s, dcpa_nm])."""
-        if samples.empty:
-            return pd.DataFrame(columns=DECISION_COLUMNS), []
-        acts = ACTION_SCHEMA.empty_table().to_pandas() if clearances is None or clearances.empty else \
+    def prepare(self, tracks, at=None, clearances=None, n_alternatives: int = 0,
+                pairs: list[tuple[str, str]] | None = None, seed: int = 0,
+                flight_plans: pd.DataFrame | None = None) -> "Prepared":
+        """The CPU part of :meth:`detect_and_predict`: the conflicts at ``at`` (default: the latest grid time),
+        or ``pairs`` (in conflict or not), and their feature tensors. ``tracks``: canonical track points
+        (DataFrame) or a :class:`Picture`."""
+        pic = tracks if isinstance(tracks, Picture) else Picture.from_frame(tracks, self.step_s)
+        step_ns = int(round(self.step_s * 1e9))
+        at_ns = pic.last_ns if at is None else pd.Timestamp(at).tz_convert("UTC").value // step_ns * step_ns
+        samples = pic.samples(at_ns, self.conflicts, pairs)
+        feats = self.features(samples, pic.index, clearances, flight_plans) if len(samples) else None
+        return Prepared(samples, feats, int(n_alternatives), int(seed))
+
+    def features(self, samples: pd.DataFrame, index: TrackIndex, clearances: pd.DataFrame | None = None,
+                 flight_plans: pd.DataFrame | None = None) -> dict:
+        acts = _NO_ACTIONS if clearances is None or clearances.empty else \
             conform(clearances, ACTION_SCHEMA, "clearances").sort_values("time", kind="stable")
-        idx = index or TrackIndex.build(grid, self.step_s)
-        obs = Observations.from_dict(build_features(samples, idx, acts, self.dcfg, flight_plans))
+        return build_features(samples, index, acts, self.dcfg, flight_plans)
+
+    @torch.inference_mode()
+    def infer(self, items: list["Prepared"]) -> list[tuple[dict, list]]:
+        """One forward pass for the conflicts of all ``items`` (requests): per item, its decisions as arrays
+        (:data:`DECISION_COLUMNS`) and, when it asked for alternatives, their modes per conflict (sampled
+        with the item's own seed, so an item's answer does not depend on what it was batched with)."""
+        live = [it for it in items if it.features is not None]
+        if not live:
+            return [(_decision_arrays(it.samples, None), []) for it in items]
+        obs = Observations.from_dict({k: np.concatenate([it.features[k] for it in live]) for k in live[0].features})
         ctx = self.policy.context(obs)
         head = self.policy.head
-        best = head.predict(ctx)
         cond = head.predict(ctx, given_act=True)
-        p_act = torch.softmax(head.act_out(head.trunk(ctx)).float(), -1)[:, 1].cpu().numpy()
-        out = _decision_frame(samples, best, cond, p_act)
-        alts = []
-        if n_alternatives > 0:
-            gen = torch.Generator(device="cpu").manual_seed(seed)
-            s = head.sample(ctx, n_alternatives, gen, given_act=True)
-            for i in range(len(samples)):
-                alts.append(_modes(s.aircraft[i].cpu().numpy(), s.type[i].cpu().numpy(), s.value[i].cpu().numpy(),
-                                   float(p_act[i]), samples.iloc[i]))
-        return out, alts
+        p_act = torch.softmax(head.act_out(head.trunk(ctx)).float(), -1)[:, 1]
+        cols = {"aircraft": cond.aircraft.cpu().numpy(), "type": cond.type.cpu().numpy(),
+                "value": cond.value.cpu().numpy().astype(float), "p_act": p_act.cpu().numpy().astype(float)}
+        out, a = [], 0
+        for it in items:
+            n = len(it.samples) if it.features is not None else 0
+            part = {k: v[a:a + n] for k, v in cols.items()}
+            alts = []
+            if n and it.n_alternatives > 0:
+                gen = torch.Generator(device="cpu").manual_seed(it.seed)
+                sm = head.sample(ctx[a:a + n], it.n_alternatives, gen, given_act=True)
+                ac, ty, va = (x.cpu().numpy() for x in (sm.aircraft, sm.type, sm.value))
+                f1, f2 = it.samples["flight_id_1"].to_numpy(), it.samples["flight_id_2"].to_numpy()
+                alts = [_modes(ac[i], ty[i], va[i], float(part["p_act"][i]), (f1[i], f2[i])) for i in range(n)]
+            out.append((_decision_arrays(it.samples, part), alts))
+            a += n
+        return out
+
+    def predict_samples(self, samples: pd.DataFrame, grid: pd.DataFrame | None, clearances: pd.DataFrame | None = None,
+                        n_alternatives: int = 0, seed: int = 0, index: TrackIndex | None = None,
+                        flight_plans: pd.DataFrame | None = None) -> tuple[pd.DataFrame, list]:
+        """Decisions for ``samples`` (time, flight_id_1, flight_id_2, first_detection[, tcpa_s, dcpa_nm]) on
+        the grid tracks ``grid`` (or their ``index``)."""
+        if samples.empty:
+            return pd.DataFrame(columns=DECISION_COLUMNS), []
+        idx = index or TrackIndex.build(grid, self.step_s)
+        item = Prepared(samples, self.features(samples, idx, clearances, flight_plans), n_alternatives, seed)
+        (dec, alts), = self.infer([item])
+        return pd.DataFrame(dec), alts
 
     def detect_and_predict(self, tracks, at=None, clearances=None, n_alternatives: int = 0,
                            pairs: list[tuple[str, str]] | None = None, seed: int = 0,
                            flight_plans: pd.DataFrame | None = None):
         """The conflicts at ``at`` (default: the latest grid time) and a decision for each (or for ``pairs``,
-        in conflict or not). ``tracks``: canonical track points (DataFrame) or a :class:`Picture`."""
-        pic = tracks if isinstance(tracks, Picture) else Picture.from_frame(tracks, self.step_s)
-        step_ns = int(round(self.step_s * 1e9))
-        at_ns = pic.last_ns if at is None else pd.Timestamp(at).tz_convert("UTC").value // step_ns * step_ns
-        samples = pic.samples(at_ns, self.conflicts, pairs)
-        dec, alts = self.predict_samples(samples, None, clearances, n_alternatives, seed, index=pic.index,
-                                         flight_plans=flight_plans)
-        return samples, dec, alts
+        in conflict or not): (samples, decisions, alternatives)."""
+        item = self.prepare(tracks, at, clearances, n_alternatives, pairs, seed, flight_plans)
+        (dec, alts), = self.infer([item])
+        return item.samples, pd.DataFrame(dec, columns=DECISION_COLUMNS), alts
 
 
-def _decision_frame(samples: pd.DataFrame, best: Decisions, cond: Decisions, p_act: np.ndarray) -> pd.DataFrame:
-    ac = cond.aircraft.cpu().numpy()
-    ty = cond.type.cpu().numpy()
-    f1, f2 = samples["flight_id_1"].to_numpy(), samples["flight_id_2"].to_numpy()
-    types = np.array(ACTION_TYPES, dtype=object)[np.clip(ty, 0, None)]
-    return pd.DataFrame({
-        "time": samples["time"].to_numpy(), "flight_id_1": f1, "flight_id_2": f2,
-        "tcpa_s": samples["tcpa_s"].to_numpy() if "tcpa_s" in samples else np.nan,
-        "dcpa_nm": samples["dcpa_nm"].to_numpy() if "dcpa_nm" in samples else np.nan,
-        "act": best.act.cpu().numpy().astype(bool), "p_act": p_act, "aircraft": ac,
-        "flight_id": np.where(ac == 0, f1, f2), "action_type": types,
-        "value": cond.value.cpu().numpy().astype(float), "unit": [ACTION_UNITS[t] for t in types]})
+@dataclass
+class Prepared:
+    """A request's conflicts (``samples``) and their feature tensors (None when there is no conflict)."""
+    samples: pd.DataFrame
+    features: dict | None
+    n_alternatives: int = 0
+    seed: int = 0
 
 
-def _modes(ac: np.ndarray, ty: np.ndarray, val: np.ndarray, p_act: float, sample) -> list[dict]:
-    """Group sampled actions into modes (same aircraft and type, values within the mode tolerance)."""
-    tol = np.array([MODE_TOLERANCE[t] for t in ACTION_TYPES])[ty]
-    key = pd.DataFrame({"ac": ac, "ty": ty, "bin": np.where(np.isfinite(val), np.round(val / (2 * tol)), 0), "v": val})
-    g = key.groupby(["ac", "ty", "bin"]).agg(n=("v", "size"), value=("v", "median")).reset_index()
-    g = g.sort_values("n", ascending=False)
+_NO_ACTIONS = ACTION_SCHEMA.empty_table().to_pandas()
+_TYPES = np.array(ACTION_TYPES, dtype=object)
+_UNITS = np.array([ACTION_UNITS[t] for t in ACTION_TYPES], dtype=object)
+_TOL = np.array([MODE_TOLERANCE[t] for t in ACTION_TYPES])
+
+
+def _decision_arrays(samples: pd.DataFrame, part: dict | None) -> dict:
+    """The decision columns as arrays: ``act`` where p_act > 1/2 (the most likely decision), the most likely
+    action given that the controller acts (aircraft 0 or 1, type, value, unit)."""
+    n = len(samples)
+    if part is None:
+        part = {"aircraft": np.zeros(0, np.int64), "type": np.zeros(0, np.int64), "value": np.zeros(0),
+                "p_act": np.zeros(0)}
+    f1, f2 = samples["flight_id_1"].to_numpy(dtype=object), samples["flight_id_2"].to_numpy(dtype=object)
+    ac, ty = part["aircraft"], np.clip(part["type"], 0, None)
+    return {"time": samples["time"].to_numpy() if n else np.zeros(0, "datetime64[ns]"),
+            "flight_id_1": f1, "flight_id_2": f2,
+            "tcpa_s": samples["tcpa_s"].to_numpy(float) if "tcpa_s" in samples else np.full(n, np.nan),
+            "dcpa_nm": samples["dcpa_nm"].to_numpy(float) if "dcpa_nm" in samples else np.full(n, np.nan),
+            "act": part["p_act"] > 0.5, "p_act": part["p_act"], "aircraft": ac,
+            "flight_id": np.where(ac == 0, f1, f2), "action_type": _TYPES[ty], "value": part["value"],
+            "unit": _UNITS[ty]}
+
+
+def _modes(ac: np.ndarray, ty: np.ndarray, val: np.ndarray, p_act: float, pair: tuple[str, str]) -> list[dict]:
+    """Group sampled actions into modes (same aircraft and type, values within the mode tolerance), most
+    frequent first; a mode's value is the median of its samples."""
     n = len(ac)
+    b = np.where(np.isfinite(val), np.round(val / (2 * _TOL[ty])), 0)
+    order = np.lexsort((b, ty, ac))
+    keys = np.stack([ac[order], ty[order], b[order]], axis=1)
+    new = np.r_[True, (keys[1:] != keys[:-1]).any(axis=1)]
+    starts = np.flatnonzero(new)
+    counts = np.diff(np.r_[starts, n])
     out = []
-    for r in g.itertuples():
-        t = ACTION_TYPES[int(r.ty)]
-        out.append({"aircraft": int(r.ac), "flight_id": sample["flight_id_1"] if r.ac == 0 else sample["flight_id_2"],
-                    "action_type": t, "value": 0.0 if t == "resume" else float(r.value), "unit": ACTION_UNITS[t],
-                    "probability_given_act": r.n / n, "probability": p_act * r.n / n})
+    for g in np.argsort(-counts, kind="stable"):
+        s, c = starts[g], counts[g]
+        a, t = int(keys[s, 0]), ACTION_TYPES[int(keys[s, 1])]
+        out.append({"aircraft": a, "flight_id": pair[a], "action_type": t,
+                    "value": 0.0 if t == "resume" else float(np.median(val[order[s:s + c]])),
+                    "unit": ACTION_UNITS[t], "probability_given_act": c / n, "probability": p_act * c / n})
     return out
