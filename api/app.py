@@ -1,7 +1,8 @@
 """The atc-il REST service: validate, call the one prediction function, format.
 
-``create_app(model_uri, api_keys=[...])`` builds the FastAPI app; the model is loaded once at start (lifespan)
-and inference runs in worker threads so that the event loop stays free. Every endpoint but
+``create_app(model_uri, api_keys=[...])`` builds the FastAPI app; the model is loaded once at start (lifespan).
+Each request's features are prepared in a worker thread (the event loop stays free) and the forward passes go
+through a micro-batcher (:mod:`api.batching`): requests waiting while one runs share the next. Every endpoint but
 ``/v1/health/live`` wants a key in ``X-API-Key``. Client mistakes are 4xx naming the field; anything else is a
 generic 500 logged server-side (no traceback in a response).
 """
@@ -20,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from api import schemas as S
+from api.batching import MicroBatcher
 from api.metrics import Metrics, MetricsMiddleware
 from api.security import KEY_HEADER, ApiKeyMiddleware, BodyLimitMiddleware, check_keys, error_response
 from api.service import ItemError, ModelService
@@ -73,6 +75,7 @@ def create_app(model_uri: str, *, api_keys, max_body_bytes: int = 2 * 2**20, max
     service = ModelService(model_uri, expect_spec_hash, torch_threads or t_threads)
     limiter = anyio.CapacityLimiter(inference_threads or inf_threads)
     metrics = Metrics()
+    batcher = MicroBatcher(service.infer, limiter, max_items=max(64, max_batch), on_batch=metrics.batch_size.observe)
     ConflictRequest = S.conflict_request_model(n_alternatives_max)
     BatchRequest = S.batch_request_model(ConflictRequest, max_batch)
     DetectRequest = S.detect_request_model(n_alternatives_max, max_aircraft)
@@ -96,11 +99,13 @@ def create_app(model_uri: str, *, api_keys, max_body_bytes: int = 2 * 2**20, max
     documented_key = Security(APIKeyHeader(name=KEY_HEADER, auto_error=False,
                                            description="one of the service's API keys"))
 
-    async def infer(endpoint: str, fn, *args):
+    async def infer(endpoint: str, prepare, *args) -> tuple[list, list]:
+        """Prepare each request in a worker thread, then answer them through the micro-batcher."""
         if not service.ready:
             raise StarletteHTTPException(503, "the model is not loaded yet")
         with metrics.inference.labels(endpoint).time():
-            return await anyio.to_thread.run_sync(lambda: fn(*args), limiter=limiter)
+            items = await anyio.to_thread.run_sync(lambda: [prepare(*a) for a in args], limiter=limiter)
+            return items, await batcher.submit(items)
 
     # ------------------------------------------------------------------ errors
     @app.exception_handler(RequestValidationError)
@@ -170,7 +175,8 @@ def create_app(model_uri: str, *, api_keys, max_body_bytes: int = 2 * 2**20, max
         problems = S.cross_checks(req.aircraft, req.neighbours)
         if problems:
             raise RequestProblem(problems)
-        (res,) = await infer("predict", service.predict_conflicts, [req])
+        (item,), (result,) = await infer("predict", service.prepare_conflict, (req,))
+        (res,) = service.conflicts_out(item, result)
         metrics.predicted.labels("predict").inc()
         return {**res, "model": service.ref()}
 
@@ -182,7 +188,8 @@ def create_app(model_uri: str, *, api_keys, max_body_bytes: int = 2 * 2**20, max
                     for p in S.cross_checks(c.aircraft, c.neighbours, ("body", "conflicts", i))]
         if problems:
             raise RequestProblem(problems)
-        res = await infer("batch", service.predict_conflicts, req.conflicts, True)
+        items, results = await infer("batch", service.prepare_conflict, *((c, i) for i, c in enumerate(req.conflicts)))
+        res = [service.conflicts_out(it, r)[0] for it, r in zip(items, results)]
         metrics.predicted.labels("batch").inc(len(res))
         return {"model": service.ref(), "results": res}
 
@@ -193,7 +200,8 @@ def create_app(model_uri: str, *, api_keys, max_body_bytes: int = 2 * 2**20, max
         problems = S.cross_checks(req.aircraft)
         if problems:
             raise RequestProblem(problems)
-        res = await infer("detect", service.detect, req)
+        (item,), (result,) = await infer("detect", service.prepare_detect, (req,))
+        res = service.detect_out(req, item, result)
         metrics.predicted.labels("detect").inc(len(res["conflicts"]))
         return {**res, "model": service.ref()}
 

@@ -32,6 +32,9 @@ class Metrics:
                                  ["method", "route"], buckets=LATENCY_BUCKETS, registry=r)
         self.inference = Histogram("atc_il_api_inference_seconds", "time in the prediction function, seconds",
                                    ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("atc_il_api_inference_batch_requests",
+                                    "requests answered by one forward pass (micro-batching)",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
         self.predicted = Counter("atc_il_api_conflicts_predicted", "conflicts given a decision", ["endpoint"],
                                  registry=r)
         mode = {"multiprocess_mode": "livesum"} if self.multiprocess else {}

@@ -1,8 +1,9 @@
 """The service's model: loaded once, checked against the features this code builds, and called through the
-one prediction function (:meth:`models.serving.Predictor.detect_and_predict`) the offline paths use.
+two halves of the one prediction function the offline paths use (:meth:`models.serving.Predictor.prepare`,
+per request, and :meth:`~models.serving.Predictor.infer`, one forward pass for many requests).
 
-Also the conversions at the edge: request schemas -> canonical track / action DataFrames, and the
-predictor's frames -> response dicts (non-finite numbers become null, never a JSON error).
+Also the conversions at the edge: request schemas -> the grid picture and action / flight-plan DataFrames,
+and the predictor's arrays -> response dicts (non-finite numbers become null, never a JSON error).
 """
 
 from __future__ import annotations
@@ -88,26 +89,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _US = timedelta(microseconds=1)
 
 
-def _times(ts) -> pd.DatetimeIndex:
-    """Aware datetimes -> UTC nanosecond timestamps, exactly (integer microseconds, no float rounding)."""
-    us = np.fromiter(((t - _EPOCH) // _US for t in ts), dtype=np.int64)
-    return pd.DatetimeIndex(us * 1000, tz="UTC").as_unit("ns") if len(us) else pd.DatetimeIndex([], tz="UTC")
-
-
 def _floats(values) -> np.ndarray:
     return np.fromiter((np.nan if v is None else v for v in values), dtype=float)
-
-
-def tracks_frame(tracks) -> pd.DataFrame:
-    """Aircraft tracks (request schema) -> canonical track points (built column-wise: ~0.2 ms for 48 points)."""
-    pts = [p for ac in tracks for p in ac.points]
-    counts = [len(ac.points) for ac in tracks]
-    cols = {"time": _times(p.time for p in pts),
-            "flight_id": np.repeat(np.array([ac.flight_id for ac in tracks], dtype=object), counts),
-            "callsign": np.repeat(np.array([ac.callsign for ac in tracks], dtype=object), counts)}
-    for c in TRACK_COLUMNS[3:]:
-        cols[c] = _floats(getattr(p, c) for p in pts)
-    return pd.DataFrame(cols).assign(source="api")
 
 
 def clearances_frame(clearances) -> pd.DataFrame | None:
@@ -120,28 +103,6 @@ def clearances_frame(clearances) -> pd.DataFrame | None:
     df["time"] = pd.to_datetime(df["time"], utc=True)
     df["target_value"] = pd.to_numeric(df["target_value"], errors="coerce").astype(float)
     return df
-
-
-def prediction(sample: pd.Series, dec: pd.Series, alts: list | None) -> dict:
-    """One conflict's decision in the response schema (aircraft numbered 1 and 2 as in the contracts)."""
-    conflict = sample.get("conflict")
-    known = conflict is not None and not pd.isna(conflict)
-    los = sample.get("los")
-    return {
-        "time": pd.Timestamp(dec["time"]).to_pydatetime(),
-        "conflict": {"flight_id_1": str(dec["flight_id_1"]), "flight_id_2": str(dec["flight_id_2"]),
-                     "in_conflict": bool(conflict) if known else False,
-                     "los": bool(los) if los is not None and not pd.isna(los) else False,
-                     "tcpa_s": _num(sample.get("tcpa_s")), "dcpa_nm": _num(sample.get("dcpa_nm")),
-                     "dist_nm": _num(sample.get("dist_nm"))},
-        "decision": {"act": bool(dec["act"]), "p_act": _num(dec["p_act"]), "aircraft": int(dec["aircraft"]) + 1,
-                     "flight_id": str(dec["flight_id"]), "action_type": str(dec["action_type"]),
-                     "value": _num(dec["value"]), "unit": str(dec["unit"])},
-        "alternatives": [{"aircraft": int(m["aircraft"]) + 1, "flight_id": str(m["flight_id"]),
-                          "action_type": m["action_type"], "value": _num(m["value"]), "unit": m["unit"],
-                          "probability": _num(m["probability"]),
-                          "probability_given_act": float(m["probability_given_act"])} for m in (alts or [])],
-    }
 
 
 def _warmup_tracks(step_s: float, steps: int) -> pd.DataFrame:
@@ -180,6 +141,9 @@ class ModelService:
         try:
             _, dec, _ = pred.detect_and_predict(_warmup_tracks(pred.step_s, pred.dcfg.history_steps + 4),
                                                 pairs=[("WARM1", "WARM2")], n_alternatives=4)
+            for n in (2, 8):   # the batched shapes the micro-batcher will use
+                pred.infer([pred.prepare(_warmup_tracks(pred.step_s, pred.dcfg.history_steps + 4),
+                                         pairs=[("WARM1", "WARM2")])] * n)
         except Exception as exc:   # noqa: BLE001
             raise ModelError(f"the model failed its warm-up prediction: {type(exc).__name__}: {exc}") from None
         if len(dec) != 1:
@@ -193,35 +157,87 @@ class ModelService:
     def ref(self) -> dict:
         return {"name": self.info["name"], "spec_hash": self.info["spec_hash"]}
 
-    def predict_conflicts(self, requests: list, batch: bool = False) -> list[dict]:
-        """One decision per conflict request, each through ``detect_and_predict`` with ``pairs``."""
+    # ------------------------------------------------------------------ the two halves of a prediction
+    def picture(self, aircraft):
+        """Request aircraft -> the model's grid picture (no DataFrame on the way)."""
+        from pipelines.picture import Picture
+        pts = [p for ac in aircraft for p in ac.points]
+        counts = [len(ac.points) for ac in aircraft]
+        ids = np.repeat(np.array([ac.flight_id for ac in aircraft], dtype=object), counts)
+        us = np.fromiter(((p.time - _EPOCH) // _US for p in pts), dtype=np.int64, count=len(pts))
+        cols = {c: _floats(getattr(p, c) for p in pts) for c in TRACK_COLUMNS[3:]}
+        return Picture.from_points(ids, us * 1000, cols, self.predictor.step_s)
+
+    def prepare_conflict(self, req, index: int | None = None):
+        """A conflict request -> its features (CPU work; raises DataError, as ItemError for a batch item)."""
+        try:
+            return self.predictor.prepare(
+                self.picture([*req.aircraft, *req.neighbours]), at=req.at,
+                clearances=clearances_frame(req.clearances), n_alternatives=req.n_alternatives,
+                pairs=[(req.aircraft[0].flight_id, req.aircraft[1].flight_id)], seed=req.seed,
+                flight_plans=flight_plans_frame(req.flight_plans))
+        except DataError as exc:
+            if index is not None:
+                raise ItemError(index, exc) from None
+            raise
+
+    def prepare_detect(self, req):
+        return self.predictor.prepare(self.picture(req.aircraft), at=req.at,
+                                      clearances=clearances_frame(req.clearances),
+                                      n_alternatives=req.n_alternatives, seed=req.seed,
+                                      flight_plans=flight_plans_frame(getattr(req, "flight_plans", None)))
+
+    def infer(self, items: list) -> list:
+        """One forward pass for the prepared requests (see :meth:`models.serving.Predictor.infer`)."""
+        return self.predictor.infer(items)
+
+    @staticmethod
+    def conflicts_out(item, result) -> list[dict]:
+        """A prepared request and its inference result -> one response dict per conflict."""
+        dec, alts = result
+        s = item.samples
+        cols = {k: s[k].to_numpy() if k in s else np.full(len(s), None, dtype=object)
+                for k in ("conflict", "los", "tcpa_s", "dcpa_nm", "dist_nm")}
         out = []
-        for i, req in enumerate(requests):
-            ids = (req.aircraft[0].flight_id, req.aircraft[1].flight_id)
-            try:
-                samples, dec, alts = self.predictor.detect_and_predict(
-                    tracks_frame([*req.aircraft, *req.neighbours]), at=req.at,
-                    clearances=clearances_frame(req.clearances), n_alternatives=req.n_alternatives,
-                    pairs=[ids], seed=req.seed)
-            except DataError as exc:
-                if batch:
-                    raise ItemError(i, exc) from None
-                raise
-            if len(dec) != 1:   # the prediction function returns one row per requested pair
-                raise RuntimeError(f"expected one decision, got {len(dec)}")
-            out.append(prediction(samples.iloc[0], dec.iloc[0], alts[0] if alts else None))
+        for i in range(len(s)):
+            conflict, los = cols["conflict"][i], cols["los"][i]
+            out.append({
+                "time": pd.Timestamp(dec["time"][i]).to_pydatetime(),
+                "conflict": {"flight_id_1": str(dec["flight_id_1"][i]), "flight_id_2": str(dec["flight_id_2"][i]),
+                             "in_conflict": _flag(conflict), "los": _flag(los), "tcpa_s": _num(cols["tcpa_s"][i]),
+                             "dcpa_nm": _num(cols["dcpa_nm"][i]), "dist_nm": _num(cols["dist_nm"][i])},
+                "decision": {"act": bool(dec["act"][i]), "p_act": _num(dec["p_act"][i]),
+                             "aircraft": int(dec["aircraft"][i]) + 1, "flight_id": str(dec["flight_id"][i]),
+                             "action_type": str(dec["action_type"][i]), "value": _num(dec["value"][i]),
+                             "unit": str(dec["unit"][i])},
+                "alternatives": [{"aircraft": int(m["aircraft"]) + 1, "flight_id": str(m["flight_id"]),
+                                  "action_type": m["action_type"], "value": _num(m["value"]), "unit": m["unit"],
+                                  "probability": _num(m["probability"]),
+                                  "probability_given_act": float(m["probability_given_act"])}
+                                 for m in (alts[i] if alts else [])]})
         return out
 
-    def detect(self, req) -> dict:
-        step = self.predictor.step_s
-        samples, dec, alts = self.predictor.detect_and_predict(
-            tracks_frame(req.aircraft), at=req.at, clearances=clearances_frame(req.clearances),
-            n_alternatives=req.n_alternatives, seed=req.seed)
-        if len(dec):
-            t = pd.Timestamp(dec["time"].iloc[0])
+    def detect_out(self, req, item, result) -> dict:
+        conflicts = self.conflicts_out(item, result)
+        if conflicts:
+            t = pd.Timestamp(result[0]["time"][0])
         else:
             last = req.at or max(ac.points[-1].time for ac in req.aircraft)
-            t = pd.Timestamp(last).floor(f"{int(step)}s")
-        return {"time": t.to_pydatetime(), "n_aircraft": len(req.aircraft),
-                "conflicts": [prediction(samples.iloc[i], dec.iloc[i], alts[i] if alts else None)
-                              for i in range(len(dec))]}
+            t = pd.Timestamp(last).floor(f"{int(self.predictor.step_s)}s")
+        return {"time": t.to_pydatetime(), "n_aircraft": len(req.aircraft), "conflicts": conflicts}
+
+
+def _flag(x) -> bool:
+    return bool(x) if x is not None and not pd.isna(x) else False
+
+
+def flight_plans_frame(plans) -> pd.DataFrame | None:
+    """Request flight plans -> flight-plan contract rows (None when there are none)."""
+    if not plans:
+        return None
+    rows = [(fp.flight_id, w.seq, w.waypoint, w.lat_deg, w.lon_deg, w.alt_ft, w.time)
+            for fp in plans for w in fp.waypoints]
+    df = pd.DataFrame(rows, columns=["flight_id", "seq", "waypoint", "lat_deg", "lon_deg", "alt_ft", "time"])
+    df["time"] = pd.to_datetime(df["time"], utc=True)
+    df["alt_ft"] = pd.to_numeric(df["alt_ft"], errors="coerce").astype(float)
+    return df

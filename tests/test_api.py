@@ -151,12 +151,74 @@ def test_served_prediction_equals_the_offline_prediction_function(client, confli
     assert pd.Timestamp(got["time"]) == d.time and got["model"]["name"] == "tiny"
 
 
-def test_batch_is_the_single_prediction_per_conflict(client, conflict):
-    single = client.post("/v1/predict", json=conflict, headers=H).json()
-    r = client.post("/v1/predict/batch", json={"conflicts": [conflict, conflict]}, headers=H)
+def _same_decision(a: dict, b: dict) -> bool:
+    """Equal up to float rounding (a forward pass over a batch may round differently from one over 1 row)."""
+    return {k: v for k, v in a.items() if k not in ("p_act", "value")} == \
+        {k: v for k, v in b.items() if k not in ("p_act", "value")} and \
+        a["p_act"] == pytest.approx(b["p_act"], abs=1e-5) and (a["value"] or 0) == pytest.approx(b["value"] or 0, abs=1e-3)
+
+
+def test_batch_is_the_single_prediction_per_conflict(client, conflict, picture):
+    ep, win = picture
+    other = {**conflict, "n_alternatives": 6, "seed": 5,
+             "aircraft": list(reversed(conflict["aircraft"])),                  # same pair, other order
+             "at": (ep.first_detection + pd.Timedelta(seconds=20)).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    singles = [client.post("/v1/predict", json=c, headers=H).json() for c in (conflict, other)]
+    r = client.post("/v1/predict/batch", json={"conflicts": [conflict, other, conflict]}, headers=H)
     assert r.status_code == 200, r.text
     res = r.json()["results"]
-    assert len(res) == 2 and all(x["decision"] == single["decision"] for x in res)
+    assert len(res) == 3 and singles[0]["time"] != singles[1]["time"]
+    for got, want in zip(res, singles + singles[:1]):
+        assert _same_decision(got["decision"], want["decision"]) and got["time"] == want["time"]
+        assert [(m["action_type"], m["probability"]) for m in got["alternatives"]] == \
+            [(m["action_type"], m["probability"]) for m in want["alternatives"]]
+
+
+def test_concurrent_requests_answer_as_sequential_ones(client, server, conflict, picture):
+    """Requests in flight together share forward passes (micro-batching); each answer is its own."""
+    from concurrent.futures import ThreadPoolExecutor
+    ep, _ = picture
+    bodies = [{**conflict, "seed": k, "n_alternatives": 4,
+               "at": (ep.first_detection + pd.Timedelta(seconds=5 * (k % 5))).strftime("%Y-%m-%dT%H:%M:%SZ")}
+              for k in range(24)]
+    want = [client.post("/v1/predict", json=b, headers=H).json() for b in bodies[:5]]
+    with httpx.Client(base_url=server, timeout=30) as c2, ThreadPoolExecutor(12) as pool:
+        got = list(pool.map(lambda b: c2.post("/v1/predict", json=b, headers=H).json(), bodies))
+    for k, g in enumerate(got):
+        w = want[k % 5]
+        assert g["time"] == w["time"] and _same_decision(g["decision"], w["decision"]), k
+    text = client.get("/metrics", headers=H).text
+    assert "atc_il_api_inference_batch_requests_count" in text
+
+
+def test_micro_batcher_batches_waiting_requests_and_skips_cancelled_ones():
+    import asyncio
+    from api.batching import MicroBatcher
+    calls = []
+
+    def fn(items):
+        calls.append(list(items))
+        time.sleep(0.05)
+        if "boom" in items:
+            raise ValueError("boom")
+        return [x * 2 for x in items]
+
+    async def main():
+        b = MicroBatcher(fn, max_items=3)
+        first = asyncio.create_task(b.submit([1]))
+        await asyncio.sleep(0.01)                      # the first pass is running: the next ones wait
+        rest = [asyncio.create_task(b.submit([k])) for k in (2, 3, 4, 5)]
+        gone = asyncio.create_task(b.submit([99]))
+        await asyncio.sleep(0)
+        gone.cancel()
+        out = [await first] + [await t for t in rest]
+        with pytest.raises(ValueError):
+            await b.submit(["boom"])
+        return out
+
+    out = asyncio.run(main())
+    assert out == [[2], [4], [6], [8], [10]]
+    assert calls[0] == [1] and calls[1] == [2, 3, 4] and calls[2] == [5] and all(99 not in c for c in calls)
 
 
 def test_detect_finds_the_conflict_and_equals_the_offline_path(client, picture, model_ws):
