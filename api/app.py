@@ -216,6 +216,24 @@ def create_app(model_uri: str, *, api_keys, max_body_bytes: int = 2 * 2**20, max
     return app
 
 
+def tcp_listener(host: str, port: int):
+    """The listening socket for ``atc-il serve --workers N``, bound with IPPROTO_TCP.
+
+    uvicorn's own listener for several workers leaves ``proto`` 0, so asyncio never sets TCP_NODELAY on the
+    accepted connections and every keep-alive request after the first waits ~40 ms for the client's delayed
+    ACK (Kludex/uvicorn#3149)."""
+    import socket
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise AtcIlError(f"--host/--port: cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def create_app_from_env() -> FastAPI:
     """uvicorn factory for ``atc-il serve --workers N``: configuration from ``ATC_IL_SERVE`` (JSON), keys from
     its key file and/or ``ATC_IL_API_KEYS`` (never in the JSON)."""

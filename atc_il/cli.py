@@ -322,8 +322,13 @@ def serve(model: str = typer.Option(..., "--model", help="models:/NAME@alias, ru
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="atc-il-metrics-")
     os.environ[SERVE_ENV] = json.dumps({"model_uri": model, **opts,
                                         "api_key_file": str(api_key_file) if api_key_file else None})
-    uvicorn.run("api.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, proxy_headers=False)
+    from uvicorn.supervisors import Multiprocess
+
+    from api.app import tcp_listener
+    config = uvicorn.Config("api.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
+                            log_level=log_level, proxy_headers=False)
+    sock = tcp_listener(host, port)
+    Multiprocess(config, sockets=[sock]).run()
 
 
 def main() -> None:

@@ -456,3 +456,30 @@ def test_not_ready_until_the_model_is_loaded(model_ws, conflict):
                     (await c.post("/v1/predict", json=conflict, headers=H)).status_code,
                     (await c.get("/v1/health/live")).status_code)
     assert anyio.run(go) == (503, 503, 200)
+
+
+def test_the_multi_worker_listener_gives_keep_alive_connections_tcp_nodelay():
+    """uvicorn's --workers listener loses TCP_NODELAY (+40 ms per keep-alive request, Kludex/uvicorn#3149);
+    ours keeps it: a connection accepted by asyncio on it has Nagle off."""
+    import asyncio
+    import socket as so
+    from api.app import tcp_listener
+
+    async def main():
+        sock = tcp_listener("127.0.0.1", 0)
+        seen = {}
+
+        def on_conn(reader, writer):
+            seen["nodelay"] = writer.get_extra_info("socket").getsockopt(so.IPPROTO_TCP, so.TCP_NODELAY)
+            writer.close()
+        server = await asyncio.start_server(on_conn, sock=sock)
+        _, w = await asyncio.open_connection(*sock.getsockname()[:2])
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        w.close()
+        server.close()
+        return seen.get("nodelay")
+
+    assert asyncio.run(main()) == 1
