@@ -60,6 +60,8 @@ class DatasetConfig(Section):
     test_fraction: float = Field(0.15, ge=0, lt=1)
     seed: int = 0
     shard_rows: int = Field(20_000, ge=1, description="samples per shard (bounds memory while building)")
+    goal: bool = Field(False, description="goal conditioning: append each aircraft's flight-plan exit point and "
+                       "level to the geometry tensor (needs flight plans; off leaves the feature spec unchanged)")
 
 
 class PipelineConfig(Section):

@@ -4,7 +4,8 @@ At every decision step the controller keeps the last H radar pictures, turns eac
 current picture into an observation history with the data set's own feature builder
 (:func:`pipelines.dataset.build_features`, so features are computed exactly as in training), asks the
 policy for its most likely decision and issues the clearances it decides (at most one per aircraft per
-step). ``direct_to`` decisions, which need a waypoint the model does not choose, are not issued and
+step). The observation's flight plans go to the feature builder as flight-plan contract rows (read by
+goal-conditioned models, ``dataset.goal``). ``direct_to`` decisions, which need a waypoint the model does not choose, are not issued and
 are counted in ``skipped``.
 """
 
@@ -14,7 +15,7 @@ from collections import deque
 
 import pandas as pd
 
-from simulator_adapters.controllers import Clearance, Controller, Decision, Observation, register
+from simulator_adapters.controllers import Clearance, Controller, Decision, Observation, flight_plan_rows, register
 
 
 class ModelController(Controller):
@@ -31,6 +32,15 @@ class ModelController(Controller):
         self.frames: deque = deque(maxlen=self.predictor.dcfg.history_steps)
         self.first_shown: dict[tuple[str, str], pd.Timestamp] = {}
         self.skipped = 0
+        self._plans: tuple[dict | None, pd.DataFrame | None] = (None, None)
+
+    def plan_rows(self, plans: dict | None) -> pd.DataFrame | None:
+        """The observation's flight plans as contract rows (converted once per plans object)."""
+        if not plans:
+            return None
+        if self._plans[0] is not plans:
+            self._plans = (plans, flight_plan_rows(plans))
+        return self._plans[1]
 
     def decide(self, obs: Observation) -> Decision:
         self.frames.append(obs.radar)
@@ -49,7 +59,8 @@ class ModelController(Controller):
                                 "flight_id_2": conf["flight_id_2"].to_numpy()})
         samples["first_detection"] = [self.first_shown[(a, b)] for a, b in zip(samples["flight_id_1"], samples["flight_id_2"])]
         tracks = pd.concat(list(self.frames), ignore_index=True)
-        dec, _ = self.predictor.predict_samples(samples, tracks, obs.cleared)
+        dec, _ = self.predictor.predict_samples(samples, tracks, obs.cleared,
+                                                flight_plans=self.plan_rows(obs.flight_plans))
         out, used = [], set()
         for r in dec[dec["act"]].itertuples():
             if r.flight_id in used:

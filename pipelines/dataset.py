@@ -28,6 +28,7 @@ from atc_il.io import mark_complete, read_table, reset_dir, write_json
 from atc_il.progress import track
 from atc_il.schemas import (ACTION_LINK_SCHEMA, ACTION_SCHEMA, ACTION_TYPES, CONFLICT_SCHEMA, EPISODE_SCHEMA,
                             TRACK_SCHEMA, to_ns)
+from pipelines.goal import GOAL, goal_features
 from pipelines.shards import SPEC_FILE, RunningStats, spec_hash, write_shard
 
 SPLITS = ("train", "val", "test")
@@ -200,7 +201,8 @@ def build_features(samples: pd.DataFrame, idx: TrackIndex, actions: pd.DataFrame
     """Feature tensors for ``samples`` (columns time, flight_id_1, flight_id_2, first_detection).
 
     ``flight_plans`` (flight-plan contract rows, optional) are read only by goal-conditioned
-    configurations.
+    configurations (``cfg.goal``: :data:`pipelines.goal.GOAL` features inserted into ``geometry`` before
+    its ``valid`` column; a flight without a plan gets ``known`` = 0).
 
     Pure in the past: only track rows at or before each sample's time and actions strictly before it
     are read (the leakage test perturbs everything later and checks these tensors do not change).
@@ -230,7 +232,18 @@ def build_features(samples: pd.DataFrame, idx: TrackIndex, actions: pd.DataFrame
     t_ns = to_ns(samples["time"])
     clear = _clearances(actions, t_ns, samples["flight_id_1"].to_numpy(), samples["flight_id_2"].to_numpy(),
                         cfg.recent_clearances, cfg.clearance_horizon_s)
+    if cfg.goal:
+        geometry = _goal(geometry, a, b, samples, theta, flight_plans)
     return {"pair": pair, "neighbours": neighbours, "geometry": geometry, "clearances": clear}
+
+
+def _goal(geometry: np.ndarray, a: dict, b: dict, samples: pd.DataFrame, theta: np.ndarray,
+          flight_plans: pd.DataFrame | None) -> np.ndarray:
+    """``geometry`` with the goal features inserted before its last (``valid``) column."""
+    g = goal_features(a, b, samples["flight_id_1"].to_numpy(), samples["flight_id_2"].to_numpy(), theta[:, None],
+                      flight_plans)
+    g[geometry[..., -1] < 0.5] = 0.0
+    return np.concatenate([geometry[..., :-1], g, geometry[..., -1:]], axis=-1)
 
 
 def select_samples(conflicts: pd.DataFrame, episodes: pd.DataFrame) -> pd.DataFrame:
@@ -296,10 +309,20 @@ def _split_keys(samples: pd.DataFrame, idx: TrackIndex, tracks: pd.DataFrame, ho
     return pd.Series(np.where(rows >= 0, src[np.maximum(rows, 0)], None), index=samples.index)
 
 
+def _read_plans(work: Path, path: str | Path | None) -> pd.DataFrame:
+    from pipelines.actions import read_flight_plans
+    p = Path(path) if path else work / "flight_plans.parquet"
+    if not p.exists():
+        raise DataError(f"dataset: goal conditioning (dataset.goal) needs flight plans, but {p} does not exist; "
+                        "simulate with `atc-il simulate` (it writes flight_plans.parquet) or pass a flight-plan table")
+    return read_flight_plans(p)
+
+
 def feature_spec(cfg: DatasetConfig, step_s: float) -> dict:
     def fl(feats):
         return [{"name": n, "unit": u, "normalise": z} for n, u, z in feats]
     h, k, m = cfg.history_steps, cfg.neighbours, cfg.recent_clearances
+    geom = GEOM[:-1] + GOAL + GEOM[-1:] if cfg.goal else GEOM      # `valid` stays last
     return {
         "version": 1,
         "step_s": step_s,
@@ -308,7 +331,7 @@ def feature_spec(cfg: DatasetConfig, step_s: float) -> dict:
         "tensors": {
             "pair": {"shape": [h, 2, len(POSE)], "dims": ["time", "aircraft", "feature"], "features": fl(POSE)},
             "neighbours": {"shape": [h, k, len(POSE)], "dims": ["time", "neighbour", "feature"], "features": fl(POSE)},
-            "geometry": {"shape": [h, len(GEOM)], "dims": ["time", "feature"], "features": fl(GEOM)},
+            "geometry": {"shape": [h, len(geom)], "dims": ["time", "feature"], "features": fl(geom)},
             "clearances": {"shape": [m, len(CLEAR)], "dims": ["clearance", "feature"], "features": fl(CLEAR)},
         },
         "labels": {"label_act": "1 if an action was taken at this step, else 0",
@@ -322,9 +345,12 @@ def feature_spec(cfg: DatasetConfig, step_s: float) -> dict:
 
 
 def build(work: str | Path, out: str | Path | None = None, config: PipelineConfig = PipelineConfig(),
-          progress: bool | None = None) -> dict:
+          progress: bool | None = None, flight_plans: str | Path | None = None) -> dict:
     """Build observation-history shards from a workspace holding tracks/, conflicts/, episodes/,
-    actions/ and action_links/ (the outputs of the earlier stages). Returns a summary."""
+    actions/ and action_links/ (the outputs of the earlier stages). Returns a summary.
+
+    With ``config.dataset.goal``, flight plans are read from ``flight_plans`` (a CSV or parquet table in the
+    flight-plan contract) or else ``WORK/flight_plans.parquet`` (written by ``atc-il simulate``)."""
     t_start = _time.perf_counter()
     work = Path(work)
     out = reset_dir(Path(out) if out else work / "dataset")
@@ -337,6 +363,7 @@ def build(work: str | Path, out: str | Path | None = None, config: PipelineConfi
     links = read_table(work / "action_links", ACTION_LINK_SCHEMA) if (work / "action_links").exists() else \
         ACTION_LINK_SCHEMA.empty_table().to_pandas()
     actions = actions.sort_values("time", kind="stable").reset_index(drop=True)
+    plans = _read_plans(work, flight_plans) if cfg.goal else None
     idx = TrackIndex.build(tracks, config.resample.step_s)
     samples = select_samples(conflicts, episodes)
     labels, lstats = attach_labels(samples, links, idx)
@@ -352,7 +379,7 @@ def build(work: str | Path, out: str | Path | None = None, config: PipelineConfi
     chunks = range(0, len(samples), cfg.shard_rows)
     for i, start in enumerate(track(chunks, "dataset shards", show=progress)):
         part = samples.iloc[start:start + cfg.shard_rows]
-        tensors = build_features(part, idx, actions, cfg)
+        tensors = build_features(part, idx, actions, cfg, plans)
         psplit = split.iloc[start:start + cfg.shard_rows].to_numpy()
         for s in SPLITS:
             sel = psplit == s

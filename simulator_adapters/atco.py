@@ -17,16 +17,23 @@ first shown; a conflict whose aircraft was cleared earlier in the same step is s
    weight is multiplied by ``climbing_altitude_factor`` when the chosen aircraft is climbing or descending,
    and is 0 when no 1000 ft step is possible within [fl_min, fl_max]; renormalised.
 4. Value (multimodal), direction then magnitude:
-   - heading: ``P(right) = sigmoid(-turn_gain * sin(relative bearing of the other aircraft))`` (turn away
-     from it, but sometimes towards); magnitude from ``heading_mags`` with ``heading_mag_probs[style]``;
+   - heading: ``P(right) = sigmoid(-turn_gain * sin(relative bearing of the other aircraft)
+     + goal_gain * sin(relative bearing of the aircraft's exit point))`` (turn away from the other, but
+     sometimes towards; rather to the side where the aircraft must go); magnitude from ``heading_mags``
+     with ``heading_mag_probs[style]``;
    - altitude: ``P(climb)`` = 0.9 if climbing, 0.1 if descending, else 0.8 if above the other, 0.2 if
-     below, 0.5 if level with it; 0 or 1 at the level limits; magnitude from ``altitude_mags``;
+     below, 0.5 if level with it; then, when the exit level differs from the aircraft's altitude by
+     500 ft or more, ``P(climb) = sigmoid(logit(P(climb)) + goal_gain * sign(exit level - altitude))``
+     (towards the level it must leave at); 0 or 1 at the level limits; magnitude from ``altitude_mags``;
    - speed: ``P(faster) = sigmoid(speed_gain * along-track lead over the other / 5 NM)``; magnitude
      from ``speed_mags``.
 5. Resume: an aircraft whose last clearance was not a resume, that is in no shown conflict, was last
    cleared at least ``resume_min_s`` ago and is past its closest approach with the aircraft it was
    cleared against (diverging, or that aircraft gone), is told to resume its own navigation with
    probability ``p_resume`` per step.
+Goal: an aircraft's exit point is the last waypoint of its flight plan (``Observation.flight_plans``), its
+exit level that waypoint's altitude, else the plan's ``exit_level_ft``, else its ``level_ft`` (as in
+:func:`simulator_adapters.controllers.flight_plan_rows`); an aircraft without a plan has no goal term.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ class AtcoParams:
     type_probs: tuple[tuple[float, float, float], ...] = ((0.2, 0.7, 0.1), (0.7, 0.2, 0.1), (0.3, 0.2, 0.5))
     climbing_altitude_factor: float = 2.0
     turn_gain: float = 2.5
+    goal_gain: float = 1.5     # strength of the goal term (exit side and exit level); 0 = goal-blind
     heading_mags: tuple[float, ...] = (20.0, 30.0, 40.0)
     heading_mag_probs: tuple[tuple[float, ...], ...] = ((0.5, 0.35, 0.15), (0.2, 0.5, 0.3), (0.5, 0.35, 0.15))
     altitude_mags: tuple[float, ...] = (1000.0, 2000.0)
@@ -93,12 +101,13 @@ class SyntheticAtco(Controller):
         self.style = STYLES[0]
         self.pairs: dict[tuple[str, str], _PairState] = {}
         self.last_cleared: dict[str, tuple[float, str, str]] = {}   # fid -> (time, type, cleared against)
+        self.plans: dict = {}      # the current observation's flight plans (the goal term)
 
     def reset(self, scenario_name: str, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
         k = int(self.rng.choice(len(STYLES), p=np.array(self.p.style_prior)))
         self.style = self.fixed_style or STYLES[k]
-        self.pairs, self.last_cleared = {}, {}
+        self.pairs, self.last_cleared, self.plans = {}, {}, {}
 
     # ------------------------------------------------------------------ distributions
     def distribution(self, c: dict, a: dict, b: dict, now: float, shown_s: float) -> dict:
@@ -135,8 +144,9 @@ class SyntheticAtco(Controller):
         p, s = self.p, STYLES.index(self.style)
         qdr, dist = kwik_qdr_dist_nm(own["lat_deg"], own["lon_deg"], other["lat_deg"], other["lon_deg"])
         rel = math.radians(float(wrap180(qdr - own["trk_deg"])))
+        goal = self._goal(own)
         if t == "heading":
-            up = _sigmoid(-p.turn_gain * math.sin(rel))
+            up = _sigmoid(-p.turn_gain * math.sin(rel) + (p.goal_gain * goal[0] if goal else 0.0))
             mags, probs = p.heading_mags, p.heading_mag_probs[s]
         elif t == "altitude":
             if own["vs_fpm"] > 500:
@@ -146,6 +156,8 @@ class SyntheticAtco(Controller):
             else:
                 d = own["alt_ft"] - other["alt_ft"]
                 up = 0.8 if d > 100 else 0.2 if d < -100 else 0.5
+            if goal and abs(goal[1]) >= 500:
+                up = _sigmoid(math.log(up / (1 - up)) + p.goal_gain * math.copysign(1.0, goal[1]))
             up = up if self._can(own, -1) else 1.0
             up = up if self._can(own, +1) else 0.0
             mags, probs = p.altitude_mags, p.altitude_mag_probs
@@ -167,6 +179,18 @@ class SyntheticAtco(Controller):
             out[-m] = out.get(-m, 0.0) + pm * (1 - up)
         return {v: q for v, q in out.items() if q > 0}
 
+    def _goal(self, own: dict) -> tuple[float, float] | None:
+        """(sin of the exit point's bearing relative to the track, exit level - altitude in ft; 0 if the
+        plan gives no level), or None without a plan."""
+        plan = self.plans.get(own["flight_id"])
+        if not plan or not plan.get("route"):
+            return None
+        _, lat, lon, level = plan["route"][-1]
+        qdr, _ = kwik_qdr_dist_nm(own["lat_deg"], own["lon_deg"], lat, lon)
+        level = level if level is not None else plan.get("exit_level_ft", plan.get("level_ft"))
+        dalt = float(level) - own["alt_ft"] if level is not None else 0.0
+        return math.sin(math.radians(float(qdr) - own["trk_deg"])), dalt
+
     @staticmethod
     def _diverging(a, b) -> bool:
         qdr, dist = kwik_qdr_dist_nm(a["lat_deg"], a["lon_deg"], b["lat_deg"], b["lon_deg"])
@@ -179,6 +203,7 @@ class SyntheticAtco(Controller):
     def decide(self, obs: Observation) -> Decision:
         now = obs.sim_s
         dec = Decision()
+        self.plans = obs.flight_plans or {}
         radar = obs.radar.set_index("flight_id", drop=False)
         shown = set()
         conf = obs.conflicts

@@ -32,7 +32,9 @@ class Observation:
 
     ``radar``: the radar picture (canonical track columns, with radar noise as configured);
     ``conflicts``: conflicts detected on that picture (columns of ``pipelines.conflicts.detect_snapshot``);
-    ``flight_plans``: flight_id -> route waypoints [(name, lat_deg, lon_deg, alt_ft|None)] and planned level;
+    ``flight_plans``: flight_id -> {"route": waypoints [(name, lat_deg, lon_deg, alt_ft|None)], "level_ft":
+    planned level, optionally "exit_level_ft": the level at the last waypoint} (:func:`flight_plan_rows`
+    turns them into flight-plan contract rows);
     ``cleared``: this controller's own past clearances (action contract rows), oldest first.
     """
     time: pd.Timestamp
@@ -41,6 +43,26 @@ class Observation:
     conflicts: pd.DataFrame
     flight_plans: dict
     cleared: pd.DataFrame
+
+
+def flight_plan_rows(plans: dict, prefix: str = "") -> pd.DataFrame:
+    """Observation flight plans -> flight-plan contract rows (``atc-il/flight-plan/1``), flight ids prefixed.
+
+    A waypoint's ``alt_ft`` is its own, else the exit level (``exit_level_ft``, else ``level_ft``) at the last
+    waypoint and the planned level (``level_ft``) before it; NaN where none is given."""
+    rows = []
+    for fid, plan in plans.items():
+        route = list(plan.get("route") or ())
+        level = plan.get("level_ft")
+        exit_level = plan.get("exit_level_ft", level)
+        for seq, (name, lat, lon, alt) in enumerate(route):
+            fill = exit_level if seq == len(route) - 1 else level
+            rows.append((prefix + str(fid), seq, name, float(lat), float(lon),
+                         float(alt) if alt is not None else float(fill) if fill is not None else float("nan")))
+    df = pd.DataFrame(rows, columns=["flight_id", "seq", "waypoint", "lat_deg", "lon_deg", "alt_ft"])
+    df["seq"] = df["seq"].astype("int64")
+    df["time"] = pd.Series(pd.NaT, index=df.index, dtype="datetime64[ns, UTC]")
+    return df
 
 
 @dataclass

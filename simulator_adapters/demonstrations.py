@@ -6,6 +6,8 @@ Layout of ``out`` (ready for ``atc-il conflicts``, ``atc-il actions --log``, ``a
 - ``clearances.parquet``: the expert's clearances (action contract, source ``simulator``);
 - ``expert_truth.parquet``: ground truth apart from model inputs (true style, the exact decision
   distribution at every decision the expert considered, the decision and its log-probability);
+- ``flight_plans.parquet``: every flight's plan (flight-plan contract, the same flight ids): its route, with
+  the planned level along it and the exit level at its last waypoint (what ``dataset.goal`` reads);
 - ``scenarios/<name>.json``: the scenarios, replayable; ``simulate_report.json``: counts and throughput.
 """
 
@@ -19,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from atc_il.io import atomic_write_table, reset_dir, write_json, write_partitioned
-from atc_il.schemas import ACTION_SCHEMA, TRACK_SCHEMA, action_id, to_table
+from atc_il.schemas import ACTION_SCHEMA, FLIGHT_PLAN_SCHEMA, TRACK_SCHEMA, action_id, to_table
 from simulator_adapters.scenarios import Scenario, scenario_set
 
 DAY = pd.Timedelta(days=1)
@@ -87,6 +89,13 @@ def relabel(res, index: int) -> dict:
     return {"tracks": tr, "actions": ac, "truth": truth, "meta": res.meta}
 
 
+def flight_plans(scenarios: list[Scenario]) -> pd.DataFrame:
+    """The scenarios' flight plans as contract rows, flight ids ``<scenario>/<callsign>`` as in the tracks."""
+    from simulator_adapters.controllers import flight_plan_rows
+    from simulator_adapters.rollout import _plans
+    return pd.concat([flight_plan_rows(_plans(sc), prefix=sc.name + "/") for sc in scenarios], ignore_index=True)
+
+
 def simulate(out: str | Path, n_scenarios: int, expert: str = "atco", seed: int = 0, workers: int = 1,
              client=None, scenario_kwargs: dict | None = None, progress: bool | None = None) -> dict:
     """Generate ``n_scenarios`` scenarios, run them under ``expert`` and write the demonstrations."""
@@ -114,6 +123,8 @@ def simulate(out: str | Path, n_scenarios: int, expert: str = "atco", seed: int 
         if any(len(r["actions"]) for r in results) else ACTION_SCHEMA.empty_table().to_pandas()
     write_partitioned(tracks, TRACK_SCHEMA, out / "tracks", what="simulated tracks")
     atomic_write_table(to_table(actions, ACTION_SCHEMA, "simulated clearances"), out / "clearances.parquet")
+    atomic_write_table(to_table(flight_plans(scenarios), FLIGHT_PLAN_SCHEMA, "simulated flight plans"),
+                       out / "flight_plans.parquet")
     truths = [r["truth"] for r in results if len(r["truth"])]
     if truths:
         truth = pd.concat(truths, ignore_index=True)

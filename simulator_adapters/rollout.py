@@ -79,7 +79,7 @@ def noisy(radar: pd.DataFrame, noise: RadarNoise, rng: np.random.Generator) -> p
 
 def _plans(scenario: Scenario) -> dict:
     return {f.flight_id: {"route": [(w.name, w.lat_deg, w.lon_deg, w.alt_ft) for w in f.route],
-                          "level_ft": f.cleared_alt_ft} for f in scenario.flights}
+                          "level_ft": f.cleared_alt_ft, "exit_level_ft": f.exit_level_ft} for f in scenario.flights}
 
 
 class _MvpRecorder:

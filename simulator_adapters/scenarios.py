@@ -8,12 +8,18 @@ Geometry of an injected conflict: a conflict point P inside the sector and a tim
 reach P at ``t_cpa_s`` (or, for a level crossing, so that the climber passes the other's level there).
 Kinds: crossing (30-150 degrees), head-on (180 +- 8), overtaking (same track +- 10, the faster one
 behind), level crossing (one aircraft climbs or descends through the other's level at P).
+
+Exit levels: a flight's plan ends at its exit point (the last waypoint) and exit level
+(``FlightSpec.exit_alt_ft``; None = its planned level ``cleared_alt_ft``). A share
+``exit_level_fraction`` of the level flights gets an exit level 1000-4000 ft away from its level that it
+is not yet cleared to (it flies level; bringing it there is the controller's business), drawn from
+a random stream of its own so that the rest of the scenario does not depend on that share.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -47,6 +53,11 @@ class FlightSpec:
     route: tuple[Waypoint, ...]
     cleared_alt_ft: float       # the flight's planned level (== alt_ft when level)
     actype: str = "A320"
+    exit_alt_ft: float | None = None   # the level it must leave the sector at (None: cleared_alt_ft)
+
+    @property
+    def exit_level_ft(self) -> float:
+        return self.cleared_alt_ft if self.exit_alt_ft is None else self.exit_alt_ft
 
 
 @dataclass(frozen=True)
@@ -101,6 +112,8 @@ class ScenarioSpec(BaseModel):
     fl_min: int = Field(250, ge=0)
     fl_max: int = Field(400, ge=0)
     climb_fraction: float = Field(0.2, ge=0, le=1, description="background flights climbing or descending")
+    exit_level_fraction: float = Field(0.25, ge=0, le=1, description="level flights whose exit level differs "
+                                       "from their level (not yet cleared: the controller's job)")
     mach_min: float = 0.74
     mach_max: float = 0.79
 
@@ -244,9 +257,27 @@ def generate(spec: ScenarioSpec | None = None, **overrides) -> Scenario:
     conflicts = [b.conflict(j) for j in range(spec.conflicts)]
     for i in range(n_bg):
         b.background(i)
-    flights = sorted(b.flights, key=lambda f: (f.spawn_s, f.flight_id))
+    flights = _exit_levels(sorted(b.flights, key=lambda f: (f.spawn_s, f.flight_id)), spec)
     return Scenario(spec.name, spec.seed, spec.duration_s, Sector.box(spec.center_lat_deg, spec.center_lon_deg,
                     spec.half_size_nm), flights, conflicts, spec.model_dump(mode="json"))
+
+
+def _exit_levels(flights: list[FlightSpec], spec: ScenarioSpec) -> list[FlightSpec]:
+    """A share of the level flights gets an exit level off its level (own random stream, see the module doc)."""
+    if spec.exit_level_fraction <= 0:
+        return flights
+    r = np.random.default_rng([spec.seed, 1])
+    lo, hi = spec.fl_min * 100, spec.fl_max * 100
+    out = []
+    for f in flights:
+        pick, sign, k = r.random() < spec.exit_level_fraction, r.choice([-1, 1]), int(r.integers(1, 5))
+        target = f.alt_ft + sign * k * 1000
+        if not lo <= target <= hi:
+            target = f.alt_ft - sign * k * 1000
+        if pick and abs(f.cleared_alt_ft - f.alt_ft) < 100 and lo <= target <= hi:
+            f = replace(f, exit_alt_ft=float(target))
+        out.append(f)
+    return out
 
 
 def scenario_set(n: int, seed: int, **spec) -> list[Scenario]:
