@@ -55,10 +55,11 @@ def exits(flight_plans: pd.DataFrame | None, what: str = "flight plans") -> pd.D
 def _one(state: dict, fids: np.ndarray, ex: pd.DataFrame, theta: np.ndarray) -> list:
     pos = ex.index.get_indexer(fids)                           # (N,)
     known = pos >= 0
-    safe = np.where(known, pos, 0)
-    lat_e = np.where(known, ex["exit_lat_deg"].to_numpy()[safe], np.nan)[:, None]
-    lon_e = np.where(known, ex["exit_lon_deg"].to_numpy()[safe], np.nan)[:, None]
-    alt_e = np.where(known, ex["exit_alt_ft"].to_numpy()[safe], np.nan)[:, None]
+    safe = np.where(known, pos, len(ex))                       # the NaN row appended below
+
+    def col(c):
+        return np.append(ex[c].to_numpy(dtype=float), np.nan)[safe][:, None]
+    lat_e, lon_e, alt_e = col("exit_lat_deg"), col("exit_lon_deg"), col("exit_alt_ft")
     qdr, dist = kwik_qdr_dist_nm(state["lat_deg"], state["lon_deg"], lat_e, lon_e)
     pair_rel = np.radians(qdr - theta)
     own_rel = np.radians(qdr - state["trk_deg"])
