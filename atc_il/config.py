@@ -62,6 +62,11 @@ class DatasetConfig(Section):
     shard_rows: int = Field(20_000, ge=1, description="samples per shard (bounds memory while building)")
     goal: bool = Field(False, description="goal conditioning: append each aircraft's flight-plan exit point and "
                        "level to the geometry tensor (needs flight plans; off leaves the feature spec unchanged)")
+    nuisance: bool = Field(False, description="causal-confusion study: append to the geometry tensor, per history "
+                           "step, whether each aircraft of the pair is manoeuvring (an un-resumed clearance issued "
+                           "strictly before that step, within nuisance_window_s); off leaves the feature spec unchanged")
+    nuisance_window_s: float = Field(600.0, gt=0, description="a clearance older than this no longer counts as "
+                                     "manoeuvring (dataset.nuisance)")
 
 
 class PipelineConfig(Section):

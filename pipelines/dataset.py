@@ -6,7 +6,8 @@ conflict is predicted and before CPA). Features use only observations at or befo
                  (origin: the pair's midpoint at decision time; +y: aircraft 1's track at decision time);
 - ``neighbours`` (H, K, F_pose): the K nearest other aircraft at decision time, over the same steps;
 - ``geometry``   (H, F_geom): conflict geometry over the window (tcpa, dcpa, bearing, closure, vertical
-                 separation and its trend, time since first detection);
+                 separation and its trend, time since first detection; with ``dataset.nuisance``, for the
+                 causal-confusion study only, whether each aircraft is manoeuvring: :func:`_nuisance`);
 - ``clearances`` (M, F_clr): the last M clearances issued in the airspace strictly before decision time.
 Each tensor has a ``valid`` feature (1 = observed, 0 = padding). Labels: the action taken at that step
 on one of the two aircraft (or none), its type and signed value. Shards are parquet files with
@@ -41,6 +42,7 @@ GEOM = [("tcpa_s", "s", True), ("dcpa_nm", "NM", True), ("dist_nm", "NM", True),
 CLEAR = ([("age_s", "s", True), ("on_ac1", "1", False), ("on_ac2", "1", False), ("on_other", "1", False)]
          + [(f"type_{t}", "1", False) for t in ACTION_TYPES]
          + [("value_deg", "deg", True), ("value_ft", "ft", True), ("value_kt", "kt", True), ("valid", "1", False)])
+NUISANCE = [("manoeuvring_ac1", "1", False), ("manoeuvring_ac2", "1", False)]   # dataset.nuisance (study only)
 INDEX_COLUMNS = ("lat_deg", "lon_deg", "alt_ft", "gs_kt", "trk_deg", "vs_fpm", "cfl_ft")
 META = ["sample_id", "episode_id", "time", "flight_id_1", "flight_id_2", "split_key"]
 LABELS = ["label_act", "label_aircraft", "label_type", "label_value", "label_confidence"]
@@ -234,6 +236,8 @@ def build_features(samples: pd.DataFrame, idx: TrackIndex, actions: pd.DataFrame
                         cfg.recent_clearances, cfg.clearance_horizon_s)
     if cfg.goal:
         geometry = _goal(geometry, a, b, samples, theta, flight_plans)
+    if cfg.nuisance:
+        geometry = _with_nuisance(geometry, actions, t_steps, samples, cfg.nuisance_window_s)
     return {"pair": pair, "neighbours": neighbours, "geometry": geometry, "clearances": clear}
 
 
@@ -242,6 +246,47 @@ def _goal(geometry: np.ndarray, a: dict, b: dict, samples: pd.DataFrame, theta: 
     """``geometry`` with the goal features inserted before its last (``valid``) column."""
     g = goal_features(a, b, samples["flight_id_1"].to_numpy(), samples["flight_id_2"].to_numpy(), theta[:, None],
                       flight_plans)
+    g[geometry[..., -1] < 0.5] = 0.0
+    return np.concatenate([geometry[..., :-1], g, geometry[..., -1:]], axis=-1)
+
+
+def _nuisance(actions: pd.DataFrame, t_steps: np.ndarray, f1: np.ndarray, f2: np.ndarray,
+              window_s: float) -> np.ndarray:
+    """(N, H, 2) "manoeuvring" indicators for the causal-confusion study (``dataset.nuisance``): 1 where the
+    aircraft's last clearance issued strictly before the step's time (``t_steps``, ns) is not a ``resume`` and
+    at most ``window_s`` old. An effect of the controller's past decisions, not a cause of the next one."""
+    n, h = t_steps.shape
+    out = np.zeros((n, h, 2), dtype=np.float32)
+    if n == 0 or actions.empty:
+        return out
+    at = to_ns(actions["time"])
+    afid = actions["flight_id"].to_numpy(dtype=object)
+    flights = pd.Index(pd.unique(afid))
+    acode = flights.get_indexer(afid)
+    order = np.lexsort((at, acode))                      # by flight, then time
+    ac_s, at_s = acode[order], at[order]
+    resume = (actions["action_type"].to_numpy(dtype=object) == "resume")[order]
+    # dense time ranks make one sorted int64 key (flight, time) for actions and queries alike
+    _, rank = np.unique(np.concatenate([at_s, t_steps.ravel()]), return_inverse=True)
+    r = int(rank.max()) + 1
+    akey = ac_s.astype(np.int64) * r + rank[:len(at_s)]
+    qrank = rank[len(at_s):].reshape(n, h)
+    for j, fids in enumerate((f1, f2)):
+        q = flights.get_indexer(fids)[:, None]                                  # (N, 1); -1: never cleared
+        pos = np.searchsorted(akey, np.maximum(q, 0) * r + qrank, side="left") - 1   # strictly before
+        ok = (q >= 0) & (pos >= 0)
+        pos = np.maximum(pos, 0)
+        ok &= ac_s[pos] == q
+        ok &= ~resume[pos] & ((t_steps - at_s[pos]) <= window_s * 1e9)
+        out[..., j] = ok
+    return out
+
+
+def _with_nuisance(geometry: np.ndarray, actions: pd.DataFrame, t_steps: np.ndarray, samples: pd.DataFrame,
+                   window_s: float) -> np.ndarray:
+    """``geometry`` with the :data:`NUISANCE` features inserted before its last (``valid``) column."""
+    g = _nuisance(actions, t_steps, samples["flight_id_1"].to_numpy(dtype=object),
+                  samples["flight_id_2"].to_numpy(dtype=object), window_s)
     g[geometry[..., -1] < 0.5] = 0.0
     return np.concatenate([geometry[..., :-1], g, geometry[..., -1:]], axis=-1)
 
@@ -323,6 +368,8 @@ def feature_spec(cfg: DatasetConfig, step_s: float) -> dict:
         return [{"name": n, "unit": u, "normalise": z} for n, u, z in feats]
     h, k, m = cfg.history_steps, cfg.neighbours, cfg.recent_clearances
     geom = GEOM[:-1] + GOAL + GEOM[-1:] if cfg.goal else GEOM      # `valid` stays last
+    if cfg.nuisance:
+        geom = geom[:-1] + NUISANCE + geom[-1:]
     return {
         "version": 1,
         "step_s": step_s,

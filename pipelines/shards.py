@@ -48,6 +48,8 @@ class RunningStats:
 def write_shard(path: Path, meta: pd.DataFrame, tensors: dict[str, np.ndarray], labels: pd.DataFrame) -> Path:
     cols = {c: pa.array(meta[c].to_numpy() if c != "time" else meta[c]) for c in meta.columns}
     for name, arr in tensors.items():
+        if arr.size == 0 and arr.ndim > 1 and int(np.prod(arr.shape[1:])) == 0:
+            continue       # an empty tensor (M = 0 clearances, K = 0 neighbours): arrow has no 0-size lists
         flat = pa.array(np.ascontiguousarray(arr, dtype=np.float32).reshape(-1))
         cols[name] = pa.FixedSizeListArray.from_arrays(flat, int(np.prod(arr.shape[1:])))
     for c in labels.columns:
@@ -80,8 +82,11 @@ def load_split(dataset_dir: str | Path, split: str, as_torch: bool = True, colum
     files = sorted((dataset_dir / f"split={split}").glob("*.parquet"))
     if not files:
         raise DataError(f"{dataset_dir}: split {split!r} has no shards (splits: {list(spec['splits'])})")
-    table = pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
-    out: dict = {}
+    empty = [k for k, t in spec["tensors"].items() if int(np.prod(t["shape"])) == 0
+             and (columns is None or k in columns)]            # not stored (see write_shard): zeros
+    read = None if columns is None else [c for c in columns if c not in empty]
+    table = pa.concat_tables([pq.read_table(f, columns=read) for f in files])
+    out: dict = {k: np.zeros([table.num_rows] + spec["tensors"][k]["shape"], dtype=np.float32) for k in empty}
     for name in table.column_names:
         col = table.column(name).combine_chunks()
         if name in spec["tensors"]:
