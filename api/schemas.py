@@ -111,7 +111,8 @@ class Waypoint(Strict):
 
 
 class FlightPlan(Strict):
-    """Contract ``atc-il/flight-plan/1``. Validated; the current models' features do not read flight plans."""
+    """Contract ``atc-il/flight-plan/1``. Read by goal-conditioned models (the exit point and level: the last
+    waypoint); ignored by the others."""
     flight_id: FlightId
     waypoints: list[Waypoint] = Field(min_length=1, max_length=WAYPOINTS_MAX)
 
