@@ -67,7 +67,7 @@ class AtcoParams:
     type_probs: tuple[tuple[float, float, float], ...] = ((0.2, 0.7, 0.1), (0.7, 0.2, 0.1), (0.3, 0.2, 0.5))
     climbing_altitude_factor: float = 2.0
     turn_gain: float = 2.5
-    goal_gain: float = 1.5     # strength of the goal term (exit side and exit level); 0 = goal-blind
+    goal_gain: float = 2.5     # strength of the goal term (exit side and exit level); 0 = goal-blind
     heading_mags: tuple[float, ...] = (20.0, 30.0, 40.0)
     heading_mag_probs: tuple[tuple[float, ...], ...] = ((0.5, 0.35, 0.15), (0.2, 0.5, 0.3), (0.5, 0.35, 0.15))
     altitude_mags: tuple[float, ...] = (1000.0, 2000.0)

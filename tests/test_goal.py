@@ -111,7 +111,7 @@ def test_expert_goal_term_and_scenario_exit_levels():
             sum(q for v, q in hdg.items() if v > 0) / sum(hdg.values())
     up0, right0 = p_climb_right(AtcoParams(goal_gain=0.0))
     up, right = p_climb_right(AtcoParams())
-    assert up0 == pytest.approx(0.5) and up == pytest.approx(1 / (1 + np.exp(1.5)))     # exit level below: descend
+    assert up0 == pytest.approx(0.5) and up == pytest.approx(1 / (1 + np.exp(AtcoParams().goal_gain)))     # exit level below: descend
     assert right0 == pytest.approx(0.5) and right > 0.6                                  # exit to the north-east
     rows = flight_plan_rows(plans, prefix="s/")
     assert rows[["flight_id", "seq", "alt_ft"]].values.tolist() == [["s/A", 0, 31000.0]]
