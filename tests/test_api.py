@@ -483,3 +483,40 @@ def test_the_multi_worker_listener_gives_keep_alive_connections_tcp_nodelay():
         return seen.get("nodelay")
 
     assert asyncio.run(main()) == 1
+
+
+def test_serve_with_two_workers_answers_and_stops(model_ws, conflict, tmp_path):
+    """`atc-il serve --workers 2` for real: our own listener, two uvicorn processes, one answer, a clean stop."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "ATC_IL_API_KEYS": KEY, "ATC_IL_PROGRESS": "0", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "atc_il.cli", "serve", "--model", str(model_ws / "run" / "best"),
+                             "--port", str(port), "--workers", "2", "--log-level", "warning"], env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        t0 = time.time()
+        while time.time() - t0 < 120:
+            assert proc.poll() is None, "the service exited"
+            try:
+                if httpx.get(f"{url}/v1/health/ready", headers=H).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        with httpx.Client(base_url=url, headers=H, timeout=30) as c:
+            for _ in range(4):
+                r = c.post("/v1/predict", json=conflict)
+                assert r.status_code == 200, r.text
+            assert "atc_il_api_conflicts_predicted_total" in c.get("/metrics").text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
