@@ -10,7 +10,13 @@ log-likelihood per sample (nats; the value's density in its type's unit) and its
 aircraft, type); mode coverage (the share of the expert's modes that receive real probability mass,
 synthetic data); the total-variation distance between sampled and demonstrated decisions over the
 acting samples (aircraft x type x value cells of the mode tolerance); what the VAE's latent captures
-(cross-validated accuracy of the true controller style from E[z | history], synthetic data).
+(cross-validated accuracy of the true controller style from E[z | history], synthetic data); for a cvae
+head with a discrete code (``head.latent = discrete``), whether the code aligns with the synthetic
+controller's style (normalised mutual information, sklearn's arithmetic normalisation, between the
+scenario's true style and the most probable code: ``code_style_nmi_posterior`` from the exact posterior
+given the demonstrated decision, over the samples with a valued action; ``code_style_nmi_prior`` from the
+learned prior given the history, over all samples; with ``code_style_samples_*`` the sample counts and
+``code_style_codes_used_*`` how many distinct codes were chosen; synthetic data, absent for other heads).
 """
 
 from __future__ import annotations
@@ -161,6 +167,8 @@ def evaluate(policy, dataset_dir: str | Path, split: str = "test", truth: str | 
                                            [np.stack([r["s_ac"][i], r["s_ty"][i], r["s_val"][i]], 1) for i in idx])
         if "z" in r:
             m["latent_style_accuracy"], m["latent_style_majority"] = _style_probe(r["z"], meta, t)
+        if _has_discrete_code(policy):
+            m.update(code_style_nmi(policy, obs, dec, meta, t, batch))
     if out is not None:
         write_report(m, out, title)
         plot_values(r, y_ty, y_val, pos, Path(out) / "values.png", title)
@@ -190,14 +198,64 @@ def plot_values(r: dict, y_ty: np.ndarray, y_val: np.ndarray, pos: np.ndarray, p
     plt.close(fig)
 
 
+def true_style(meta: pd.DataFrame, truth: pd.DataFrame) -> pd.Series:
+    """Per sample, the synthetic controller's style in the sample's scenario (from the expert's truth
+    table, via the ``split_key`` ``bluesky:<scenario>``); NaN where the scenario has no record."""
+    style = truth.drop_duplicates("scenario").set_index("scenario")["style"]
+    scen = meta["split_key"].astype(str).str.replace("bluesky:", "", regex=False)
+    return scen.map(style).reset_index(drop=True)
+
+
+def _has_discrete_code(policy) -> bool:
+    return bool(getattr(policy.head, "discrete", False)) and hasattr(policy.head, "code_posterior")
+
+
+@torch.no_grad()
+def codes(policy, obs: Observations, dec: Decisions, batch: int = 1024) -> dict:
+    """A discrete-code cvae head's most probable code per sample: ``prior`` from p(c | history),
+    ``posterior`` from p(c | history, demonstrated decision) (the prior where the sample has no value:
+    no action, ``resume``), and ``has_value`` (N,) bool."""
+    out: dict[str, list] = {"prior": [], "posterior": []}
+    for i in range(0, obs.batch_size, batch):
+        sl = slice(i, i + batch)
+        o = Observations(*(getattr(obs, k)[sl] for k in ("pair", "neighbours", "geometry", "clearances")))
+        ctx = policy.context(o)
+        dev = ctx.device
+        out["prior"].append(policy.head.code_prior(ctx).probs.argmax(-1).cpu())
+        post = policy.head.code_posterior(ctx, dec.aircraft[sl].to(dev), dec.type[sl].to(dev), dec.value[sl].to(dev))
+        out["posterior"].append(post.probs.argmax(-1).cpu())
+    r = {k: torch.cat(v).numpy() for k, v in out.items()}
+    ac, ty, val = (t.numpy() for t in (dec.aircraft, dec.type, dec.value))
+    r["has_value"] = (dec.act.numpy() == 1) & (ac >= 0) & (ty >= 0) & (ty != ACTION_TYPES.index("resume")) & np.isfinite(val)
+    return r
+
+
+def code_style_nmi(policy, obs: Observations, dec: Decisions, meta: pd.DataFrame, truth: pd.DataFrame,
+                   batch: int = 1024) -> dict:
+    """Normalised mutual information between the true style and the most probable discrete code, from the
+    posterior (samples with a valued action) and from the prior (all samples); None where fewer than 2
+    samples have a known style."""
+    from sklearn.metrics import normalized_mutual_info_score
+    style = true_style(meta, truth)
+    known = style.notna().to_numpy()
+    c = codes(policy, obs, dec, batch)
+    m: dict = {}
+    for k, sel in (("posterior", known & c["has_value"]), ("prior", known)):
+        n = int(sel.sum())
+        m[f"code_style_nmi_{k}"] = (float(normalized_mutual_info_score(style[sel].astype(str), c[k][sel]))
+                                    if n >= 2 else None)
+        m[f"code_style_samples_{k}"] = n
+        m[f"code_style_codes_used_{k}"] = int(len(np.unique(c[k][sel])))
+    m["code_style_styles"] = int(style[known].nunique())
+    return m
+
+
 def _style_probe(z: np.ndarray, meta: pd.DataFrame, truth: pd.DataFrame) -> tuple[float | None, float | None]:
     """Cross-validated accuracy of the true style from E[z | history] (logistic regression), and the
     share of the most frequent style (what a probe that ignores z scores)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score
-    style = truth.drop_duplicates("scenario").set_index("scenario")["style"]
-    scen = meta["split_key"].astype(str).str.replace("bluesky:", "", regex=False)
-    y = scen.map(style)
+    y = true_style(meta, truth)
     ok = y.notna().to_numpy()
     if ok.sum() < 20:
         return None, None
