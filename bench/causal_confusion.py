@@ -1,0 +1,260 @@
+"""The causal-confusion study on atc-il's own data: a Markovian (mlp) and a history-conditioned (gru) policy,
+with and without a nuisance that is an effect of the controller's past decisions, offline and in closed loop.
+
+    .venv/bin/python bench/causal_confusion.py [--scenarios 16] [--steps 1000] [--eval-scenarios 4]
+
+One data set is simulated with the synthetic expert (generated scenarios in BlueSky, split by scenario), then
+built as several variants of the observation histories from the same tracks, conflicts and clearance log:
+- ``none``:       no channel of the controller's past decisions (``recent_clearances = 0``, nuisance off);
+- ``nuisance``:   ``recent_clearances = 0`` and ``dataset.nuisance`` on: per history step, whether each aircraft
+                  of the pair is manoeuvring (an un-resumed clearance issued strictly before that step, within
+                  ``nuisance_window_s``), the only channel of past decisions;
+- ``clearances``: the project's default features (the last 8 clearances in the airspace, nuisance off).
+Every variant x encoder (mlp: the decision step only; gru: the whole 2 min history) gets an mdn head, the
+same architecture, optimiser steps, batch and seed; best validation checkpoint; offline metrics on the test
+split (models.evaluate). Closed loop: every model as ``model:PATH`` in ``simulator_adapters.evaluation.simeval``
+on one fixed set of fresh scenarios (another seed than the training scenarios), with the synthetic expert,
+MVP and no controller on the same scenarios. In the loop the model controller hands its own past clearances
+to the feature builder, so the nuisance is computed from the model's own decisions.
+
+Besides the standard metrics, the table gives, on the test split, the demonstrated act rate when either
+aircraft of the pair is manoeuvring and when neither is, and each model's mean P(act) in both groups.
+Appends the table to bench/RESULTS.md and writes bench/causal_confusion.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import append_results  # noqa: E402
+
+VARIANTS = {"none": {"recent_clearances": 0, "nuisance": False},
+            "nuisance": {"recent_clearances": 0, "nuisance": True},
+            "clearances": {"nuisance": False}}
+ENCODERS = ("mlp", "gru")
+SCENARIO = {"duration_s": 1800, "density": 4.0, "conflicts": 8}
+
+
+def simulate_data(ws: Path, scenarios: int, seed: int) -> Path:
+    """The expert's demonstrations -> conflicts, episodes, actions (the clearance log) in ``ws``."""
+    from atc_il.config import PipelineConfig
+    from pipelines import actions as act, conflicts as con
+    from simulator_adapters.demonstrations import simulate
+    rep = simulate(ws, scenarios, "atco", seed=seed, workers=2, scenario_kwargs=SCENARIO, progress=False)
+    print(f"simulated: {rep['scenarios']} scenarios, {rep['clearances']} clearances, "
+          f"{rep['sim_seconds_per_wall_second']} sim s / wall s", flush=True)
+    cfg = PipelineConfig()
+    con.run(ws / "tracks", ws, cfg.conflicts)
+    act.run(ws / "tracks", ws, cfg.actions, log=ws / "clearances.parquet", infer=False, episodes_dir=ws / "episodes")
+    (ws / "_STUDY_SIM").write_text(json.dumps({"scenarios": scenarios, "seed": seed, **SCENARIO}))
+    return ws
+
+
+def build_variant(ws: Path, name: str, window_s: float) -> Path:
+    from atc_il.config import PipelineConfig
+    from pipelines.dataset import build
+    cfg = PipelineConfig()
+    upd = {"split": "scenario", **VARIANTS[name]}
+    if upd.get("nuisance"):
+        upd["nuisance_window_s"] = window_s
+    out = ws / f"data-{name}"           # inside the workspace: evaluate reads ../expert_truth.parquet
+    s = build(ws, out, cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update=upd)}), progress=False)
+    print(f"variant {name}: {s['samples']} samples ({s['positive samples']} with an action), spec {s['spec_hash']}",
+          flush=True)
+    return out
+
+
+@torch.inference_mode()
+def p_act(policy, obs) -> np.ndarray:
+    """P(act now) for every sample (the act-or-not part of the head, as the prediction function computes it)."""
+    from models.interface import Observations
+    out = []
+    n = obs.batch_size
+    for a in range(0, n, 2048):
+        o = Observations(*(getattr(obs, k)[a:a + 2048] for k in ("pair", "neighbours", "geometry", "clearances")))
+        ctx = policy.context(o)
+        out.append(torch.softmax(policy.head.act_out(policy.head.trunk(ctx)).float(), -1)[:, 1].numpy())
+    return np.concatenate(out)
+
+
+def manoeuvring_groups(data_nuis: Path) -> tuple[np.ndarray, np.ndarray, list]:
+    """Test split of the nuisance variant: (either aircraft manoeuvring at decision time, act label, sample ids)."""
+    from pipelines.dataset import GEOM
+    from pipelines.shards import load_split, read_spec
+    spec = read_spec(data_nuis)
+    names = [f["name"] for f in spec["tensors"]["geometry"]["features"]]
+    t = load_split(data_nuis, "test", as_torch=False, columns=["geometry", "label_act", "sample_id"])
+    g = t["geometry"][:, -1]
+    man = (g[:, names.index("manoeuvring_ac1")] > 0.5) | (g[:, names.index("manoeuvring_ac2")] > 0.5)
+    assert len(names) == len(GEOM) + 2
+    return man, t["label_act"].astype(int), t["sample_id"]
+
+
+def plot(rows: list, refs: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    panels = [("nll", "offline: test NLL (nats), lower better"), ("act_f1", "offline: act F1, higher better"),
+              ("p_act_man", "offline: mean P(act) | manoeuvring"),
+              ("los", "closed loop: losses of separation"), ("resolved_pct", "closed loop: resolved (%)"),
+              ("clearances", "closed loop: clearances issued")]
+    colors = {"none": "#4c72b0", "nuisance": "#c44e52", "clearances": "#55a868"}
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    for ax, (key, title) in zip(axes.ravel(), panels):
+        for j, v in enumerate(variants):
+            xs, ys = [], []
+            for i, enc in enumerate(ENCODERS):
+                r = next((r for r in rows if r["variant"] == v and r["encoder"] == enc), None)
+                if r is not None and r.get(key) is not None:
+                    xs.append(i + (j - (len(variants) - 1) / 2) * 0.8 / len(variants))
+                    ys.append(r[key])
+            ax.bar(xs, ys, width=0.8 / len(variants), color=colors.get(v, "grey"), label=v)
+        if key in ("los", "resolved_pct", "clearances"):
+            for name, ls in (("atco", "-"), ("mvp", "--"), ("none", ":")):
+                if name in refs:
+                    ax.axhline(refs[name][key], color="k", ls=ls, lw=1, label=f"{name} controller")
+        if key == "p_act_man" and rows and rows[0].get("act_rate_man") is not None:
+            ax.axhline(rows[0]["act_rate_man"], color="k", lw=1, label="expert act rate")
+        ax.set_xticks(range(len(ENCODERS)), [f"{e} ({'Markovian' if e == 'mlp' else 'history'})" for e in ENCODERS])
+        ax.set_title(title, fontsize=10)
+    axes[0, 0].legend(fontsize=8)
+    axes[1, 0].legend(fontsize=7, ncol=2)
+    fig.suptitle("Causal-confusion study: feature variant x encoder (mdn head, same budget)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenarios", type=int, default=16, help="training scenarios simulated with the expert")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=1000, help="optimiser steps per model")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--window", type=float, default=600.0, help="dataset.nuisance_window_s")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--eval-scenarios", type=int, default=4)
+    ap.add_argument("--eval-duration", type=float, default=1200.0)
+    ap.add_argument("--eval-seed", type=int, default=1000)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/atc-il-causal"))
+    ap.add_argument("--reuse-sim", action="store_true", help="reuse WORKDIR/sim if it holds the same simulation")
+    ap.add_argument("--no-record", action="store_true")
+    args = ap.parse_args()
+    from models.config import ModelConfig
+    from models.data import load_data
+    from models.evaluate import evaluate
+    from models.policy import load_policy
+    from models.train import train
+    from simulator_adapters.evaluation import simeval
+
+    torch.set_num_threads(1)
+    t_all = time.perf_counter()
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        raise SystemExit(f"--variants: unknown {bad}; known {list(VARIANTS)}")
+    ws = args.workdir / "sim"
+    marker = ws / "_STUDY_SIM"
+    want = {"scenarios": args.scenarios, "seed": args.seed, **SCENARIO}
+    if not (args.reuse_sim and marker.exists() and json.loads(marker.read_text()) == want):
+        simulate_data(ws, args.scenarios, args.seed)
+    t_sim = time.perf_counter() - t_all
+    data = {v: build_variant(ws, v, args.window) for v in variants}
+    groups = manoeuvring_groups(data["nuisance"]) if "nuisance" in data else None
+
+    rows, t_train = [], 0.0
+    for v in variants:
+        obs, _ = load_data(data[v], "test").batch()
+        ids = None
+        if groups is not None:
+            from pipelines.shards import load_split
+            ids = load_split(data[v], "test", as_torch=False, columns=["sample_id"])["sample_id"]
+            assert list(ids) == list(groups[2]), "variants must hold the same test samples in the same order"
+        for enc in ENCODERS:
+            name = f"{v}-{enc}"
+            cfg = ModelConfig(name=name, encoder={"name": enc, "hidden": args.hidden}, vae={"enabled": False},
+                              head={"name": "mdn", "hidden": args.hidden},
+                              train={"epochs": 1000, "max_steps": args.steps, "batch_size": args.batch,
+                                     "patience": 1000, "device": "cpu", "seed": 0, "lr": 2e-3})
+            t0 = time.perf_counter()
+            s = train(cfg, data[v], args.workdir / "runs" / name, resume=False, tracking_uri=False, progress=False)
+            t_train += time.perf_counter() - t0
+            pol = load_policy(s["best_dir"])
+            m = evaluate(pol, data[v], "test", n_samples=32, out=args.workdir / "eval" / name, title=name)
+            r = {"variant": v, "encoder": enc, "model": str(s["best_dir"]),
+                 **{k: m.get(k) for k in ("nll", "act_accuracy", "act_f1", "aircraft_accuracy", "type_accuracy",
+                                          "timing_error_s", "timing_miss_rate")}}
+            if groups is not None:
+                man, y, _ = groups
+                p = p_act(pol, obs)
+                r.update({"act_rate_man": float(y[man].mean()) if man.any() else None,
+                          "act_rate_free": float(y[~man].mean()) if (~man).any() else None,
+                          "p_act_man": float(p[man].mean()) if man.any() else None,
+                          "p_act_free": float(p[~man].mean()) if (~man).any() else None,
+                          "share_man": float(man.mean())})
+            rows.append(r)
+            print(f"{name:22s} nll {r['nll']:.3f} act F1 {r['act_f1']:.3f} timing {r['timing_error_s']:.1f} s "
+                  f"aircraft {r.get('aircraft_accuracy') or float('nan'):.3f}", flush=True)
+
+    t0 = time.perf_counter()
+    controllers = ["atco", "mvp", "none"] + [f"model:{r['model']}" for r in rows]
+    agg = simeval(controllers, args.eval_scenarios, args.eval_seed, args.workdir / "simeval",
+                  scenario_kwargs={**SCENARIO, "duration_s": args.eval_duration}, progress=False)
+    t_loop = time.perf_counter() - t0
+    res = {row["controller"]: row for row in agg.to_dict("records")}
+    keys = ("los", "los_severity", "resolved_pct", "clearances", "conflicts", "agree_aircraft", "agree_type",
+            "agree_timing_mae_s")
+    refs = {c: {k: res[c][k] for k in keys} for c in ("atco", "mvp", "none")}
+    for r in rows:
+        cl = res[f"model:{r['model']}"]
+        r.update({k: cl[k] for k in keys})
+    (args.workdir / "causal_confusion.json").write_text(json.dumps({"rows": rows, "refs": refs}, indent=1, default=str))
+    png = Path(__file__).resolve().parent / "causal_confusion.png"
+    plot(rows, refs, png)
+
+    def fmt(x):
+        return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else (f"{x:.3g}" if isinstance(x, float) else str(x))
+    cols = [("nll", "NLL"), ("act_f1", "act F1"), ("timing_error_s", "timing err (s)"), ("aircraft_accuracy", "aircraft acc"),
+            ("type_accuracy", "type acc"), ("p_act_man", "P(act) manoeuvring"), ("p_act_free", "P(act) not"),
+            ("los", "LoS"), ("los_severity", "LoS severity"), ("resolved_pct", "resolved %"), ("clearances", "clearances"),
+            ("agree_aircraft", "agree aircraft"), ("agree_type", "agree type"), ("agree_timing_mae_s", "agree timing (s)")]
+    lines = ["| variant | encoder | " + " | ".join(t for _, t in cols) + " |", "|---|---|" + "---|" * len(cols)]
+    lines += [f"| {r['variant']} | {r['encoder']} | " + " | ".join(fmt(r.get(k)) for k, _ in cols) + " |" for r in rows]
+    for c in ("atco", "mvp", "none"):
+        lines.append(f"| *{c} controller* | - | " + " | ".join(fmt(refs[c].get(k)) for k, _ in cols) + " |")
+    r0 = rows[0] if rows else {}
+    sp = json.loads((data[variants[0]] / "feature_spec.json").read_text())["splits"]
+    conf = refs["atco"]["conflicts"]
+    body = (f"`.venv/bin/python bench/causal_confusion.py --scenarios {args.scenarios} --steps {args.steps} "
+            f"--batch {args.batch} --hidden {args.hidden} --window {args.window:g} --variants {','.join(variants)} "
+            f"--eval-scenarios {args.eval_scenarios} --eval-duration {args.eval_duration:g} --eval-seed {args.eval_seed}` "
+            f"(total {time.perf_counter() - t_all:.0f} s: simulation and data chain {t_sim:.0f} s, training {t_train:.0f} s, "
+            f"closed loop {t_loop:.0f} s). Synthetic expert data, {args.scenarios} scenarios x {SCENARIO['duration_s']} s "
+            f"split by scenario (train/val/test samples {sp['train']['samples']}/{sp['val']['samples']}/"
+            f"{sp['test']['samples']}); variants: `none` = no channel of past decisions (recent_clearances 0), "
+            f"`nuisance` = recent_clearances 0 + the per-step manoeuvring indicators (window {args.window:g} s), "
+            f"`clearances` = the default features (last 8 clearances). Each model: mdn head, hidden {args.hidden}, "
+            f"VAE off, {args.steps} steps of batch {args.batch}, seed 0, CPU 1 thread, best validation checkpoint; "
+            f"offline on the test split. On the test split {fmt(r0.get('share_man'))} of the samples have a "
+            f"manoeuvring aircraft; the expert acts at {fmt(r0.get('act_rate_man'))} of those steps and at "
+            f"{fmt(r0.get('act_rate_free'))} of the others. Closed loop: {args.eval_scenarios} fresh scenarios "
+            f"(seed {args.eval_seed}) x {args.eval_duration:g} s in BlueSky ({conf} conflict pairs under the expert); "
+            "LoS, resolved % and clearances summed/averaged over the scenarios, agreement with the expert's first "
+            f"clearance per conflict it acted on. Plot: `bench/causal_confusion.png`.\n\n" + "\n".join(lines))
+    print(body)
+    if not args.no_record:
+        append_results("Causal-confusion study (bench/causal_confusion.py)", body)
+
+
+if __name__ == "__main__":
+    main()
