@@ -254,7 +254,8 @@ def main() -> None:
     (args.workdir / "goal.json").write_text(json.dumps({"offline": rows, "demonstrations": demo,
                                                         "closed_loop": None if loop is None else loop.to_dict("records")},
                                                        indent=1, default=str))
-    png = Path(__file__).resolve().parent / "goal_conditioning.png"
+    png = Path(__file__).resolve().parent / ("goal_conditioning.png" if args.steps == 400 else
+                                             f"goal_conditioning_steps{args.steps}.png")
     plot(rows, demo, loop, png)
     cols = [("nll", "NLL (nats)"), ("nll_discrete", "discrete NLL"), ("aircraft_accuracy", "aircraft acc"),
             ("type_accuracy", "type acc"), ("mode_coverage", "mode coverage"), ("decision_tv_distance", "TV to demos"),
@@ -266,7 +267,8 @@ def main() -> None:
                  + f"{fmt(demo['alt_towards_exit'])} | {demo['alt_n']} | {fmt(demo['hdg_towards_exit'])} | {demo['hdg_n']} |")
     spec = json.loads((goal / "feature_spec.json").read_text())
     sp = spec["splits"]
-    body = (f"`.venv/bin/python bench/goal_conditioning.py --scenarios {args.scenarios} --steps {args.steps} "
+    data_arg = f"--data {args.data} " if args.data else f"--scenarios {args.scenarios} "
+    body = (f"`.venv/bin/python bench/goal_conditioning.py {data_arg}--steps {args.steps} "
             f"--batch {args.batch} --hidden {args.hidden} --closed-loop {args.closed_loop}` "
             f"({time.perf_counter() - t_all:.0f} s in all): synthetic expert data (goal_gain {AtcoParams().goal_gain:g}, scenarios {SCENARIO_KW}), "
             f"split by scenario (train/val/test samples {sp['train']['samples']}/{sp['val']['samples']}/{sp['test']['samples']}), "
