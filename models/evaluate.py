@@ -16,7 +16,8 @@ controller's style (normalised mutual information, sklearn's arithmetic normalis
 scenario's true style and the most probable code: ``code_style_nmi_posterior`` from the exact posterior
 given the demonstrated decision, over the samples with a valued action; ``code_style_nmi_prior`` from the
 learned prior given the history, over all samples; with ``code_style_samples_*`` the sample counts and
-``code_style_codes_used_*`` how many distinct codes were chosen; synthetic data, absent for other heads).
+``code_style_codes_used_*`` how many distinct codes were chosen; synthetic data, absent for other heads;
+None when the split holds a single style).
 """
 
 from __future__ import annotations
@@ -234,7 +235,7 @@ def code_style_nmi(policy, obs: Observations, dec: Decisions, meta: pd.DataFrame
                    batch: int = 1024) -> dict:
     """Normalised mutual information between the true style and the most probable discrete code, from the
     posterior (samples with a valued action) and from the prior (all samples); None where fewer than 2
-    samples have a known style."""
+    samples have a known style or they all have the same one (the score is then degenerate: 1 or 0)."""
     from sklearn.metrics import normalized_mutual_info_score
     style = true_style(meta, truth)
     known = style.notna().to_numpy()
@@ -243,7 +244,7 @@ def code_style_nmi(policy, obs: Observations, dec: Decisions, meta: pd.DataFrame
     for k, sel in (("posterior", known & c["has_value"]), ("prior", known)):
         n = int(sel.sum())
         m[f"code_style_nmi_{k}"] = (float(normalized_mutual_info_score(style[sel].astype(str), c[k][sel]))
-                                    if n >= 2 else None)
+                                    if n >= 2 and style[sel].nunique() >= 2 else None)
         m[f"code_style_samples_{k}"] = n
         m[f"code_style_codes_used_{k}"] = int(len(np.unique(c[k][sel])))
     m["code_style_styles"] = int(style[known].nunique())

@@ -78,9 +78,14 @@ def test_code_style_nmi_matches_sklearn_on_the_codes(spec):  # noqa: F811
 def test_code_style_nmi_is_one_when_the_style_is_the_code(spec):  # noqa: F811
     pol, obs, dec = _policy(spec), make_obs(spec, N), make_dec(N)
     c = codes(pol, obs, dec)
-    meta, truth = _meta_truth([f"style{k}" for k in c["prior"]])
-    assert code_style_nmi(pol, obs, dec, meta, truth)["code_style_nmi_prior"] == pytest.approx(1.0)
-    # no known style: no score
+    v = c["has_value"]
+    assert len(set(c["posterior"][v].tolist())) >= 2     # the demonstrated values pick different codes
+    meta, truth = _meta_truth([f"style{k}" if ok else None for k, ok in zip(c["posterior"], v)])
+    m = code_style_nmi(pol, obs, dec, meta, truth)
+    assert m["code_style_nmi_posterior"] == pytest.approx(1.0) and m["code_style_samples_posterior"] == v.sum()
+    # no known style, or a single one: no score (NMI would be degenerate)
     meta, truth = _meta_truth(["x"] * N)
     m = code_style_nmi(pol, obs, dec, meta.assign(split_key="bluesky:elsewhere"), truth)
     assert m["code_style_nmi_prior"] is None and m["code_style_samples_prior"] == 0
+    m = code_style_nmi(pol, obs, dec, meta, truth)
+    assert m["code_style_nmi_prior"] is None and m["code_style_samples_prior"] == N and m["code_style_styles"] == 1
