@@ -15,7 +15,11 @@ same architecture, optimiser steps, batch and seed; best validation checkpoint; 
 split (models.evaluate). Closed loop: every model as ``model:PATH`` in ``simulator_adapters.evaluation.simeval``
 on one fixed set of fresh scenarios (another seed than the training scenarios), with the synthetic expert,
 MVP and no controller on the same scenarios. In the loop the model controller hands its own past clearances
-to the feature builder, so the nuisance is computed from the model's own decisions.
+to the feature builder, so the nuisance is computed from the model's own decisions. The models act the way
+the expert does, by chance: at each decision step a conflict gets a clearance with the policy's P(act) (the
+aircraft, type and value are the most likely ones given acting), the ``model-sampled:PATH`` controller
+registered here. The project's ``model:`` controller acts only where P(act) > 1/2, which at this budget no
+model reaches on any test sample (column "max P(act)"), so it would issue nothing at all.
 
 Besides the standard metrics, the table gives, on the test split, the demonstrated act rate when either
 aircraft of the pair is manoeuvring and when neither is, and each model's mean P(act) in both groups.
@@ -41,6 +45,34 @@ VARIANTS = {"none": {"recent_clearances": 0, "nuisance": False},
             "clearances": {"nuisance": False}}
 ENCODERS = ("mlp", "gru")
 SCENARIO = {"duration_s": 1800, "density": 4.0, "conflicts": 8}
+
+
+def sampled_controller():
+    """``model-sampled:PATH``: :class:`models.controller.ModelController` whose act-or-not is drawn with P(act)
+    (seeded per scenario) instead of thresholded at 1/2; everything else (features from its own past
+    clearances, one clearance per aircraft and step) is the model controller's."""
+    from models.controller import ModelController
+    from simulator_adapters.controllers import _REGISTRY, register
+
+    class SampledModelController(ModelController):
+        def __init__(self, uri: str):
+            super().__init__(uri)
+            self.name = f"model-sampled:{uri}"
+            real = self.predictor.predict_samples
+
+            def sampled(*args, **kwargs):
+                dec, alts = real(*args, **kwargs)
+                if len(dec):
+                    dec["act"] = self.rng.random(len(dec)) < dec["p_act"].to_numpy(dtype=float)
+                return dec, alts
+            self.predictor.predict_samples = sampled
+
+        def reset(self, scenario_name: str, seed: int) -> None:
+            super().reset(scenario_name, seed)
+            self.rng = np.random.default_rng([seed, 11])
+
+    if "model-sampled" not in _REGISTRY:
+        register("model-sampled")(SampledModelController)
 
 
 def simulate_data(ws: Path, scenarios: int, seed: int) -> Path:
@@ -166,7 +198,8 @@ def main() -> None:
     ws = args.workdir / "sim"
     marker = ws / "_STUDY_SIM"
     want = {"scenarios": args.scenarios, "seed": args.seed, **SCENARIO}
-    if not (args.reuse_sim and marker.exists() and json.loads(marker.read_text()) == want):
+    reused = args.reuse_sim and marker.exists() and json.loads(marker.read_text()) == want
+    if not reused:
         simulate_data(ws, args.scenarios, args.seed)
     t_sim = time.perf_counter() - t_all
     data = {v: build_variant(ws, v, args.window) for v in variants}
@@ -201,13 +234,14 @@ def main() -> None:
                           "act_rate_free": float(y[~man].mean()) if (~man).any() else None,
                           "p_act_man": float(p[man].mean()) if man.any() else None,
                           "p_act_free": float(p[~man].mean()) if (~man).any() else None,
-                          "share_man": float(man.mean())})
+                          "share_man": float(man.mean()), "p_act_max": float(p.max())})
             rows.append(r)
             print(f"{name:22s} nll {r['nll']:.3f} act F1 {r['act_f1']:.3f} timing {r['timing_error_s']:.1f} s "
                   f"aircraft {r.get('aircraft_accuracy') or float('nan'):.3f}", flush=True)
 
     t0 = time.perf_counter()
-    controllers = ["atco", "mvp", "none"] + [f"model:{r['model']}" for r in rows]
+    sampled_controller()
+    controllers = ["atco", "mvp", "none"] + [f"model-sampled:{r['model']}" for r in rows]
     agg = simeval(controllers, args.eval_scenarios, args.eval_seed, args.workdir / "simeval",
                   scenario_kwargs={**SCENARIO, "duration_s": args.eval_duration}, progress=False)
     t_loop = time.perf_counter() - t0
@@ -216,7 +250,7 @@ def main() -> None:
             "agree_timing_mae_s")
     refs = {c: {k: res[c][k] for k in keys} for c in ("atco", "mvp", "none")}
     for r in rows:
-        cl = res[f"model:{r['model']}"]
+        cl = res[f"model-sampled:{r['model']}"]
         r.update({k: cl[k] for k in keys})
     (args.workdir / "causal_confusion.json").write_text(json.dumps({"rows": rows, "refs": refs}, indent=1, default=str))
     png = Path(__file__).resolve().parent / "causal_confusion.png"
@@ -225,7 +259,7 @@ def main() -> None:
     def fmt(x):
         return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else (f"{x:.3g}" if isinstance(x, float) else str(x))
     cols = [("nll", "NLL"), ("act_f1", "act F1"), ("timing_error_s", "timing err (s)"), ("aircraft_accuracy", "aircraft acc"),
-            ("type_accuracy", "type acc"), ("p_act_man", "P(act) manoeuvring"), ("p_act_free", "P(act) not"),
+            ("type_accuracy", "type acc"), ("p_act_man", "P(act) manoeuvring"), ("p_act_free", "P(act) not"), ("p_act_max", "max P(act)"),
             ("los", "LoS"), ("los_severity", "LoS severity"), ("resolved_pct", "resolved %"), ("clearances", "clearances"),
             ("agree_aircraft", "agree aircraft"), ("agree_type", "agree type"), ("agree_timing_mae_s", "agree timing (s)")]
     lines = ["| variant | encoder | " + " | ".join(t for _, t in cols) + " |", "|---|---|" + "---|" * len(cols)]
@@ -237,8 +271,9 @@ def main() -> None:
     conf = refs["atco"]["conflicts"]
     body = (f"`.venv/bin/python bench/causal_confusion.py --scenarios {args.scenarios} --steps {args.steps} "
             f"--batch {args.batch} --hidden {args.hidden} --window {args.window:g} --variants {','.join(variants)} "
-            f"--eval-scenarios {args.eval_scenarios} --eval-duration {args.eval_duration:g} --eval-seed {args.eval_seed}` "
-            f"(total {time.perf_counter() - t_all:.0f} s: simulation and data chain {t_sim:.0f} s, training {t_train:.0f} s, "
+            f"--eval-scenarios {args.eval_scenarios} --eval-duration {args.eval_duration:g} --eval-seed {args.eval_seed}"
+            f"{' --reuse-sim' if reused else ''}` (total {time.perf_counter() - t_all:.0f} s: simulation and data chain "
+            f"{'reused' if reused else f'{t_sim:.0f} s'}, training {t_train:.0f} s, "
             f"closed loop {t_loop:.0f} s). Synthetic expert data, {args.scenarios} scenarios x {SCENARIO['duration_s']} s "
             f"split by scenario (train/val/test samples {sp['train']['samples']}/{sp['val']['samples']}/"
             f"{sp['test']['samples']}); variants: `none` = no channel of past decisions (recent_clearances 0), "
@@ -250,8 +285,9 @@ def main() -> None:
             f"{fmt(r0.get('act_rate_free'))} of the others. Closed loop: {args.eval_scenarios} fresh scenarios "
             f"(seed {args.eval_seed}) x {args.eval_duration:g} s in BlueSky ({conf} conflict pairs under the expert); "
             "LoS, resolved % and clearances summed/averaged over the scenarios, agreement with the expert's first "
-            f"clearance per conflict it acted on. Plot: `bench/causal_confusion.png`.\n\n" + "\n".join(lines))
+            f"clearance per conflict it acted on; models act with probability P(act) (`model-sampled`). Plot: `bench/causal_confusion.png`.\n\n" + "\n".join(lines))
     print(body)
+    (args.workdir / "causal_confusion.md").write_text(body + "\n")
     if not args.no_record:
         append_results("Causal-confusion study (bench/causal_confusion.py)", body)
 
