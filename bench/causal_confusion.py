@@ -1,7 +1,7 @@
 """The causal-confusion study on atc-il's own data: a Markovian (mlp) and a history-conditioned (gru) policy,
 with and without a nuisance that is an effect of the controller's past decisions, offline and in closed loop.
 
-    .venv/bin/python bench/causal_confusion.py [--scenarios 16] [--steps 1000] [--eval-scenarios 4]
+    .venv/bin/python bench/causal_confusion.py [--scenarios 16] [--steps 1000] [--eval-scenarios 6]
 
 One data set is simulated with the synthetic expert (generated scenarios in BlueSky, split by scenario), then
 built as several variants of the observation histories from the same tracks, conflicts and clearance log:
@@ -12,9 +12,10 @@ built as several variants of the observation histories from the same tracks, con
 - ``clearances``: the project's default features (the last 8 clearances in the airspace, nuisance off).
 Every variant x encoder (mlp: the decision step only; gru: the whole 2 min history) gets an mdn head, the
 same architecture, optimiser steps, batch and seed; best validation checkpoint; offline metrics on the test
-split (models.evaluate). Closed loop: every model as ``model:PATH`` in ``simulator_adapters.evaluation.simeval``
-on one fixed set of fresh scenarios (another seed than the training scenarios), with the synthetic expert,
-MVP and no controller on the same scenarios. In the loop the model controller hands its own past clearances
+split (models.evaluate). Closed loop: every model as a controller in simeval's loop
+(``simulator_adapters.evaluation``'s metrics and agreement; each run's clearances kept for their types and
+re-clearances) on one fixed set of fresh scenarios (another seed than the training scenarios), with the
+synthetic expert, MVP and no controller on the same scenarios. In the loop the model controller hands its own past clearances
 to the feature builder, so the nuisance is computed from the model's own decisions. The models act the way
 the expert does, by chance: at each decision step a conflict gets a clearance with the policy's P(act) (the
 aircraft, type and value are the most likely ones given acting), the ``model-sampled:PATH`` controller
@@ -73,6 +74,62 @@ def sampled_controller():
 
     if "model-sampled" not in _REGISTRY:
         register("model-sampled")(SampledModelController)
+
+
+def action_stats(actions, window_s: float = 120.0) -> dict:
+    """Clearance types, and how often the controller clears an aircraft again (not a resume) within
+    ``window_s`` of its own previous non-resume clearance to it (a memoryless controller re-resolving the
+    conflict it already resolved), or tells it to resume within ``window_s`` of that clearance."""
+    out = {f"n_{t}": 0 for t in ("heading", "altitude", "speed", "resume")}
+    out.update({"recleared": 0, "quick_resume": 0})
+    if len(actions) == 0:
+        return out
+    a = actions.sort_values("time", kind="stable")
+    for t, n in a["action_type"].value_counts().items():
+        out[f"n_{t}"] = int(n)
+    for _, g in a.groupby("flight_id"):
+        last = None
+        for r in g.itertuples():
+            dt = (r.time - last).total_seconds() if last is not None else np.inf
+            if r.action_type == "resume":
+                out["quick_resume"] += int(dt <= window_s)
+                last = None
+            else:
+                out["recleared"] += int(dt <= window_s)
+                last = r.time
+    return out
+
+
+def closed_loop(controllers: list, n: int, seed: int, scenario_kwargs: dict, out: Path) -> dict:
+    """simeval's loop (every controller on the same scenarios; simulator_adapters.evaluation's metrics and
+    agreement with the expert), keeping each run's clearances for :func:`action_stats`."""
+    import pandas as pd
+    from simulator_adapters.bluesky_sim import BlueSkySim
+    from simulator_adapters.controllers import make_controller
+    from simulator_adapters.evaluation import agreement, rollout_metrics
+    from simulator_adapters.rollout import rollout
+    from simulator_adapters.scenarios import scenario_set
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with BlueSkySim() as sim:
+        for sc in scenario_set(n, seed, **scenario_kwargs):
+            runs = {name: rollout(sc, make_controller(name), sim, seed=sc.seed) for name in controllers}
+            for name in controllers:
+                m = rollout_metrics(runs[name], sc)
+                m.update({f"agree_{k}": v for k, v in agreement(runs[name], runs["atco"]).items()})
+                m.update(action_stats(runs[name].actions))
+                m["controller"] = name
+                rows.append(m)
+            print(f"closed loop: {sc.name} done", flush=True)
+    per = pd.DataFrame(rows)
+    per.to_csv(out / "per_scenario.csv", index=False)
+    sums = ["conflicts", "los", "clearances", "n_heading", "n_altitude", "n_speed", "n_resume", "recleared",
+            "quick_resume"]
+    agg = per.groupby("controller", sort=False).agg(
+        **{k: (k, "sum") for k in sums}, los_severity=("los_severity", "mean"), resolved_pct=("resolved_pct", "mean"),
+        agree_aircraft=("agree_aircraft_agree", "mean"), agree_type=("agree_type_agree", "mean"),
+        agree_timing_mae_s=("agree_timing_mae_s", "mean"))
+    return agg.to_dict("index")
 
 
 def simulate_data(ws: Path, scenarios: int, seed: int) -> Path:
@@ -134,10 +191,10 @@ def plot(rows: list, refs: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    panels = [("nll", "offline: test NLL (nats), lower better"), ("act_f1", "offline: act F1, higher better"),
+    panels = [("nll", "offline: test NLL (nats), lower better"), ("timing_error_s", "offline: timing error (s)"),
               ("p_act_man", "offline: mean P(act) | manoeuvring"),
               ("los", "closed loop: losses of separation"), ("resolved_pct", "closed loop: resolved (%)"),
-              ("clearances", "closed loop: clearances issued")]
+              ("recleared", "closed loop: re-clearances <= 120 s")]
     colors = {"none": "#4c72b0", "nuisance": "#c44e52", "clearances": "#55a868"}
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
@@ -150,7 +207,7 @@ def plot(rows: list, refs: dict, path: Path) -> None:
                     xs.append(i + (j - (len(variants) - 1) / 2) * 0.8 / len(variants))
                     ys.append(r[key])
             ax.bar(xs, ys, width=0.8 / len(variants), color=colors.get(v, "grey"), label=v)
-        if key in ("los", "resolved_pct", "clearances"):
+        if key in ("los", "resolved_pct", "recleared"):
             for name, ls in (("atco", "-"), ("mvp", "--"), ("none", ":")):
                 if name in refs:
                     ax.axhline(refs[name][key], color="k", ls=ls, lw=1, label=f"{name} controller")
@@ -175,7 +232,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--window", type=float, default=600.0, help="dataset.nuisance_window_s")
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--eval-scenarios", type=int, default=4)
+    ap.add_argument("--eval-scenarios", type=int, default=6)
     ap.add_argument("--eval-duration", type=float, default=1200.0)
     ap.add_argument("--eval-seed", type=int, default=1000)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/atc-il-causal"))
@@ -187,7 +244,6 @@ def main() -> None:
     from models.evaluate import evaluate
     from models.policy import load_policy
     from models.train import train
-    from simulator_adapters.evaluation import simeval
 
     torch.set_num_threads(1)
     t_all = time.perf_counter()
@@ -242,12 +298,11 @@ def main() -> None:
     t0 = time.perf_counter()
     sampled_controller()
     controllers = ["atco", "mvp", "none"] + [f"model-sampled:{r['model']}" for r in rows]
-    agg = simeval(controllers, args.eval_scenarios, args.eval_seed, args.workdir / "simeval",
-                  scenario_kwargs={**SCENARIO, "duration_s": args.eval_duration}, progress=False)
+    res = closed_loop(controllers, args.eval_scenarios, args.eval_seed, {**SCENARIO, "duration_s": args.eval_duration},
+                      args.workdir / "closed_loop")
     t_loop = time.perf_counter() - t0
-    res = {row["controller"]: row for row in agg.to_dict("records")}
     keys = ("los", "los_severity", "resolved_pct", "clearances", "conflicts", "agree_aircraft", "agree_type",
-            "agree_timing_mae_s")
+            "agree_timing_mae_s", "n_heading", "n_altitude", "n_speed", "n_resume", "recleared", "quick_resume")
     refs = {c: {k: res[c][k] for k in keys} for c in ("atco", "mvp", "none")}
     for r in rows:
         cl = res[f"model-sampled:{r['model']}"]
@@ -261,7 +316,7 @@ def main() -> None:
     cols = [("nll", "NLL"), ("act_f1", "act F1"), ("timing_error_s", "timing err (s)"), ("aircraft_accuracy", "aircraft acc"),
             ("type_accuracy", "type acc"), ("p_act_man", "P(act) manoeuvring"), ("p_act_free", "P(act) not"), ("p_act_max", "max P(act)"),
             ("los", "LoS"), ("los_severity", "LoS severity"), ("resolved_pct", "resolved %"), ("clearances", "clearances"),
-            ("agree_aircraft", "agree aircraft"), ("agree_type", "agree type"), ("agree_timing_mae_s", "agree timing (s)")]
+            ("recleared", "re-cleared"), ("n_resume", "resumes"), ("agree_aircraft", "agree aircraft"), ("agree_type", "agree type"), ("agree_timing_mae_s", "agree timing (s)")]
     lines = ["| variant | encoder | " + " | ".join(t for _, t in cols) + " |", "|---|---|" + "---|" * len(cols)]
     lines += [f"| {r['variant']} | {r['encoder']} | " + " | ".join(fmt(r.get(k)) for k, _ in cols) + " |" for r in rows]
     for c in ("atco", "mvp", "none"):
@@ -285,7 +340,9 @@ def main() -> None:
             f"{fmt(r0.get('act_rate_free'))} of the others. Closed loop: {args.eval_scenarios} fresh scenarios "
             f"(seed {args.eval_seed}) x {args.eval_duration:g} s in BlueSky ({conf} conflict pairs under the expert); "
             "LoS, resolved % and clearances summed/averaged over the scenarios, agreement with the expert's first "
-            f"clearance per conflict it acted on; models act with probability P(act) (`model-sampled`). Plot: `bench/causal_confusion.png`.\n\n" + "\n".join(lines))
+            "clearance per conflict it acted on; \"re-cleared\": clearances (not resume) to an aircraft the same "
+            "controller had cleared within the previous 120 s; models act with probability P(act) (`model-sampled`). "
+            "Plot: `bench/causal_confusion.png`.\n\n" + "\n".join(lines))
     print(body)
     (args.workdir / "causal_confusion.md").write_text(body + "\n")
     if not args.no_record:
