@@ -3,16 +3,24 @@
 At every decision step the controller keeps the last H radar pictures, turns each conflict on the
 current picture into an observation history with the data set's own feature builder
 (:func:`pipelines.dataset.build_features`, so features are computed exactly as in training), asks the
-policy for its most likely decision and issues the clearances it decides (at most one per aircraft per
-step). The observation's flight plans go to the feature builder as flight-plan contract rows (read by
+policy for a decision and issues the clearances it decides (at most one per aircraft per step).
+
+Acting is a per-step decision with a small probability (a hazard: the controller acts once over many
+steps), so the most likely decision at every step is "not now" and a controller that thresholds
+P(act) at 1/2 never acts. By default (``act="sample"``) the controller therefore rolls the learned policy
+out as it was trained: at each step it acts on a conflict with probability P(act now | history), drawn
+from a generator seeded by the session seed, and then issues the most likely clearance given that it
+acts. ``act="argmax"`` keeps the threshold (the single most likely decision). The observation's flight plans go to the feature builder as flight-plan contract rows (read by
 goal-conditioned models, ``dataset.goal``). ``direct_to`` decisions, which need a waypoint the model does not choose, are not issued and
 are counted in ``skipped``.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections import deque
 
+import numpy as np
 import pandas as pd
 
 from simulator_adapters.controllers import Clearance, Controller, Decision, Observation, flight_plan_rows, register
@@ -21,9 +29,11 @@ from simulator_adapters.controllers import Clearance, Controller, Decision, Obse
 class ModelController(Controller):
     name = "model"
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, act: str = "sample"):
         from models.serving import Predictor
-        self.uri = uri
+        if act not in ("sample", "argmax"):
+            raise ValueError(f"act must be 'sample' or 'argmax', got {act!r}")
+        self.uri, self.act = uri, act
         self.predictor = Predictor.from_uri(uri)
         self.name = f"model:{uri}"
         self.reset("", 0)
@@ -32,6 +42,7 @@ class ModelController(Controller):
         self.frames: deque = deque(maxlen=self.predictor.dcfg.history_steps)
         self.first_shown: dict[tuple[str, str], pd.Timestamp] = {}
         self.skipped = 0
+        self.rng = np.random.default_rng([int(seed), zlib.crc32(scenario_name.encode())])
         self._plans: tuple[dict | None, pd.DataFrame | None] = (None, None)
 
     def plan_rows(self, plans: dict | None) -> pd.DataFrame | None:
@@ -61,6 +72,8 @@ class ModelController(Controller):
         tracks = pd.concat(list(self.frames), ignore_index=True)
         dec, _ = self.predictor.predict_samples(samples, tracks, obs.cleared,
                                                 flight_plans=self.plan_rows(obs.flight_plans))
+        if self.act == "sample":
+            dec["act"] = self.rng.random(len(dec)) < dec["p_act"].to_numpy(float)
         out, used = [], set()
         for r in dec[dec["act"]].itertuples():
             if r.flight_id in used:

@@ -1,0 +1,89 @@
+"""The model controller rolls the policy out: it acts with probability P(act now | history) at each step
+(seeded by the session), or, with act="argmax", only where acting is the single most likely decision."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from atc_il.config import DatasetConfig
+from pipelines.dataset import TrackIndex, build_features, feature_spec
+from pipelines.shards import RunningStats
+from tests.test_dataset import FLIGHTS, STEP, _actions, _samples, grid_tracks
+
+CFG = DatasetConfig(history_steps=4, neighbours=2, recent_clearances=2)
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory):
+    """A real, untrained tiny policy (P(act) near 1/2: both behaviours show in a few steps)."""
+    from models.config import ModelConfig
+    from models.policy import build_policy
+    tracks = grid_tracks("2024-01-01T10:00Z", FLIGHTS, minutes=6)
+    feats = build_features(_samples(tracks, "2024-01-01T10:05:00Z", "2024-01-01T10:05:00Z"),
+                           TrackIndex.build(tracks, STEP), _actions([]).iloc[:0], CFG)
+    spec = feature_spec(CFG, STEP)
+    spec["normalisation"] = {}
+    for name, t in spec["tensors"].items():
+        st = RunningStats(len(t["features"]))
+        st.update(feats[name])
+        spec["normalisation"][name] = st.result([f["normalise"] for f in t["features"]])
+    cfg = ModelConfig(name="ctl-tiny", encoder={"name": "mlp", "hidden": 8}, vae={"enabled": False},
+                      head={"name": "mdn", "hidden": 8, "components": 2})
+    root = tmp_path_factory.mktemp("ctl")
+    torch.manual_seed(0)
+    pol = build_policy(cfg, spec)
+    pol.save(root / "neutral")
+    with torch.no_grad():
+        pol.head.act_out.bias[1] += 6.0              # P(act) near 1: acting is the most likely decision
+    pol.save(root / "eager")
+    return root, tracks
+
+
+def _run(policy_dir, act: str, seed: int, which: str = "neutral"):
+    from models.controller import ModelController
+    from pipelines.conflicts import detect_snapshot
+    from simulator_adapters.controllers import Observation
+    root, tracks = policy_dir
+    ctl = ModelController(str(root / which), act=act)
+    decisions, issued = [], []
+    real = ctl.predictor.predict_samples
+
+    def record(*args, **kwargs):
+        dec, alts = real(*args, **kwargs)
+        decisions.append(dec.copy())
+        return dec, alts
+    ctl.predictor.predict_samples = record
+    ctl.reset("scenario-1", seed)
+    for t, frame in tracks[tracks["flight_id"].isin(["A", "B"])].groupby("time"):
+        conf = detect_snapshot(*(frame[c].to_numpy() for c in ("flight_id", "lat_deg", "lon_deg", "alt_ft", "gs_kt",
+                                                               "trk_deg", "vs_fpm")))
+        d = ctl.decide(Observation(t, 0.0, frame.reset_index(drop=True), conf, {}, pd.DataFrame()))
+        issued.append([(c.flight_id, c.action_type, round(c.value, 6)) for c in d.clearances])
+    p = np.concatenate([d["p_act"].to_numpy(float) for d in decisions]) if decisions else np.zeros(0)
+    return p, issued, ctl.skipped            # skipped: acted with a direct_to (no waypoint to give)
+
+
+def test_sampled_acting_follows_p_act_and_the_session_seed(policy_dir):
+    p, a, skipped = _run(policy_dir, "sample", 0)
+    _, again, _ = _run(policy_dir, "sample", 0)
+    _, other, _ = _run(policy_dir, "sample", 1)
+    assert len(p) >= 20
+    assert a == again
+    assert a != other
+    n_acts = sum(len(x) > 0 for x in a) + skipped
+    # one conflict (A-B) per step while shown: acts ~ Binomial(len(p), p); within 4 sigma
+    assert 0 < n_acts and abs(n_acts - p.sum()) <= 4 * np.sqrt((p * (1 - p)).sum()) + 1, (n_acts, p.sum())
+
+
+def test_argmax_acts_only_where_acting_is_most_likely(policy_dir):
+    p, a, skipped = _run(policy_dir, "argmax", 0)
+    assert sum(len(x) > 0 for x in a) + skipped == int((p > 0.5).sum())
+    p, a, skipped = _run(policy_dir, "argmax", 0, "eager")
+    assert (p > 0.5).all() and sum(len(x) > 0 for x in a) + skipped == len(p) >= 20
+
+
+def test_unknown_act_mode_is_refused(policy_dir):
+    from models.controller import ModelController
+    with pytest.raises(ValueError, match="act must be"):
+        ModelController(str(policy_dir[0] / "neutral"), act="sometimes")
