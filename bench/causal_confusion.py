@@ -17,14 +17,14 @@ split (models.evaluate). Closed loop: every model as a controller in simeval's l
 re-clearances) on one fixed set of fresh scenarios (another seed than the training scenarios), with the
 synthetic expert, MVP and no controller on the same scenarios. In the loop the model controller hands its own past clearances
 to the feature builder, so the nuisance is computed from the model's own decisions. The models act the way
-the expert does, by chance: at each decision step a conflict gets a clearance with the policy's P(act) (the
-aircraft, type and value are the most likely ones given acting), the ``model-sampled:PATH`` controller
-registered here. The project's ``model:`` controller acts only where P(act) > 1/2, which at this budget no
+the expert does, by chance: at each decision step a conflict gets a clearance with the policy's P(act), and
+the clearance (aircraft, type, value) is drawn from the policy (``--decode sample``, default) or is the most
+likely one given acting (``--decode mode``): the ``model-sampled:PATH`` controller registered here. The project's ``model:`` controller acts only where P(act) > 1/2, which at this budget no
 model reaches on any test sample (column "max P(act)"), so it would issue nothing at all.
 
 Besides the standard metrics, the table gives, on the test split, the demonstrated act rate when either
 aircraft of the pair is manoeuvring and when neither is, and each model's mean P(act) in both groups.
-Appends the table to bench/RESULTS.md and writes bench/causal_confusion.png.
+Appends the table to bench/RESULTS.md and writes bench/causal_confusion.png (``--decode mode``: _mode.png).
 """
 
 from __future__ import annotations
@@ -48,10 +48,12 @@ ENCODERS = ("mlp", "gru")
 SCENARIO = {"duration_s": 1800, "density": 4.0, "conflicts": 8}
 
 
-def sampled_controller():
+def sampled_controller(decode: str = "sample", n_alternatives: int = 32):
     """``model-sampled:PATH``: :class:`models.controller.ModelController` whose act-or-not is drawn with P(act)
-    (seeded per scenario) instead of thresholded at 1/2; everything else (features from its own past
-    clearances, one clearance per aircraft and step) is the model controller's."""
+    (seeded per scenario) instead of thresholded at 1/2; with ``decode="sample"`` the clearance itself
+    (aircraft, type, value) is drawn too, from ``n_alternatives`` samples of the policy grouped into modes (the
+    prediction function's alternatives), else it is the most likely one given acting. Everything else
+    (features from its own past clearances, one clearance per aircraft and step) is the model controller's."""
     from models.controller import ModelController
     from simulator_adapters.controllers import _REGISTRY, register
 
@@ -62,9 +64,17 @@ def sampled_controller():
             real = self.predictor.predict_samples
 
             def sampled(*args, **kwargs):
+                if decode == "sample":
+                    kwargs.update(n_alternatives=n_alternatives, seed=int(self.rng.integers(2 ** 31)))
                 dec, alts = real(*args, **kwargs)
                 if len(dec):
                     dec["act"] = self.rng.random(len(dec)) < dec["p_act"].to_numpy(dtype=float)
+                    for i, modes in enumerate(alts):
+                        if modes and dec["act"].iat[i]:
+                            p = np.array([m["probability_given_act"] for m in modes])
+                            m = modes[int(self.rng.choice(len(modes), p=p / p.sum()))]
+                            for k in ("aircraft", "flight_id", "action_type", "value"):
+                                dec.at[dec.index[i], k] = m[k]
                 return dec, alts
             self.predictor.predict_samples = sampled
 
@@ -235,6 +245,9 @@ def main() -> None:
     ap.add_argument("--eval-scenarios", type=int, default=6)
     ap.add_argument("--eval-duration", type=float, default=1200.0)
     ap.add_argument("--eval-seed", type=int, default=1000)
+    ap.add_argument("--decode", choices=("sample", "mode"), default="sample",
+                    help="closed loop: draw the clearance from the policy (sample) or take the most likely one (mode); "
+                         "the act-or-not decision is drawn with P(act) either way")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/atc-il-causal"))
     ap.add_argument("--reuse-sim", action="store_true", help="reuse WORKDIR/sim if it holds the same simulation")
     ap.add_argument("--no-record", action="store_true")
@@ -296,7 +309,7 @@ def main() -> None:
                   f"aircraft {r.get('aircraft_accuracy') or float('nan'):.3f}", flush=True)
 
     t0 = time.perf_counter()
-    sampled_controller()
+    sampled_controller(args.decode)
     controllers = ["atco", "mvp", "none"] + [f"model-sampled:{r['model']}" for r in rows]
     res = closed_loop(controllers, args.eval_scenarios, args.eval_seed, {**SCENARIO, "duration_s": args.eval_duration},
                       args.workdir / "closed_loop")
@@ -308,7 +321,7 @@ def main() -> None:
         cl = res[f"model-sampled:{r['model']}"]
         r.update({k: cl[k] for k in keys})
     (args.workdir / "causal_confusion.json").write_text(json.dumps({"rows": rows, "refs": refs}, indent=1, default=str))
-    png = Path(__file__).resolve().parent / "causal_confusion.png"
+    png = Path(__file__).resolve().parent / f"causal_confusion{'' if args.decode == 'sample' else '_mode'}.png"
     plot(rows, refs, png)
 
     def fmt(x):
@@ -326,7 +339,8 @@ def main() -> None:
     conf = refs["atco"]["conflicts"]
     body = (f"`.venv/bin/python bench/causal_confusion.py --scenarios {args.scenarios} --steps {args.steps} "
             f"--batch {args.batch} --hidden {args.hidden} --window {args.window:g} --variants {','.join(variants)} "
-            f"--eval-scenarios {args.eval_scenarios} --eval-duration {args.eval_duration:g} --eval-seed {args.eval_seed}"
+            f"--eval-scenarios {args.eval_scenarios} --eval-duration {args.eval_duration:g} --eval-seed {args.eval_seed} "
+            f"--decode {args.decode}"
             f"{' --reuse-sim' if reused else ''}` (total {time.perf_counter() - t_all:.0f} s: simulation and data chain "
             f"{'reused' if reused else f'{t_sim:.0f} s'}, training {t_train:.0f} s, "
             f"closed loop {t_loop:.0f} s). Synthetic expert data, {args.scenarios} scenarios x {SCENARIO['duration_s']} s "
@@ -341,8 +355,10 @@ def main() -> None:
             f"(seed {args.eval_seed}) x {args.eval_duration:g} s in BlueSky ({conf} conflict pairs under the expert); "
             "LoS, resolved % and clearances summed/averaged over the scenarios, agreement with the expert's first "
             "clearance per conflict it acted on; \"re-cleared\": clearances (not resume) to an aircraft the same "
-            "controller had cleared within the previous 120 s; models act with probability P(act) (`model-sampled`). "
-            "Plot: `bench/causal_confusion.png`.\n\n" + "\n".join(lines))
+            "controller had cleared within the previous 120 s; models act with probability P(act) (`model-sampled`), "
+            + ("the clearance drawn from the policy's sampled modes (32 samples). " if args.decode == "sample" else
+               "the clearance being the most likely one given acting. ")
+            + f"Plot: `bench/{png.name}`.\n\n" + "\n".join(lines))
     print(body)
     (args.workdir / "causal_confusion.md").write_text(body + "\n")
     if not args.no_record:
