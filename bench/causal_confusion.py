@@ -17,10 +17,11 @@ split (models.evaluate). Closed loop: every model as a controller in simeval's l
 re-clearances) on one fixed set of fresh scenarios (another seed than the training scenarios), with the
 synthetic expert, MVP and no controller on the same scenarios. In the loop the model controller hands its own past clearances
 to the feature builder, so the nuisance is computed from the model's own decisions. The models act the way
-the expert does, by chance: at each decision step a conflict gets a clearance with the policy's P(act), and
-the clearance (aircraft, type, value) is drawn from the policy (``--decode sample``, default) or is the most
-likely one given acting (``--decode mode``): the ``model-sampled:PATH`` controller registered here. The project's ``model:`` controller acts only where P(act) > 1/2, which at this budget no
-model reaches on any test sample (column "max P(act)"), so it would issue nothing at all.
+the expert does, by chance (the model controller's default, ``act="sample"``): at each decision step a conflict
+gets a clearance with the policy's P(act); the clearance (aircraft, type, value) is drawn from the policy
+(``--decode sample``, default: the ``model-sampled:PATH`` controller registered here) or is the most likely one
+given acting (``--decode mode``: ``model:PATH``). Thresholding P(act) at 1/2 (``act="argmax"``) would issue
+nothing: at this budget no model reaches it on any test sample (column "max P(act)").
 
 Besides the standard metrics, the table gives, on the test split, the demonstrated act rate when either
 aircraft of the pair is manoeuvring and when neither is, and each model's mean P(act) in both groups.
@@ -48,12 +49,11 @@ ENCODERS = ("mlp", "gru")
 SCENARIO = {"duration_s": 1800, "density": 4.0, "conflicts": 8}
 
 
-def sampled_controller(decode: str = "sample", n_alternatives: int = 32):
-    """``model-sampled:PATH``: :class:`models.controller.ModelController` whose act-or-not is drawn with P(act)
-    (seeded per scenario) instead of thresholded at 1/2; with ``decode="sample"`` the clearance itself
-    (aircraft, type, value) is drawn too, from ``n_alternatives`` samples of the policy grouped into modes (the
-    prediction function's alternatives), else it is the most likely one given acting. Everything else
-    (features from its own past clearances, one clearance per aircraft and step) is the model controller's."""
+def sampled_controller(n_alternatives: int = 32) -> None:
+    """Register ``model-sampled:PATH``: :class:`models.controller.ModelController` (which acts on a conflict with
+    probability P(act), drawn from its session-seeded generator) whose clearance (aircraft, type, value) is drawn
+    from the policy too: from ``n_alternatives`` samples grouped into modes by the prediction function, a mode
+    picked with its probability, instead of the most likely clearance given acting."""
     from models.controller import ModelController
     from simulator_adapters.controllers import _REGISTRY, register
 
@@ -64,23 +64,16 @@ def sampled_controller(decode: str = "sample", n_alternatives: int = 32):
             real = self.predictor.predict_samples
 
             def sampled(*args, **kwargs):
-                if decode == "sample":
-                    kwargs.update(n_alternatives=n_alternatives, seed=int(self.rng.integers(2 ** 31)))
+                kwargs.update(n_alternatives=n_alternatives, seed=int(self.rng.integers(2 ** 31)))
                 dec, alts = real(*args, **kwargs)
-                if len(dec):
-                    dec["act"] = self.rng.random(len(dec)) < dec["p_act"].to_numpy(dtype=float)
-                    for i, modes in enumerate(alts):
-                        if modes and dec["act"].iat[i]:
-                            p = np.array([m["probability_given_act"] for m in modes])
-                            m = modes[int(self.rng.choice(len(modes), p=p / p.sum()))]
-                            for k in ("aircraft", "flight_id", "action_type", "value"):
-                                dec.at[dec.index[i], k] = m[k]
+                for i, modes in enumerate(alts):
+                    if modes:
+                        p = np.array([m["probability_given_act"] for m in modes])
+                        m = modes[int(self.rng.choice(len(modes), p=p / p.sum()))]
+                        for k in ("aircraft", "flight_id", "action_type", "value"):
+                            dec.at[dec.index[i], k] = m[k]
                 return dec, alts
             self.predictor.predict_samples = sampled
-
-        def reset(self, scenario_name: str, seed: int) -> None:
-            super().reset(scenario_name, seed)
-            self.rng = np.random.default_rng([seed, 11])
 
     if "model-sampled" not in _REGISTRY:
         register("model-sampled")(SampledModelController)
@@ -309,8 +302,10 @@ def main() -> None:
                   f"aircraft {r.get('aircraft_accuracy') or float('nan'):.3f}", flush=True)
 
     t0 = time.perf_counter()
-    sampled_controller(args.decode)
-    controllers = ["atco", "mvp", "none"] + [f"model-sampled:{r['model']}" for r in rows]
+    prefix = "model-sampled" if args.decode == "sample" else "model"
+    if args.decode == "sample":
+        sampled_controller()
+    controllers = ["atco", "mvp", "none"] + [f"{prefix}:{r['model']}" for r in rows]
     res = closed_loop(controllers, args.eval_scenarios, args.eval_seed, {**SCENARIO, "duration_s": args.eval_duration},
                       args.workdir / "closed_loop")
     t_loop = time.perf_counter() - t0
@@ -318,7 +313,7 @@ def main() -> None:
             "agree_timing_mae_s", "n_heading", "n_altitude", "n_speed", "n_resume", "recleared", "quick_resume")
     refs = {c: {k: res[c][k] for k in keys} for c in ("atco", "mvp", "none")}
     for r in rows:
-        cl = res[f"model-sampled:{r['model']}"]
+        cl = res[f"{prefix}:{r['model']}"]
         r.update({k: cl[k] for k in keys})
     (args.workdir / "causal_confusion.json").write_text(json.dumps({"rows": rows, "refs": refs}, indent=1, default=str))
     png = Path(__file__).resolve().parent / f"causal_confusion{'' if args.decode == 'sample' else '_mode'}.png"
@@ -355,9 +350,10 @@ def main() -> None:
             f"(seed {args.eval_seed}) x {args.eval_duration:g} s in BlueSky ({conf} conflict pairs under the expert); "
             "LoS, resolved % and clearances summed/averaged over the scenarios, agreement with the expert's first "
             "clearance per conflict it acted on; \"re-cleared\": clearances (not resume) to an aircraft the same "
-            "controller had cleared within the previous 120 s; models act with probability P(act) (`model-sampled`), "
-            + ("the clearance drawn from the policy's sampled modes (32 samples). " if args.decode == "sample" else
-               "the clearance being the most likely one given acting. ")
+            "controller had cleared within the previous 120 s; models act with probability P(act) (the model "
+            "controller's default), " + ("the clearance drawn from the policy's sampled modes (32 samples; "
+                                         "`model-sampled`). " if args.decode == "sample" else
+                                         "the clearance being the most likely one given acting (`model:`). ")
             + f"Plot: `bench/{png.name}`.\n\n" + "\n".join(lines))
     print(body)
     (args.workdir / "causal_confusion.md").write_text(body + "\n")
