@@ -37,3 +37,11 @@ def append_results(section: str, body: str, path: str = None) -> None:
         if new:
             fh.write("# Benchmark results\n\nEach section is appended by the script named in it; newest last.\n")
         fh.write(f"\n## {section}\n\nMachine: {describe()}\n\n{body.rstrip()}\n")
+
+
+def fmt(v) -> str:
+    """A table cell: "-" for missing or NaN, 3 significant digits for floats."""
+    import math
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.3g}" if isinstance(v, float) else str(v)

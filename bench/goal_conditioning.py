@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import append_results  # noqa: E402
+from _machine import append_results, fmt  # noqa: E402
 
 MODELS = (("gru", "mdn"), ("mlp", "mdn"))
 SCENARIO_KW = {"duration_s": 1800, "density": 4.0, "conflicts": 8, "exit_level_fraction": 0.5}
@@ -197,12 +197,6 @@ def plot(rows: list[dict], demo: dict, loop: pd.DataFrame | None, path: Path) ->
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def fmt(v) -> str:
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return "-"
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def main() -> None:

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import append_results  # noqa: E402
+from _machine import append_results, fmt  # noqa: E402
 
 ENCODERS = ("mlp", "gru", "transformer")
 HEAD_CFG = {"deterministic": {"name": "deterministic"}, "mdn": {"name": "mdn"},
@@ -174,12 +174,6 @@ def plot(rows: list[dict], refs: dict, diff_lat: list[dict], path: Path) -> None
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def fmt(v) -> str:
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return "-"
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def main() -> None:

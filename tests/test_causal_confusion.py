@@ -4,12 +4,11 @@ controller computing it from its own past clearances."""
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from atc_il.config import DatasetConfig, PipelineConfig
 from atc_il.schemas import action_id
 from pipelines.dataset import GEOM, NUISANCE, TrackIndex, build, build_features, feature_spec
-from pipelines.shards import RunningStats, load_split, read_spec, spec_hash
+from pipelines.shards import load_split, read_spec, spec_hash
 from tests.test_dataset import FLIGHTS, STEP, _samples, _workspace, grid_tracks
 
 DEFAULT_SPEC_HASH = "4a2d333dba1553e7"      # the default feature spec's hash (see tests/test_goal.py)
@@ -114,24 +113,15 @@ def test_data_set_without_clearances_builds_loads_and_trains(tmp_path):
 
 def test_model_controller_feeds_its_own_clearances_to_the_nuisance(tmp_path):
     """In the closed loop the nuisance comes from the controller's own past clearances (``obs.cleared``)."""
-    from models.config import ModelConfig
     from models.controller import ModelController
-    from models.policy import build_policy
     from pipelines.conflicts import detect_snapshot
     from simulator_adapters.controllers import Observation
+    from tests._tiny import untrained_policy
 
     tracks = grid_tracks("2024-01-01T10:00Z", FLIGHTS, minutes=6)
-    spec = feature_spec(CFG, STEP)
     feats = build_features(_samples(tracks, "2024-01-01T10:05:00Z", "2024-01-01T10:05:00Z"),
                            TrackIndex.build(tracks, STEP), _log([]), CFG)
-    spec["normalisation"] = {}
-    for name, t in spec["tensors"].items():
-        st = RunningStats(len(t["features"]))
-        st.update(feats[name])
-        spec["normalisation"][name] = st.result([f["normalise"] for f in t["features"]])
-    cfg = ModelConfig(name="nuis-tiny", encoder={"name": "mlp", "hidden": 8, "layers": 1}, vae={"enabled": False},
-                      head={"name": "mdn", "hidden": 8, "components": 2})
-    build_policy(cfg, spec).save(tmp_path / "policy")
+    untrained_policy(CFG, feats, STEP, name="nuis-tiny").save(tmp_path / "policy")
     ctl = ModelController(str(tmp_path / "policy"))
     seen = []
     real = ctl.predictor.features

@@ -10,7 +10,7 @@ from atc_il.errors import DataError
 from atc_il.geometry import from_local_nm
 from pipelines.dataset import TrackIndex, build_features, feature_spec
 from pipelines.goal import GOAL, exits
-from pipelines.shards import RunningStats, spec_hash
+from pipelines.shards import spec_hash
 from tests.test_dataset import FLIGHTS, STEP, _actions, _samples, grid_tracks
 
 GOAL_CFG = DatasetConfig(history_steps=4, neighbours=2, recent_clearances=2, goal=True)
@@ -126,24 +126,15 @@ def test_expert_goal_term_and_scenario_exit_levels():
 def test_model_controller_passes_flight_plans(tmp_path):
     """A goal-conditioned policy (untrained, real) in the controller: the observation's flight plans reach
     the feature builder as contract rows, and change the features."""
-    from models.config import ModelConfig
     from models.controller import ModelController
-    from models.policy import build_policy
     from pipelines.conflicts import detect_snapshot
     from simulator_adapters.controllers import Observation
+    from tests._tiny import untrained_policy
 
     tracks = grid_tracks("2024-01-01T10:00Z", FLIGHTS, minutes=6)
     samples = _samples(tracks, "2024-01-01T10:05:00Z", "2024-01-01T10:05:00Z")
-    spec = feature_spec(GOAL_CFG, STEP)
     feats = build_features(samples, TrackIndex.build(tracks, STEP), _actions([]).iloc[:0], GOAL_CFG, _plans())
-    spec["normalisation"] = {}
-    for name, t in spec["tensors"].items():
-        st = RunningStats(len(t["features"]))
-        st.update(feats[name])
-        spec["normalisation"][name] = st.result([f["normalise"] for f in t["features"]])
-    cfg = ModelConfig(name="goal-tiny", encoder={"name": "gru", "hidden": 8, "layers": 1}, vae={"enabled": False},
-                      head={"name": "mdn", "hidden": 8, "components": 2})
-    build_policy(cfg, spec).save(tmp_path / "policy")
+    untrained_policy(GOAL_CFG, feats, STEP, encoder="gru", name="goal-tiny").save(tmp_path / "policy")
     ctl = ModelController(str(tmp_path / "policy"))
     seen = []
     real = ctl.predictor.predict_samples

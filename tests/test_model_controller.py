@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from atc_il.config import DatasetConfig
-from pipelines.dataset import TrackIndex, build_features, feature_spec
-from pipelines.shards import RunningStats
+from pipelines.dataset import TrackIndex, build_features
+from tests._tiny import untrained_policy
 from tests.test_dataset import FLIGHTS, STEP, _actions, _samples, grid_tracks
 
 CFG = DatasetConfig(history_steps=4, neighbours=2, recent_clearances=2)
@@ -17,22 +17,11 @@ CFG = DatasetConfig(history_steps=4, neighbours=2, recent_clearances=2)
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory):
     """A real, untrained tiny policy (P(act) near 1/2: both behaviours show in a few steps)."""
-    from models.config import ModelConfig
-    from models.policy import build_policy
     tracks = grid_tracks("2024-01-01T10:00Z", FLIGHTS, minutes=6)
     feats = build_features(_samples(tracks, "2024-01-01T10:05:00Z", "2024-01-01T10:05:00Z"),
                            TrackIndex.build(tracks, STEP), _actions([]).iloc[:0], CFG)
-    spec = feature_spec(CFG, STEP)
-    spec["normalisation"] = {}
-    for name, t in spec["tensors"].items():
-        st = RunningStats(len(t["features"]))
-        st.update(feats[name])
-        spec["normalisation"][name] = st.result([f["normalise"] for f in t["features"]])
-    cfg = ModelConfig(name="ctl-tiny", encoder={"name": "mlp", "hidden": 8}, vae={"enabled": False},
-                      head={"name": "mdn", "hidden": 8, "components": 2})
     root = tmp_path_factory.mktemp("ctl")
-    torch.manual_seed(0)
-    pol = build_policy(cfg, spec)
+    pol = untrained_policy(CFG, feats, STEP, name="ctl-tiny")
     pol.save(root / "neutral")
     with torch.no_grad():
         pol.head.act_out.bias[1] += 6.0              # P(act) near 1: acting is the most likely decision
