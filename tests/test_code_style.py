@@ -19,12 +19,7 @@ from tests.test_models import make_dec, make_obs, spec  # noqa: F401  (spec: a f
 N = 10
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _policy(spec, latent: str = "discrete"):  # noqa: F811

@@ -21,19 +21,13 @@ from models.generative import kde_log_prob
 from models.heads import RESUME
 from models.interface import HEADS, Decisions
 from models.policy import build_policy, load_policy
-from tests.test_models import B, make_dec, make_obs, spec  # noqa: F401  (spec: a fixture)
+from tests.test_models import B, check_policy_interface, make_dec, make_obs, spec  # noqa: F401  (spec: a fixture)
 
 VARIANTS = {"cvae": {"name": "cvae"}, "cvae_discrete": {"name": "cvae", "latent": "discrete"},
             "diffusion": {"name": "diffusion"}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: intra-op threads only add contention on a shared machine (see tests/test_models.py)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def config(variant: str, enc: str = "gru", vae: bool = True) -> ModelConfig:
@@ -66,29 +60,8 @@ def test_losses_gradients_and_shapes(spec, variant):  # noqa: F811
     torch.manual_seed(0)
     policy = build_policy(config(variant), spec)
     obs, dec = make_obs(spec), make_dec()
-    loss, logs = policy.loss(obs, dec)
-    assert torch.isfinite(loss) and loss.ndim == 0
-    assert {"loss", "nll", "nll_act", "nll_aircraft", "nll_type", "nll_value"} <= set(logs)
-    assert all(isinstance(v, float) and math.isfinite(v) for v in logs.values())
+    check_policy_interface(policy, obs, dec)
     assert policy.head._objective is False                     # the objective only inside loss()
-    loss.backward()
-    dead = [n for n, p in policy.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    assert not dead, f"parameters without gradient: {dead}"
-    assert all(torch.isfinite(p.grad).all() for p in policy.parameters())
-
-    policy.eval()
-    s = policy.sample(obs, 7, generator=torch.Generator().manual_seed(3))
-    for x in (s.act, s.aircraft, s.type, s.value):
-        assert x.shape == (B, 7)
-    idle = s.act == 0
-    assert (s.aircraft[idle] == -1).all() and (s.type[idle] == -1).all() and s.value[idle].isnan().all()
-    assert (s.value[s.type == RESUME] == 0).all() and torch.isfinite(s.value[~idle]).all()
-    lp = policy.log_prob(obs, dec)
-    assert lp.shape == (B,) and torch.isfinite(lp).all() and lp.dtype == torch.float32
-    torch.testing.assert_close(lp, policy.log_prob(obs, dec))            # estimates use fixed draws
-    p = policy.predict(obs)
-    for x in (p.act, p.aircraft, p.type, p.value):
-        assert x.shape == (B,)
     assert policy.exact_log_prob == (variant == "cvae_discrete")
     ctx = policy.context(make_obs(spec, 5))
     g = policy.head.sample(ctx, 4, torch.Generator().manual_seed(0), given_act=True)

@@ -19,14 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "models" / "configs" / "tiny.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two OpenMP threads next to another busy process slow
-    these tiny models down tenfold (measured), and the tests only need a fixed thread count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")
