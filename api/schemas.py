@@ -158,7 +158,7 @@ class ConflictRequestBase(Strict):
     neighbours: list[AircraftTrack] = Field(default_factory=list, max_length=NEIGHBOURS_MAX,
                                             description="other aircraft around the pair (optional)")
     flight_plans: list[FlightPlan] = Field(default_factory=list, max_length=NEIGHBOURS_MAX + 2,
-                                           description="validated; not read by the current models' features")
+                                           description="flight plans (read by goal-conditioned models)")
     clearances: list[Clearance] = Field(default_factory=list, max_length=CLEARANCES_MAX,
                                         description="recent clearances in the airspace (action contract)")
     at: Optional[UtcTime] = Field(None, description="decision time (default: the latest time on the model's grid)")
@@ -195,6 +195,8 @@ def detect_request_model(n_alternatives_max: int, max_aircraft: int) -> type[Det
     class DetectRequest(DetectRequestBase):
         aircraft: list[AircraftTrack] = Field(min_length=2, max_length=max_aircraft,
                                               description=f"every aircraft of the radar picture (2..{max_aircraft})")
+        flight_plans: list[FlightPlan] = Field(default_factory=list, max_length=max_aircraft,
+                                               description="flight plans (read by goal-conditioned models)")
         n_alternatives: Int = _n_alt(n_alternatives_max)
     return DetectRequest
 

@@ -185,7 +185,7 @@ class ModelService:
         return self.predictor.prepare(self.picture(req.aircraft), at=req.at,
                                       clearances=clearances_frame(req.clearances),
                                       n_alternatives=req.n_alternatives, seed=req.seed,
-                                      flight_plans=flight_plans_frame(getattr(req, "flight_plans", None)))
+                                      flight_plans=flight_plans_frame(req.flight_plans))
 
     def infer(self, items: list) -> list:
         """One forward pass for the prepared requests (see :meth:`models.serving.Predictor.infer`)."""

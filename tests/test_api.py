@@ -520,3 +520,19 @@ def test_serve_with_two_workers_answers_and_stops(model_ws, conflict, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
+
+
+def test_flight_plans_are_accepted_and_converted_to_the_contract(client, picture):
+    from api.schemas import FlightPlan
+    from api.service import flight_plans_frame
+    _, win = picture
+    fids = list(win.flight_id.unique())
+    plans = [{"flight_id": fids[0], "waypoints": [{"seq": 0, "waypoint": "ENTRY", "lat_deg": 50.0, "lon_deg": 4.0},
+                                                   {"seq": 1, "waypoint": "EXIT", "lat_deg": 51.0, "lon_deg": 6.0,
+                                                    "alt_ft": 35000}]}]
+    r = client.post("/v1/detect", json={"aircraft": [_aircraft(win, f) for f in fids], "flight_plans": plans},
+                    headers=H)
+    assert r.status_code == 200, r.text
+    df = flight_plans_frame([FlightPlan(**p) for p in plans])
+    assert df[["flight_id", "seq", "waypoint", "alt_ft"]].values.tolist()[1] == [fids[0], 1, "EXIT", 35000.0]
+    assert df["alt_ft"].isna().tolist() == [True, False] and flight_plans_frame([]) is None
