@@ -196,13 +196,13 @@ class ModelService:
         """A prepared request and its inference result -> one response dict per conflict."""
         dec, alts = result
         s = item.samples
-        cols = {k: s[k].to_numpy() if k in s else np.full(len(s), None, dtype=object)
+        cols = {k: s.extra[k] if k in s.extra else np.full(len(s), None, dtype=object)
                 for k in ("conflict", "los", "tcpa_s", "dcpa_nm", "dist_nm")}
         out = []
         for i in range(len(s)):
             conflict, los = cols["conflict"][i], cols["los"][i]
             out.append({
-                "time": pd.Timestamp(dec["time"][i]).to_pydatetime(),
+                "time": _utc(dec["time"][i]),
                 "conflict": {"flight_id_1": str(dec["flight_id_1"][i]), "flight_id_2": str(dec["flight_id_2"][i]),
                              "in_conflict": _flag(conflict), "los": _flag(los), "tcpa_s": _num(cols["tcpa_s"][i]),
                              "dcpa_nm": _num(cols["dcpa_nm"][i]), "dist_nm": _num(cols["dist_nm"][i])},
@@ -220,11 +220,16 @@ class ModelService:
     def detect_out(self, req, item, result) -> dict:
         conflicts = self.conflicts_out(item, result)
         if conflicts:
-            t = pd.Timestamp(result[0]["time"][0])
+            t = conflicts[0]["time"]
         else:
             last = req.at or max(ac.points[-1].time for ac in req.aircraft)
-            t = pd.Timestamp(last).floor(f"{int(self.predictor.step_s)}s")
-        return {"time": t.to_pydatetime(), "n_aircraft": len(req.aircraft), "conflicts": conflicts}
+            t = pd.Timestamp(last).floor(f"{int(self.predictor.step_s)}s").to_pydatetime()
+        return {"time": t, "n_aircraft": len(req.aircraft), "conflicts": conflicts}
+
+
+def _utc(ns) -> datetime:
+    """UTC nanoseconds -> an aware datetime (microseconds)."""
+    return _EPOCH + timedelta(microseconds=int(ns) // 1000)
 
 
 def _flag(x) -> bool:

@@ -20,7 +20,7 @@ from atc_il.errors import DataError
 from atc_il.schemas import ACTION_SCHEMA, ACTION_TYPES, ACTION_UNITS, TRACK_SCHEMA, conform
 from models.ceiling import MODE_TOLERANCE
 from models.interface import Observations
-from pipelines.dataset import TrackIndex, build_features
+from pipelines.dataset import Samples, TrackIndex, build_features
 from pipelines.picture import Picture
 
 DECISION_COLUMNS = ["time", "flight_id_1", "flight_id_2", "tcpa_s", "dcpa_nm", "act", "p_act", "aircraft",
@@ -86,7 +86,7 @@ class Predictor:
         feats = self.features(samples, pic.index, clearances, flight_plans) if len(samples) else None
         return Prepared(samples, feats, int(n_alternatives), int(seed))
 
-    def features(self, samples: pd.DataFrame, index: TrackIndex, clearances: pd.DataFrame | None = None,
+    def features(self, samples: Samples | pd.DataFrame, index: TrackIndex, clearances: pd.DataFrame | None = None,
                  flight_plans: pd.DataFrame | None = None) -> dict:
         acts = _NO_ACTIONS if clearances is None or clearances.empty else \
             conform(clearances, ACTION_SCHEMA, "clearances").sort_values("time", kind="stable")
@@ -116,7 +116,7 @@ class Predictor:
                 gen = torch.Generator(device="cpu").manual_seed(it.seed)
                 sm = head.sample(ctx[a:a + n], it.n_alternatives, gen, given_act=True)
                 ac, ty, va = (x.cpu().numpy() for x in (sm.aircraft, sm.type, sm.value))
-                f1, f2 = it.samples["flight_id_1"].to_numpy(), it.samples["flight_id_2"].to_numpy()
+                f1, f2 = it.samples.flight_id_1, it.samples.flight_id_2
                 alts = [_modes(ac[i], ty[i], va[i], float(part["p_act"][i]), (f1[i], f2[i])) for i in range(n)]
             out.append((_decision_arrays(it.samples, part), alts))
             a += n
@@ -130,24 +130,25 @@ class Predictor:
         if samples.empty:
             return pd.DataFrame(columns=DECISION_COLUMNS), []
         idx = index or TrackIndex.build(grid, self.step_s)
-        item = Prepared(samples, self.features(samples, idx, clearances, flight_plans), n_alternatives, seed)
+        s = Samples.of(samples)
+        item = Prepared(s, self.features(s, idx, clearances, flight_plans), n_alternatives, seed)
         (dec, alts), = self.infer([item])
-        return pd.DataFrame(dec), alts
+        return decisions_frame(dec), alts
 
     def detect_and_predict(self, tracks, at=None, clearances=None, n_alternatives: int = 0,
                            pairs: list[tuple[str, str]] | None = None, seed: int = 0,
                            flight_plans: pd.DataFrame | None = None):
         """The conflicts at ``at`` (default: the latest grid time) and a decision for each (or for ``pairs``,
-        in conflict or not): (samples, decisions, alternatives)."""
+        in conflict or not): (samples, decisions, alternatives) as tables."""
         item = self.prepare(tracks, at, clearances, n_alternatives, pairs, seed, flight_plans)
         (dec, alts), = self.infer([item])
-        return item.samples, pd.DataFrame(dec, columns=DECISION_COLUMNS), alts
+        return item.samples.frame(), decisions_frame(dec), alts
 
 
 @dataclass
 class Prepared:
     """A request's conflicts (``samples``) and their feature tensors (None when there is no conflict)."""
-    samples: pd.DataFrame
+    samples: Samples
     features: dict | None
     n_alternatives: int = 0
     seed: int = 0
@@ -159,19 +160,25 @@ _UNITS = np.array([ACTION_UNITS[t] for t in ACTION_TYPES], dtype=object)
 _TOL = np.array([MODE_TOLERANCE[t] for t in ACTION_TYPES])
 
 
-def _decision_arrays(samples: pd.DataFrame, part: dict | None) -> dict:
-    """The decision columns as arrays: ``act`` where p_act > 1/2 (the most likely decision), the most likely
-    action given that the controller acts (aircraft 0 or 1, type, value, unit)."""
+def decisions_frame(dec: dict) -> pd.DataFrame:
+    """:func:`_decision_arrays` as a table (time as UTC datetimes)."""
+    df = pd.DataFrame(dec, columns=DECISION_COLUMNS)
+    df["time"] = pd.to_datetime(np.asarray(dec["time"], dtype=np.int64), unit="ns", utc=True)
+    return df
+
+
+def _decision_arrays(samples: Samples, part: dict | None) -> dict:
+    """The decision columns as arrays (``time`` in UTC ns): ``act`` where p_act > 1/2 (the most likely
+    decision), the most likely action given that the controller acts (aircraft 0 or 1, type, value, unit)."""
     n = len(samples)
     if part is None:
         part = {"aircraft": np.zeros(0, np.int64), "type": np.zeros(0, np.int64), "value": np.zeros(0),
                 "p_act": np.zeros(0)}
-    f1, f2 = samples["flight_id_1"].to_numpy(dtype=object), samples["flight_id_2"].to_numpy(dtype=object)
+    f1, f2, x = samples.flight_id_1, samples.flight_id_2, samples.extra
     ac, ty = part["aircraft"], np.clip(part["type"], 0, None)
-    return {"time": samples["time"].to_numpy() if n else np.zeros(0, "datetime64[ns]"),
-            "flight_id_1": f1, "flight_id_2": f2,
-            "tcpa_s": samples["tcpa_s"].to_numpy(float) if "tcpa_s" in samples else np.full(n, np.nan),
-            "dcpa_nm": samples["dcpa_nm"].to_numpy(float) if "dcpa_nm" in samples else np.full(n, np.nan),
+    return {"time": samples.t_ns, "flight_id_1": f1, "flight_id_2": f2,
+            "tcpa_s": np.asarray(x["tcpa_s"], float) if "tcpa_s" in x else np.full(n, np.nan),
+            "dcpa_nm": np.asarray(x["dcpa_nm"], float) if "dcpa_nm" in x else np.full(n, np.nan),
             "act": part["p_act"] > 0.5, "p_act": part["p_act"], "aircraft": ac,
             "flight_id": np.where(ac == 0, f1, f2), "action_type": _TYPES[ty], "value": part["value"],
             "unit": _UNITS[ty]}

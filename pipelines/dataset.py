@@ -17,7 +17,7 @@ fixed-size-list columns, loaded as tensors without a Python loop per sample (:fu
 from __future__ import annotations
 
 import time as _time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,42 @@ LABELS = ["label_act", "label_aircraft", "label_type", "label_value", "label_con
 
 
 @dataclass
+class Samples:
+    """Decision samples as arrays: what :func:`build_features` reads (decision time and first detection in
+    UTC ns, the pair's flight ids) and any other columns (``extra``, e.g. the detection's tcpa_s and dcpa_nm).
+
+    The request path builds these directly (:meth:`pipelines.picture.Picture.samples`): a DataFrame costs
+    tens of microseconds per column read, several times a request. Table callers pass DataFrames
+    (columns time, flight_id_1, flight_id_2, first_detection), converted by :meth:`of`."""
+    t_ns: np.ndarray
+    flight_id_1: np.ndarray
+    flight_id_2: np.ndarray
+    first_ns: np.ndarray
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, samples: "Samples | pd.DataFrame") -> "Samples":
+        if isinstance(samples, Samples):
+            return samples
+        missing = [c for c in ("time", "flight_id_1", "flight_id_2", "first_detection") if c not in samples]
+        if missing:
+            raise DataError(f"samples: columns {missing} are missing; have {list(samples.columns)}")
+        rest = [c for c in samples.columns if c not in ("time", "flight_id_1", "flight_id_2", "first_detection")]
+        return cls(to_ns(samples["time"]), samples["flight_id_1"].to_numpy(dtype=object),
+                   samples["flight_id_2"].to_numpy(dtype=object), to_ns(samples["first_detection"]),
+                   {c: samples[c].to_numpy() for c in rest})
+
+    def __len__(self) -> int:
+        return len(self.t_ns)
+
+    def frame(self) -> pd.DataFrame:
+        """As a table: time, flight_id_1, flight_id_2, the extra columns, first_detection (UTC datetimes)."""
+        return pd.DataFrame({"time": pd.to_datetime(self.t_ns, unit="ns", utc=True),
+                             "flight_id_1": self.flight_id_1, "flight_id_2": self.flight_id_2, **self.extra,
+                             "first_detection": pd.to_datetime(self.first_ns, unit="ns", utc=True)})
+
+
+@dataclass
 class TrackIndex:
     """Vectorised (flight, grid step) -> row lookup over canonical tracks on a regular grid."""
     t0: int
@@ -58,10 +94,20 @@ class TrackIndex:
     rows: np.ndarray
     codes: np.ndarray      # per track row
     tidx: np.ndarray       # per track row
-    flights: pd.Index      # code -> flight_id
+    flights: pd.Index      # code -> flight_id, sorted
     cols: dict             # column -> numpy array
     by_time: np.ndarray    # rows sorted by tidx
     time_bounds: np.ndarray
+
+    def codes_of(self, ids) -> np.ndarray:
+        """Codes of flight ids (-1 where absent). A binary search in the sorted ids for the few ids of a
+        request (a hash lookup costs ~0.1 ms to set up), the index's hash table for many."""
+        ids = np.asarray(ids, dtype=object)
+        if len(ids) > 64 or len(self.flights) == 0:
+            return self.flights.get_indexer(ids)
+        names = np.asarray(self.flights, dtype=object)
+        pos = np.minimum(np.searchsorted(names, ids), len(names) - 1)
+        return np.where(names[pos] == ids, pos, -1)
 
     @classmethod
     def build(cls, tracks: pd.DataFrame, step_s: float) -> "TrackIndex":
@@ -74,7 +120,7 @@ class TrackIndex:
     @classmethod
     def from_arrays(cls, ns: np.ndarray, codes: np.ndarray, flights: pd.Index, cols: dict,
                     step_s: float) -> "TrackIndex":
-        """From grid times (ns), flight codes into ``flights`` and the :data:`INDEX_COLUMNS` arrays."""
+        """From grid times (ns), flight codes into ``flights`` (sorted) and the :data:`INDEX_COLUMNS` arrays."""
         step_ns = int(round(step_s * 1e9))
         t0 = int(ns.min())
         if np.any((ns - t0) % step_ns):
@@ -198,9 +244,10 @@ def _clearances(actions: pd.DataFrame, t_ns: np.ndarray, f1: np.ndarray, f2: np.
     return feats.astype(np.float32)
 
 
-def build_features(samples: pd.DataFrame, idx: TrackIndex, actions: pd.DataFrame, cfg: DatasetConfig,
+def build_features(samples: "Samples | pd.DataFrame", idx: TrackIndex, actions: pd.DataFrame, cfg: DatasetConfig,
                    flight_plans: pd.DataFrame | None = None) -> dict:
-    """Feature tensors for ``samples`` (columns time, flight_id_1, flight_id_2, first_detection).
+    """Feature tensors for ``samples`` (:class:`Samples`, or a table with columns time, flight_id_1,
+    flight_id_2, first_detection).
 
     ``flight_plans`` (flight-plan contract rows, optional) are read only by goal-conditioned
     configurations (``cfg.goal``: :data:`pipelines.goal.GOAL` features inserted into ``geometry`` before
@@ -209,10 +256,11 @@ def build_features(samples: pd.DataFrame, idx: TrackIndex, actions: pd.DataFrame
     Pure in the past: only track rows at or before each sample's time and actions strictly before it
     are read (the leakage test perturbs everything later and checks these tensors do not change).
     """
+    s = Samples.of(samples)
     h = cfg.history_steps
-    t_tidx = idx.to_tidx(samples["time"])
-    c1 = idx.flights.get_indexer(samples["flight_id_1"])
-    c2 = idx.flights.get_indexer(samples["flight_id_2"])
+    t_ns, f1, f2 = s.t_ns, s.flight_id_1, s.flight_id_2
+    t_tidx = (t_ns - idx.t0) // idx.step_ns
+    c1, c2 = idx.codes_of(f1), idx.codes_of(f2)
     steps = t_tidx[:, None] - np.arange(h - 1, -1, -1)[None, :]          # (N, H), oldest first
     a = idx.gather(idx.lookup(np.broadcast_to(c1[:, None], steps.shape), steps))
     b = idx.gather(idx.lookup(np.broadcast_to(c2[:, None], steps.shape), steps))
@@ -224,28 +272,25 @@ def build_features(samples: pd.DataFrame, idx: TrackIndex, actions: pd.DataFrame
     theta = a["trk_deg"][:, -1]
     pair = np.stack([_pose(a, lat0[:, None], lon0[:, None], alt0[:, None], theta[:, None]),
                      _pose(b, lat0[:, None], lon0[:, None], alt0[:, None], theta[:, None])], axis=2)
-    first = to_ns(samples["first_detection"])
+    first = s.first_ns
     t_steps = idx.t0 + steps * idx.step_ns
     geometry = _geometry(a, b, theta[:, None], (t_steps - first[:, None]) / 1e9)
     nb = _neighbours(idx, t_tidx, lat0, lon0, c1, c2, cfg.neighbours, cfg.neighbour_range_nm)
     nst = np.broadcast_to(steps[:, :, None], steps.shape + (cfg.neighbours,))
     n = idx.gather(idx.lookup(np.broadcast_to(nb[:, None, :], nst.shape), nst))
     neighbours = _pose(n, lat0[:, None, None], lon0[:, None, None], alt0[:, None, None], theta[:, None, None])
-    t_ns = to_ns(samples["time"])
-    clear = _clearances(actions, t_ns, samples["flight_id_1"].to_numpy(), samples["flight_id_2"].to_numpy(),
-                        cfg.recent_clearances, cfg.clearance_horizon_s)
+    clear = _clearances(actions, t_ns, f1, f2, cfg.recent_clearances, cfg.clearance_horizon_s)
     if cfg.goal:
-        geometry = _goal(geometry, a, b, samples, theta, flight_plans)
+        geometry = _goal(geometry, a, b, f1, f2, theta, flight_plans)
     if cfg.nuisance:
-        geometry = _with_nuisance(geometry, actions, t_steps, samples, cfg.nuisance_window_s)
+        geometry = _with_nuisance(geometry, actions, t_steps, f1, f2, cfg.nuisance_window_s)
     return {"pair": pair, "neighbours": neighbours, "geometry": geometry, "clearances": clear}
 
 
-def _goal(geometry: np.ndarray, a: dict, b: dict, samples: pd.DataFrame, theta: np.ndarray,
+def _goal(geometry: np.ndarray, a: dict, b: dict, f1: np.ndarray, f2: np.ndarray, theta: np.ndarray,
           flight_plans: pd.DataFrame | None) -> np.ndarray:
     """``geometry`` with the goal features inserted before its last (``valid``) column."""
-    g = goal_features(a, b, samples["flight_id_1"].to_numpy(), samples["flight_id_2"].to_numpy(), theta[:, None],
-                      flight_plans)
+    g = goal_features(a, b, f1, f2, theta[:, None], flight_plans)
     g[geometry[..., -1] < 0.5] = 0.0
     return np.concatenate([geometry[..., :-1], g, geometry[..., -1:]], axis=-1)
 
@@ -282,11 +327,10 @@ def _nuisance(actions: pd.DataFrame, t_steps: np.ndarray, f1: np.ndarray, f2: np
     return out
 
 
-def _with_nuisance(geometry: np.ndarray, actions: pd.DataFrame, t_steps: np.ndarray, samples: pd.DataFrame,
-                   window_s: float) -> np.ndarray:
+def _with_nuisance(geometry: np.ndarray, actions: pd.DataFrame, t_steps: np.ndarray, f1: np.ndarray,
+                   f2: np.ndarray, window_s: float) -> np.ndarray:
     """``geometry`` with the :data:`NUISANCE` features inserted before its last (``valid``) column."""
-    g = _nuisance(actions, t_steps, samples["flight_id_1"].to_numpy(dtype=object),
-                  samples["flight_id_2"].to_numpy(dtype=object), window_s)
+    g = _nuisance(actions, t_steps, f1, f2, window_s)
     g[geometry[..., -1] < 0.5] = 0.0
     return np.concatenate([geometry[..., :-1], g, geometry[..., -1:]], axis=-1)
 

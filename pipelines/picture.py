@@ -24,7 +24,7 @@ from atc_il.config import ConflictConfig
 from atc_il.errors import DataError
 from pipelines.clean import interpolate, kinematics, resample_plan, segments
 from pipelines.conflicts import PAIR_COLUMNS, detect_arrays
-from pipelines.dataset import INDEX_COLUMNS, TrackIndex
+from pipelines.dataset import INDEX_COLUMNS, Samples, TrackIndex
 
 STATE = ("lat_deg", "lon_deg", "alt_ft", "gs_kt", "trk_deg", "vs_fpm")
 
@@ -69,7 +69,7 @@ class Picture:
         carried = np.where(last >= first_of_flight, raw["cfl_ft"][np.maximum(last, 0)], np.nan)
         out["cfl_ft"] = carried[i]
         gcodes = codes[i]
-        flights = pd.Index(names.astype(object))
+        flights = pd.Index(names.astype(object), dtype=object)
         return cls(flights, grid, gcodes, out, TrackIndex.from_arrays(grid, gcodes, flights, out, step_s))
 
     @classmethod
@@ -113,13 +113,13 @@ class Picture:
         return out
 
     def samples(self, at_ns: int, cfg: ConflictConfig = ConflictConfig(),
-                pairs: list[tuple[str, str]] | None = None) -> pd.DataFrame:
+                pairs: list[tuple[str, str]] | None = None) -> Samples:
         """Decision samples at ``at_ns``: the pairs in conflict (or ``pairs``, in conflict or not, in their
-        order), with time, flight_id_1 < flight_id_2, first_detection and the detection's columns (NaN for a
-        requested pair that is neither in conflict nor in LoS)."""
-        at = pd.Timestamp(at_ns, tz="UTC")
+        order), with flight_id_1 < flight_id_2, the start of their current run of detections and the
+        detection's columns (NaN for a requested pair that is neither in conflict nor in LoS) as ``extra``."""
         if not (self.ns == at_ns).any():
-            raise DataError(f"tracks: no aircraft has a position at the decision time {at.isoformat()}")
+            raise DataError(f"tracks: no aircraft has a position at the decision time "
+                            f"{pd.Timestamp(at_ns, tz='UTC').isoformat()}")
         c = self.conflicts(at_ns, cfg)
         names = np.asarray(self.flights, dtype=object)
         if pairs is None:
@@ -131,7 +131,8 @@ class Picture:
             want = [tuple(sorted(p)) for p in pairs]
             missing = sorted({f for p in want for f in p} - set(self.present(at_ns)))
             if missing:
-                raise DataError(f"tracks: no position at {at.isoformat()} for aircraft {missing}")
+                raise DataError(f"tracks: no position at {pd.Timestamp(at_ns, tz='UTC').isoformat()} "
+                                f"for aircraft {missing}")
             key = {(a, b): r for r, (a, b) in enumerate(zip(names[c["c1"]], names[c["c2"]]))}
             rows = np.array([key.get(p, -1) for p in want], dtype=np.int64)
             hit = rows >= 0
@@ -143,6 +144,4 @@ class Picture:
                 cols[k] = np.where(hit, v, np.nan) if k not in ("conflict", "los") else \
                     np.where(hit, v, None).astype(object)
             first = np.where(hit, c["first_ns"][np.maximum(rows, 0)] if len(c["first_ns"]) else at_ns, at_ns)
-        return pd.DataFrame({"time": pd.to_datetime(np.full(len(f1), at_ns, dtype=np.int64), unit="ns", utc=True),
-                             "flight_id_1": f1, "flight_id_2": f2, **cols,
-                             "first_detection": pd.to_datetime(np.asarray(first, dtype=np.int64), unit="ns", utc=True)})
+        return Samples(np.full(len(f1), at_ns, dtype=np.int64), f1, f2, np.asarray(first, dtype=np.int64), cols)

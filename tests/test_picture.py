@@ -72,7 +72,7 @@ def test_conflicts_and_features_equal_the_pandas_stages(seed):
     for at in times[10::7]:
         conf = Predictor.detect(SimpleNamespace(conflicts=cfg), grid[grid["time"] <= at])
         want = conf[(conf["time"] == at) & conf["conflict"].astype(bool)].sort_values(["flight_id_1", "flight_id_2"])
-        got = pic.samples(pd.Timestamp(at).value, cfg).sort_values(["flight_id_1", "flight_id_2"])
+        got = pic.samples(pd.Timestamp(at).value, cfg).frame().sort_values(["flight_id_1", "flight_id_2"])
         assert list(got["flight_id_1"]) == list(want["flight_id_1"]) and \
             list(got["flight_id_2"]) == list(want["flight_id_2"]), at
         assert (got["first_detection"].to_numpy() == want["first_detection"].to_numpy()).all()
@@ -92,7 +92,7 @@ def test_requested_pairs_in_conflict_or_not():
     pic = Picture.from_frame(_points(0), STEP)
     at = pic.last_ns - 20 * int(STEP * 1e9)
     present = list(pic.present(at))
-    s = pic.samples(at, pairs=[(present[1], present[0])])
+    s = pic.samples(at, pairs=[(present[1], present[0])]).frame()
     assert list(s[["flight_id_1", "flight_id_2"]].iloc[0]) == sorted(present[:2])
     assert s["first_detection"].iloc[0] <= s["time"].iloc[0]
     with pytest.raises(DataError, match="no position"):
