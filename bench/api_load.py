@@ -10,7 +10,8 @@ httpx load generator in this process.
 - open loop: --rate requests/s on /v1/predict for --seconds, latency measured from each request's scheduled
   time (no coordinated omission), at most 256 in flight (beyond: counted as dropped); verdict p99 < 25 ms;
 - the load generator is a lean asyncio HTTP/1.1 client (it shares the cores with the service);
-- the peer, side by side: the same prediction function called in-process (no HTTP), and the ratio.
+- the peer, side by side: the service's own work (validation, features, forward pass, response) called
+  in-process on the same requests (no HTTP), and the ratio.
 Prints a markdown table and appends it to bench/RESULTS.md.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import os
 import secrets
 import signal
@@ -92,24 +94,29 @@ def payloads(work: Path, n: int, points: int = 24) -> list[dict]:
 
 
 def in_process_peer(model: Path, bodies: list[dict], n: int) -> np.ndarray:
-    """Latency (ms) of the same prediction function called directly on the same inputs, one thread."""
-    import pandas as pd
+    """Latency (ms) of the service's own work called in-process on the same requests, one thread, no HTTP:
+    request validation, features, one forward pass, the response dict."""
+    import gc
     import torch
-    from models.serving import Predictor
+    from api import schemas as S
+    from api.service import ModelService
     torch.set_num_threads(1)
-    pred = Predictor.from_uri(model)
-    frames = []
-    for b in bodies:
-        rows = [{"flight_id": a["flight_id"], **p} for a in b["aircraft"] for p in a["points"]]
-        frames.append((pd.DataFrame(rows).assign(time=lambda d: pd.to_datetime(d["time"], utc=True)),
-                       (b["aircraft"][0]["flight_id"], b["aircraft"][1]["flight_id"])))
-    for df, pair in frames[:5]:
-        pred.detect_and_predict(df, pairs=[pair])
+    svc = ModelService(str(model), torch_threads=1)
+    svc.load()
+    gc.collect()
+    gc.freeze()     # as the service does after loading
+    request = S.conflict_request_model(S.N_ALTERNATIVES_LIMIT)
+
+    def one(body):
+        item = svc.prepare_conflict(request.model_validate(body))
+        (result,) = svc.infer([item])
+        return svc.conflicts_out(item, result)
+    for b in bodies[:5]:
+        one(b)
     lat = []
     for i in range(n):
-        df, pair = frames[i % len(frames)]
         t = time.perf_counter()
-        pred.detect_and_predict(df, pairs=[pair])
+        one(bodies[i % len(bodies)])
         lat.append((time.perf_counter() - t) * 1e3)
     return np.array(lat)
 
@@ -155,12 +162,16 @@ class Service:
 
 class RawClient:
     """A lean HTTP/1.1 keep-alive client for the load generator (asyncio streams, pre-encoded bodies): it
-    shares the 2 cores with the service, so it must cost far less per request than httpx (~1 ms of CPU)."""
+    shares the 2 cores with the service, so it must cost far less per request than httpx (~1 ms of CPU).
+
+    Idle connections are reused in turn (first in, first out), as many independent clients would spread
+    their requests: the service's workers each own the connections they accepted, and reusing only the most
+    recent one or two (last in, first out) would send an open-loop load to one worker."""
 
     def __init__(self, url: str, key: str, max_connections: int = MAX_IN_FLIGHT):
         host, port = url.split("//", 1)[1].rsplit(":", 1)
         self.host, self.port, self.key = host, int(port), key
-        self.idle: list = []
+        self.idle: collections.deque = collections.deque()
         self.sem = asyncio.Semaphore(max_connections)
 
     async def post(self, path: str, body: bytes) -> int:
@@ -169,7 +180,7 @@ class RawClient:
         async with self.sem:
             while self.idle:
                 try:
-                    return await self._exchange(self.idle.pop(), path, body)
+                    return await self._exchange(self.idle.popleft(), path, body)
                 except (asyncio.IncompleteReadError, ConnectionError):
                     continue
             return await self._exchange(await asyncio.open_connection(self.host, self.port), path, body)
@@ -296,11 +307,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0, help="length of each load level")
     ap.add_argument("--rate", type=float, default=200.0, help="open-loop requests/s on /v1/predict")
     ap.add_argument("--batch", type=int, default=32, help="conflicts per batch request")
-    ap.add_argument("--levels", default="1,8,32")
+    ap.add_argument("--levels", default="1,8,32", help="closed-loop concurrency levels (empty: open loop only)")
     ap.add_argument("--no-results", action="store_true", help="do not append to bench/RESULTS.md")
     a = ap.parse_args()
     os.environ.setdefault("ATC_IL_PROGRESS", "0")
-    levels = [int(x) for x in a.levels.split(",")]
+    levels = [int(x) for x in a.levels.split(",") if x.strip()]
     t_setup = time.perf_counter()
     model = build_model(a.workdir, a.epochs)
     singles = payloads(a.workdir, 64)
@@ -311,7 +322,12 @@ def main() -> None:
     svc = Service(model, a.workers, max(64, a.batch))
     try:
         svc.wait_ready()
-        rows, rate_row = asyncio.run(run_load(svc, singles, batches, levels, a.seconds, a.rate))
+        try:   # the generator's own event loop in C too: it shares the 2 cores with the service
+            import uvloop
+            run = uvloop.run
+        except ImportError:
+            run = asyncio.run
+        rows, rate_row = run(run_load(svc, singles, batches, levels, a.seconds, a.rate))
     finally:
         svc.stop()
     p_peer = pct(peer)
@@ -322,7 +338,7 @@ def main() -> None:
         lines.append(f"| {r['endpoint']} | {r['load']} | {r['requests']} | {r['errors']} | {r['dropped']} | "
                      f"{r['req_s']:.1f} | {r['conflicts_s']:.1f} | " + " | ".join(f"{v:.1f}" for v in r["p"]) + " |")
     rate_peer = 1e3 / peer.mean()
-    lines.append(f"| peer: `Predictor.detect_and_predict` in-process | sequential, 1 thread | {len(peer)} | 0 | 0 | "
+    lines.append(f"| peer: the service's work in-process (no HTTP) | sequential, 1 thread | {len(peer)} | 0 | 0 | "
                  f"{rate_peer:.1f} | {rate_peer:.1f} | " + " | ".join(f"{v:.1f}" for v in p_peer) + " |")
     ok = rate_row["p"][2] < P99_TARGET_MS and rate_row["dropped"] == 0 and rate_row["errors"] == 0
     verdict = (f"**p99 < {P99_TARGET_MS:g} ms at {a.rate:g} req/s on /v1/predict: {'yes' if ok else 'NO'}** "
