@@ -54,22 +54,18 @@ def _validation_response(detail: list[dict], error="validation_error") -> JSONRe
     return error_response(422, error, f"{_loc(first['loc'])}: {first['msg']}{more}", detail)
 
 
-def default_torch_threads(workers: int = 1) -> int:
-    """Torch intra-op threads per worker: the cores shared among the workers (at least one)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, workers))
-
-
 def create_app(model_uri: str, *, api_keys, max_body_bytes: int = 2 * 2**20, max_batch: int = 64,
                n_alternatives_max: int = 64, max_aircraft: int = 200, expect_spec_hash: Optional[str] = None,
-               workers: int = 1, torch_threads: Optional[int] = None) -> FastAPI:
+               torch_threads: Optional[int] = None) -> FastAPI:
     """The service for ``model_uri`` (``models:/NAME@alias``, ``runs:/ID/model`` or a policy folder)."""
     keys = check_keys(api_keys)
     for name, v in (("max_body_bytes", max_body_bytes), ("max_batch", max_batch), ("max_aircraft", max_aircraft)):
         if int(v) < 1:
             raise AtcIlError(f"{name} must be at least 1, got {v}")
     n_alternatives_max = max(0, min(int(n_alternatives_max), S.N_ALTERNATIVES_LIMIT))
-    service = ModelService(model_uri, expect_spec_hash, torch_threads or default_torch_threads(workers))
+    # one torch thread: a request's forward pass is too small to split (2 threads on 2 cores doubled the latency
+    # of a single worker); the cores are used by running one worker per core
+    service = ModelService(model_uri, expect_spec_hash, torch_threads or 1)
     metrics = Metrics()
     batcher = MicroBatcher(service.infer, max_items=max(64, max_batch), on_batch=metrics.batch_size.observe)
     ConflictRequest = S.conflict_request_model(n_alternatives_max)

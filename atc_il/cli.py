@@ -281,7 +281,7 @@ def predict(model: str = typer.Option(..., "--model", help="models:/NAME@alias, 
 def serve(model: str = typer.Option(..., "--model", help="models:/NAME@alias, runs:/ID/model or a policy folder"),
           host: str = typer.Option("127.0.0.1", help="interface to listen on"),
           port: int = typer.Option(8000, min=1, max=65535),
-          workers: int = typer.Option(1, min=1, help="uvicorn worker processes (each loads the model once)"),
+          workers: int = typer.Option(1, min=1, help="uvicorn worker processes: one per core (each loads the model once)"),
           api_key_file: Optional[Path] = typer.Option(None, "--api-key-file",
                                                       help="API keys, one per line (also: ATC_IL_API_KEYS, comma-separated)"),
           expect_spec_hash: Optional[str] = typer.Option(None, help="refuse a model whose feature spec_hash differs"),
@@ -303,7 +303,7 @@ def serve(model: str = typer.Option(..., "--model", help="models:/NAME@alias, ru
     os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri(workspace))
     keys = load_api_keys(api_key_file)   # refuses to start without a key
     opts = {"max_body_bytes": max_body_bytes, "max_batch": max_batch, "n_alternatives_max": n_alternatives_max,
-            "expect_spec_hash": expect_spec_hash, "workers": workers}
+            "expect_spec_hash": expect_spec_hash}
     if workers == 1:
         from api.app import create_app
         web = create_app(model, api_keys=keys, **opts)
