@@ -56,7 +56,7 @@ def _validation_response(detail: list[dict], error="validation_error") -> JSONRe
 
 def create_app(model_uri: str, *, api_keys, max_body_bytes: int = 2 * 2**20, max_batch: int = 64,
                n_alternatives_max: int = 64, max_aircraft: int = 200, expect_spec_hash: Optional[str] = None,
-               torch_threads: Optional[int] = None) -> FastAPI:
+               torch_threads: Optional[int] = None, runtime: str = "auto") -> FastAPI:
     """The service for ``model_uri`` (``models:/NAME@alias``, ``runs:/ID/model`` or a policy folder)."""
     keys = check_keys(api_keys)
     for name, v in (("max_body_bytes", max_body_bytes), ("max_batch", max_batch), ("max_aircraft", max_aircraft)):
@@ -65,7 +65,7 @@ def create_app(model_uri: str, *, api_keys, max_body_bytes: int = 2 * 2**20, max
     n_alternatives_max = max(0, min(int(n_alternatives_max), S.N_ALTERNATIVES_LIMIT))
     # one torch thread: a request's forward pass is too small to split (2 threads on 2 cores doubled the latency
     # of a single worker); the cores are used by running one worker per core
-    service = ModelService(model_uri, expect_spec_hash, torch_threads or 1)
+    service = ModelService(model_uri, expect_spec_hash, torch_threads or 1, runtime)
     metrics = Metrics()
     batcher = MicroBatcher(service.infer, max_items=max(64, max_batch), on_batch=metrics.batch_size.observe)
     ConflictRequest = S.conflict_request_model(n_alternatives_max)
@@ -146,12 +146,13 @@ def create_app(model_uri: str, *, api_keys, max_body_bytes: int = 2 * 2**20, max
 
     @app.get("/v1/model", response_model=S.ModelInfo, responses=ERRORS, tags=["model"], dependencies=[documented_key])
     async def model():
-        """The served model: URI, name, version when known, feature spec hash, history steps."""
+        """The served model: URI, name, version when known, feature spec hash, history steps, and where its
+        context network runs (``onnxruntime`` or ``torch``)."""
         if not service.ready:
             raise StarletteHTTPException(503, "the model is not loaded yet")
         i = service.info
         return {**{k: i[k] for k in ("uri", "name", "version", "spec_hash", "history_steps", "step_s",
-                                     "exact_log_prob", "loaded_at")},
+                                     "exact_log_prob", "runtime", "loaded_at")},
                 "limits": {"max_body_bytes": max_body_bytes, "max_batch": max_batch, "max_aircraft": max_aircraft,
                            "n_alternatives_max": n_alternatives_max, "points_per_aircraft": S.POINTS_MAX,
                            "span_s": S.SPAN_MAX_S}}

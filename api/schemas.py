@@ -290,6 +290,7 @@ class ModelInfo(BaseModel):
     history_steps: int
     step_s: float
     exact_log_prob: bool
+    runtime: str = Field(description="where the context network runs: onnxruntime or torch")
     loaded_at: datetime
     limits: dict[str, int | float]
 

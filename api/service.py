@@ -16,12 +16,13 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pandas as pd
 
-from atc_il.errors import DataError, ModelError
+from atc_il.errors import ConfigError, DataError, ModelError
 from atc_il.schemas import ACTION_UNITS, action_id
 
 log = logging.getLogger("atc_il.api")
 TRACK_COLUMNS = ["time", "flight_id", "callsign", "lat_deg", "lon_deg", "alt_ft", "gs_kt", "trk_deg", "vs_fpm",
                  "cfl_ft"]
+RUNTIMES = ("auto", "torch", "onnx")   # where the context network runs (models/onnx_context.py)
 ACTION_COLUMNS = ["action_id", "time", "flight_id", "action_type", "value", "unit", "target_value", "waypoint",
                   "source", "confidence"]
 
@@ -120,10 +121,14 @@ def _warmup_tracks(step_s: float, steps: int) -> pd.DataFrame:
 class ModelService:
     """The loaded predictor; ``load`` once at start (it raises :class:`ModelError` on a model it refuses)."""
 
-    def __init__(self, uri: str, expect_spec_hash: str | None = None, torch_threads: int | None = None):
+    def __init__(self, uri: str, expect_spec_hash: str | None = None, torch_threads: int | None = None,
+                 runtime: str = "auto"):
+        if runtime not in RUNTIMES:
+            raise ConfigError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         self.uri = str(uri)
         self.expect_spec_hash = expect_spec_hash
         self.torch_threads = torch_threads
+        self.runtime = runtime
         self.predictor = None
         self.info: dict | None = None
 
@@ -148,11 +153,26 @@ class ModelService:
             raise ModelError(f"the model failed its warm-up prediction: {type(exc).__name__}: {exc}") from None
         if len(dec) != 1:
             raise ModelError("the model failed its warm-up prediction: no decision returned")
+        if self.runtime != "torch":
+            self._use_onnx(pred)
         meta = pred.metadata()
         self.info = {**meta, "version": model_version(self.uri), "loaded_at": datetime.now(timezone.utc)}
         self.predictor = pred
-        log.info("model %s loaded (spec_hash %s, %d history steps)", self.uri, meta["spec_hash"],
-                 meta["history_steps"])
+        log.info("model %s loaded (spec_hash %s, %d history steps, context network on %s)", self.uri,
+                 meta["spec_hash"], meta["history_steps"], meta["runtime"])
+
+    def _use_onnx(self, pred) -> None:
+        """The context network on ONNX Runtime (checked against PyTorch on the warm-up features); ``auto``
+        keeps PyTorch with a warning when that is not possible, ``onnx`` refuses to start."""
+        warm = pred.prepare(_warmup_tracks(pred.step_s, pred.dcfg.history_steps + 4), pairs=[("WARM1", "WARM2")])
+        why = pred.use_onnx([warm.features])
+        if why and self.runtime == "onnx":
+            raise ModelError(f"--runtime onnx: {why}")
+        if why:
+            log.warning("the context network stays on PyTorch: %s", why)
+            return
+        for n in (1, 2, 8):   # ONNX Runtime's first runs per shape
+            pred.infer([warm] * n)
 
     def ref(self) -> dict:
         return {"name": self.info["name"], "spec_hash": self.info["spec_hash"]}

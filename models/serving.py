@@ -37,6 +37,17 @@ class Predictor:
         self.policy.eval()
         self.dcfg = DatasetConfig(**self.policy.spec["config"])
         self.step_s = float(self.policy.spec["step_s"])
+        self.context = self.policy.context      # the context network: PyTorch, or ONNX Runtime (use_onnx)
+        self.runtime = "torch"
+
+    def use_onnx(self, examples: list[dict]) -> str:
+        """Run the context network on ONNX Runtime (:mod:`models.onnx_context`) when it reproduces PyTorch on
+        the feature dicts ``examples``; returns "" or why it stays on PyTorch."""
+        from models.onnx_context import onnx_context
+        fast, why = onnx_context(self.policy, examples)
+        if fast is not None:
+            self.context, self.runtime = fast, "onnxruntime"
+        return why
 
     @classmethod
     def from_uri(cls, uri: str, **kwargs) -> "Predictor":
@@ -46,7 +57,7 @@ class Predictor:
     def metadata(self) -> dict:
         return {"uri": self.uri, "name": self.policy.config.name, "spec_hash": self.policy.spec.get("spec_hash"),
                 "history_steps": self.dcfg.history_steps, "step_s": self.step_s,
-                "exact_log_prob": bool(self.policy.exact_log_prob)}
+                "exact_log_prob": bool(self.policy.exact_log_prob), "runtime": self.runtime}
 
     # ------------------------------------------------------------------ preparation
     def grid(self, tracks: pd.DataFrame) -> pd.DataFrame:
@@ -101,7 +112,7 @@ class Predictor:
         if not live:
             return [(_decision_arrays(it.samples, None), []) for it in items]
         obs = Observations.from_dict({k: np.concatenate([it.features[k] for it in live]) for k in live[0].features})
-        ctx = self.policy.context(obs)
+        ctx = self.context(obs)
         head = self.policy.head
         cond = head.predict(ctx, given_act=True)
         p_act = torch.softmax(head.act_out(head.trunk(ctx)).float(), -1)[:, 1]

@@ -125,6 +125,22 @@ def test_model_info(client, model_ws):
     m = client.get("/v1/model", headers=H).json()
     assert m["uri"] == str(model_ws / "run" / "best") and m["name"] == "tiny" and m["history_steps"] == 24
     assert len(m["spec_hash"]) == 16 and m["limits"]["max_batch"] == MAX_BATCH
+    assert m["runtime"] == "onnxruntime"      # the default (auto): checked against PyTorch at start
+
+
+def test_runtime_onnx_refuses_to_start_without_it_and_auto_keeps_pytorch(model_ws, monkeypatch, caplog):
+    import models.onnx_context as oc
+    from api.service import ModelService
+    from atc_il.errors import ConfigError, ModelError
+    monkeypatch.setattr(oc, "onnx_context", lambda policy, examples: (None, "no exporter here"))
+    with pytest.raises(ModelError, match="--runtime onnx: no exporter here"):
+        ModelService(str(model_ws / "run" / "best"), runtime="onnx").load()
+    auto = ModelService(str(model_ws / "run" / "best"), runtime="auto")
+    with caplog.at_level("WARNING", logger="atc_il.api"):
+        auto.load()
+    assert auto.info["runtime"] == "torch" and "no exporter here" in caplog.text
+    with pytest.raises(ConfigError, match="runtime"):
+        ModelService("x", runtime="fast")
 
 
 # ------------------------------------------------------------------ predictions
@@ -141,12 +157,14 @@ def test_served_prediction_equals_the_offline_prediction_function(client, confli
     d = dec.iloc[0]
     assert got["decision"]["act"] == bool(d.act) and got["decision"]["flight_id"] == d.flight_id
     assert got["decision"]["action_type"] == d.action_type and got["decision"]["unit"] == d.unit
-    assert got["decision"]["value"] == pytest.approx(d.value, abs=1e-4)
+    # float32 on ONNX Runtime vs PyTorch: equal to ~1e-7 relative (a value in ft rounds at ~1e-4 absolute)
+    assert got["decision"]["value"] == pytest.approx(d.value, rel=1e-5, abs=1e-4)
     assert got["decision"]["p_act"] == pytest.approx(d.p_act, abs=1e-4)
     assert got["conflict"]["in_conflict"] and got["conflict"]["tcpa_s"] == pytest.approx(samples.iloc[0].tcpa_s)
     assert [(m["flight_id"], m["action_type"]) for m in got["alternatives"]] == \
         [(m["flight_id"], m["action_type"]) for m in alts[0]]
-    assert [m["value"] for m in got["alternatives"]] == pytest.approx([m["value"] for m in alts[0]], abs=1e-4)
+    assert [m["value"] for m in got["alternatives"]] == pytest.approx([m["value"] for m in alts[0]], rel=1e-5,
+                                                                      abs=1e-4)
     assert sum(m["probability_given_act"] for m in got["alternatives"]) == pytest.approx(1.0)
     assert pd.Timestamp(got["time"]) == d.time and got["model"]["name"] == "tiny"
 

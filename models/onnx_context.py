@@ -1,0 +1,110 @@
+"""An ONNX Runtime copy of a policy's context network, for serving on CPUs.
+
+The context network (normaliser, encoder, posterior mean of the history VAE) is most of a request's forward
+pass, and at the REST service's batch sizes (1 to a few conflicts) PyTorch's eager per-operator overhead is
+most of its cost: ONNX Runtime runs the same graph about 4x faster at batch 1 on a CPU (bench/RESULTS.md).
+The head stays in PyTorch (its sampling takes the request's ``torch.Generator``).
+
+:func:`onnx_context` exports the network with ``torch.onnx.export`` (dynamo exporter, dynamic batch), opens it
+with one intra-op thread, and checks it against the PyTorch network on the examples it is given; it returns
+None with the reason when ONNX Runtime or the exporter is missing or the check fails, so the caller keeps
+PyTorch. The exported file is written to a private temporary folder (never read from a request or a model
+folder) and parsed by ONNX Runtime (protobuf, no code execution).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.interface import OBS_KEYS, Observations
+
+log = logging.getLogger("atc_il.models")
+ATOL = 1e-4     # the largest context difference accepted from the export check
+
+
+class _ContextNet(torch.nn.Module):
+    def __init__(self, policy):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, pair, neighbours, geometry, clearances):
+        return self.policy.context(Observations(pair, neighbours, geometry, clearances))
+
+
+class OnnxContext:
+    """``ctx = OnnxContext(...)(obs)``: the policy's context (B, C) as a float32 torch tensor."""
+
+    def __init__(self, session, path: Path):
+        self.session, self.path = session, path
+        self.inputs = [i.name for i in session.get_inputs()]
+
+    def __call__(self, obs: Observations) -> torch.Tensor:
+        feed = {name: np.ascontiguousarray(getattr(obs, name).detach().cpu().numpy(), dtype=np.float32)
+                for name in self.inputs}
+        return torch.from_numpy(self.session.run(None, feed)[0])
+
+
+def onnx_context(policy, examples: list[dict]) -> tuple[OnnxContext | None, str]:
+    """(the ONNX Runtime context network, "") or (None, why not). ``examples``: feature dicts (numpy arrays
+    per observation tensor) it must reproduce within :data:`ATOL`; the first is also the export example."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        return None, f"onnxruntime is not installed ({exc})"
+    policy.eval()
+    net = _ContextNet(policy).eval()
+    first = examples[0]
+    # an example batch of at least 2: a batch dimension of size 1 would be specialised to 1
+    ex = tuple(torch.as_tensor(np.concatenate([first[k]] * 2), dtype=torch.float32) for k in OBS_KEYS)
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    path = Path(tempfile.mkdtemp(prefix="atc-il-onnx-")) / "context.onnx"
+    quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript", "onnx_ir")]
+    levels = [q.level for q in quiet]
+    try:
+        for q in quiet:
+            q.setLevel(logging.ERROR)
+        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, ex, str(path), input_names=list(OBS_KEYS), output_names=["context"],
+                              dynamic_shapes={"pair": {0: batch}, "neighbours": {0: batch}, "geometry": {0: batch},
+                                              "clearances": {0: batch}}, dynamo=True, verbose=False)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:   # noqa: BLE001  (any exporter or runtime failure: keep PyTorch, say why)
+        return None, f"the export to ONNX failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+    finally:
+        for q, lv in zip(quiet, levels):
+            q.setLevel(lv)
+    fast = OnnxContext(session, path)
+    rng = np.random.default_rng(0)
+    with torch.inference_mode():
+        for f in [g for e in examples for g in (e, _perturbed(e, rng))]:
+            obs = Observations.from_dict(f)
+            diff = float((fast(obs) - policy.context(obs).float()).abs().max())
+            if not diff <= ATOL:
+                return None, f"the ONNX context differs from PyTorch's by {diff:.2e} (> {ATOL:g})"
+    return fast, ""
+
+
+def _perturbed(f: dict, rng: np.random.Generator) -> dict:
+    """``f`` with noise on every feature and random validity flags (the last feature of every tensor), so the
+    check also covers padding and partly observed histories."""
+    out = {}
+    for k, x in f.items():
+        y = np.array(x, dtype=np.float32, copy=True)
+        if y.size:
+            y[..., :-1] = y[..., :-1] * (1 + 0.1 * rng.standard_normal(y[..., :-1].shape)) + \
+                rng.standard_normal(y[..., :-1].shape)
+            y[..., -1] = rng.random(y[..., -1].shape) < 0.7
+        out[k] = y
+    return out
