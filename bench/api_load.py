@@ -96,7 +96,7 @@ def payloads(work: Path, n: int, points: int = 24) -> list[dict]:
     return out
 
 
-def in_process_peer(model: Path, bodies: list[dict], n: int) -> np.ndarray:
+def in_process_peer(model: Path, bodies: list[dict], n: int, runtime: str = "auto") -> np.ndarray:
     """Latency (ms) of the service's own work called in-process on the same requests, one thread, no HTTP:
     request validation, features, one forward pass, the response dict."""
     import gc
@@ -104,7 +104,7 @@ def in_process_peer(model: Path, bodies: list[dict], n: int) -> np.ndarray:
     from api import schemas as S
     from api.service import ModelService
     torch.set_num_threads(1)
-    svc = ModelService(str(model), torch_threads=1)
+    svc = ModelService(str(model), torch_threads=1, runtime=runtime)
     svc.load()
     gc.collect()
     gc.freeze()     # as the service does after loading
@@ -127,7 +127,7 @@ def in_process_peer(model: Path, bodies: list[dict], n: int) -> np.ndarray:
 class Service:
     """`atc-il serve` in a subprocess on a free loopback port."""
 
-    def __init__(self, model: Path, workers: int, max_batch: int):
+    def __init__(self, model: Path, workers: int, max_batch: int, runtime: str = "auto"):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -135,7 +135,8 @@ class Service:
         env = {**os.environ, "ATC_IL_API_KEYS": self.key, "ATC_IL_PROGRESS": "0"}
         self.proc = subprocess.Popen([sys.executable, "-m", "atc_il.cli", "serve", "--model", str(model),
                                       "--port", str(self.port), "--workers", str(workers), "--max-batch",
-                                      str(max_batch), "--log-level", "warning"], cwd=ROOT, env=env)
+                                      str(max_batch), "--runtime", runtime, "--log-level", "warning"], cwd=ROOT,
+                                     env=env)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 180.0) -> None:
@@ -323,6 +324,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="open-loop windows (--seconds each); verdict on all")
     ap.add_argument("--batch", type=int, default=32, help="conflicts per batch request")
     ap.add_argument("--levels", default="1,8,32", help="closed-loop concurrency levels (empty: open loop only)")
+    ap.add_argument("--runtime", default="auto", help="the service's --runtime (auto, onnx, torch)")
     ap.add_argument("--no-results", action="store_true", help="do not append to bench/RESULTS.md")
     a = ap.parse_args()
     os.environ.setdefault("ATC_IL_PROGRESS", "0")
@@ -331,10 +333,10 @@ def main() -> None:
     model = build_model(a.workdir, a.epochs)
     singles = payloads(a.workdir, 64)
     batches = [{"conflicts": [singles[(k * a.batch + j) % len(singles)] for j in range(a.batch)]} for k in range(4)]
-    peer = in_process_peer(model, singles, 200)
+    peer = in_process_peer(model, singles, 200, a.runtime)
     print(f"setup {time.perf_counter() - t_setup:.0f} s; {len(singles)} distinct conflicts; in-process p50 "
           f"{np.median(peer):.1f} ms", flush=True)
-    svc = Service(model, a.workers, max(64, a.batch))
+    svc = Service(model, a.workers, max(64, a.batch), a.runtime)
     try:
         svc.wait_ready()
         try:   # the generator's own event loop in C too: it shares the 2 cores with the service
@@ -363,7 +365,7 @@ def main() -> None:
                f"{p_peer[0]:.1f} ms).")
     body = "\n".join([
         f"`.venv/bin/python bench/api_load.py --workers {a.workers} --seconds {a.seconds:g} --rate {a.rate:g} "
-        f"--repeat {a.repeat} --batch {a.batch} --levels {a.levels}`: `atc-il serve` (uvicorn, {a.workers} worker(s)) on loopback, "
+        f"--repeat {a.repeat} --batch {a.batch} --levels {a.levels} --runtime {a.runtime}`: `atc-il serve` (uvicorn, {a.workers} worker(s)) on loopback, "
         f"a lean asyncio keep-alive HTTP/1.1 load generator (pre-encoded bodies) on the same 2 cores; model gru_mdn.yaml trained {a.epochs} epoch(s) on the "
         f"embedded sample; each conflict 2 aircraft x 24 points; batch = {a.batch} conflicts; closed-loop levels "
         f"{a.seconds:g} s each; latency in ms (open loop: from the scheduled send time).", "",
