@@ -9,7 +9,7 @@ The head stays in PyTorch (its sampling takes the request's ``torch.Generator``)
 with one intra-op thread, and checks it against the PyTorch network on the examples it is given; it returns
 None with the reason when ONNX Runtime or the exporter is missing or the check fails, so the caller keeps
 PyTorch. The exported file is written to a private temporary folder (never read from a request or a model
-folder) and parsed by ONNX Runtime (protobuf, no code execution).
+folder), parsed by ONNX Runtime (protobuf, no code execution) and removed once the session holds it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -42,8 +43,8 @@ class _ContextNet(torch.nn.Module):
 class OnnxContext:
     """``ctx = OnnxContext(...)(obs)``: the policy's context (B, C) as a float32 torch tensor."""
 
-    def __init__(self, session, path: Path):
-        self.session, self.path = session, path
+    def __init__(self, session):
+        self.session = session
         self.inputs = [i.name for i in session.get_inputs()]
 
     def __call__(self, obs: Observations) -> torch.Tensor:
@@ -85,7 +86,8 @@ def onnx_context(policy, examples: list[dict]) -> tuple[OnnxContext | None, str]
     finally:
         for q, lv in zip(quiet, levels):
             q.setLevel(lv)
-    fast = OnnxContext(session, path)
+        shutil.rmtree(path.parent, ignore_errors=True)     # the session holds the graph in memory
+    fast = OnnxContext(session)
     rng = np.random.default_rng(0)
     with torch.inference_mode():
         for f in [g for e in examples for g in (e, _perturbed(e, rng))]:
