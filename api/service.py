@@ -143,36 +143,35 @@ class ModelService:
             torch.set_num_threads(self.torch_threads)
         pred = Predictor.from_uri(self.uri)   # models.registry: weights_only loading
         check_feature_spec(pred.policy.spec, self.expect_spec_hash)
+        warm_tracks = _warmup_tracks(pred.step_s, pred.dcfg.history_steps + 4)
         try:
-            _, dec, _ = pred.detect_and_predict(_warmup_tracks(pred.step_s, pred.dcfg.history_steps + 4),
-                                                pairs=[("WARM1", "WARM2")], n_alternatives=4)
-            for n in (2, 8):   # the batched shapes the micro-batcher will use
-                pred.infer([pred.prepare(_warmup_tracks(pred.step_s, pred.dcfg.history_steps + 4),
-                                         pairs=[("WARM1", "WARM2")])] * n)
+            warm = pred.prepare(warm_tracks, pairs=[("WARM1", "WARM2")], n_alternatives=4)
+            (dec, _), = pred.infer([warm])
         except Exception as exc:   # noqa: BLE001
             raise ModelError(f"the model failed its warm-up prediction: {type(exc).__name__}: {exc}") from None
-        if len(dec) != 1:
+        if len(dec["time"]) != 1:
             raise ModelError("the model failed its warm-up prediction: no decision returned")
         if self.runtime != "torch":
-            self._use_onnx(pred)
+            self._use_onnx(pred, warm)
+        try:
+            for n in (2, 8):   # the batched shapes the micro-batcher will use, on the runtime that will serve
+                pred.infer([warm] * n)
+        except Exception as exc:   # noqa: BLE001
+            raise ModelError(f"the model failed its batched warm-up: {type(exc).__name__}: {exc}") from None
         meta = pred.metadata()
         self.info = {**meta, "version": model_version(self.uri), "loaded_at": datetime.now(timezone.utc)}
         self.predictor = pred
         log.info("model %s loaded (spec_hash %s, %d history steps, context network on %s)", self.uri,
                  meta["spec_hash"], meta["history_steps"], meta["runtime"])
 
-    def _use_onnx(self, pred) -> None:
-        """The context network on ONNX Runtime (checked against PyTorch on the warm-up features); ``auto``
-        keeps PyTorch with a warning when that is not possible, ``onnx`` refuses to start."""
-        warm = pred.prepare(_warmup_tracks(pred.step_s, pred.dcfg.history_steps + 4), pairs=[("WARM1", "WARM2")])
+    def _use_onnx(self, pred, warm) -> None:
+        """The context network on ONNX Runtime (checked against PyTorch on the warm-up features ``warm``);
+        ``auto`` keeps PyTorch with a warning when that is not possible, ``onnx`` refuses to start."""
         why = pred.use_onnx([warm.features])
         if why and self.runtime == "onnx":
             raise ModelError(f"--runtime onnx: {why}")
         if why:
             log.warning("the context network stays on PyTorch: %s", why)
-            return
-        for n in (1, 2, 8):   # ONNX Runtime's first runs per shape
-            pred.infer([warm] * n)
 
     def ref(self) -> dict:
         return {"name": self.info["name"], "spec_hash": self.info["spec_hash"]}

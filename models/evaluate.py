@@ -22,7 +22,6 @@ None when the split holds a single style).
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 

@@ -141,7 +141,7 @@ class Predictor:
         if samples.empty:
             return pd.DataFrame(columns=DECISION_COLUMNS), []
         idx = index or TrackIndex.build(grid, self.step_s)
-        s = Samples.of(samples)
+        s = Samples.of(samples, ("tcpa_s", "dcpa_nm"))
         item = Prepared(s, self.features(s, idx, clearances, flight_plans), n_alternatives, seed)
         (dec, alts), = self.infer([item])
         return decisions_frame(dec), alts

@@ -63,16 +63,16 @@ class Samples:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def of(cls, samples: "Samples | pd.DataFrame") -> "Samples":
+    def of(cls, samples: "Samples | pd.DataFrame", extra: tuple[str, ...] = ()) -> "Samples":
+        """``samples`` as arrays, with the ``extra`` columns the table has."""
         if isinstance(samples, Samples):
             return samples
         missing = [c for c in ("time", "flight_id_1", "flight_id_2", "first_detection") if c not in samples]
         if missing:
             raise DataError(f"samples: columns {missing} are missing; have {list(samples.columns)}")
-        rest = [c for c in samples.columns if c not in ("time", "flight_id_1", "flight_id_2", "first_detection")]
         return cls(to_ns(samples["time"]), samples["flight_id_1"].to_numpy(dtype=object),
                    samples["flight_id_2"].to_numpy(dtype=object), to_ns(samples["first_detection"]),
-                   {c: samples[c].to_numpy() for c in rest})
+                   {c: samples[c].to_numpy() for c in extra if c in samples})
 
     def __len__(self) -> int:
         return len(self.t_ns)

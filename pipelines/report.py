@@ -14,7 +14,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from atc_il.io import read_table
 from atc_il.schemas import CONFLICT_SCHEMA, EPISODE_SCHEMA

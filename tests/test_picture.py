@@ -99,3 +99,15 @@ def test_requested_pairs_in_conflict_or_not():
         pic.samples(at, pairs=[(present[0], "NOPE")])
     with pytest.raises(DataError, match="decision time"):
         pic.samples(pic.last_ns + 10**12)
+
+
+def test_flight_codes_of_a_few_ids_equal_the_index_lookup():
+    """codes_of binary-searches a request's few ids and uses the hash lookup for many: both give the same codes."""
+    from pipelines.dataset import TrackIndex
+    idx = TrackIndex.build(_pandas_grid(_points(0)), STEP)
+    names = list(idx.flights)
+    ids = names[::2] + ["NOPE", "", names[-1] + "Z"] + names[1::3]
+    want = idx.flights.get_indexer(pd.Index(ids, dtype=object))
+    assert list(idx.codes_of(ids)) == list(want) and (want == -1).sum() == 3
+    many = (ids * 20)[:100]                                   # beyond the binary-search size
+    assert list(idx.codes_of(many)) == list(idx.flights.get_indexer(pd.Index(many, dtype=object)))
