@@ -67,6 +67,12 @@ class DatasetConfig(Section):
                            "strictly before that step, within nuisance_window_s); off leaves the feature spec unchanged")
     nuisance_window_s: float = Field(600.0, gt=0, description="a clearance older than this no longer counts as "
                                      "manoeuvring (dataset.nuisance)")
+    controller_history: bool = Field(True, description="append to the geometry tensor, per history step, the "
+                                     "controller's own history: seconds since each aircraft's last clearance, whether "
+                                     "it was cleared since the conflict was first detected, and the clearances of each "
+                                     "kind given within clearance_horizon_s (pipelines/history.py)")
+    history_cap_s: float = Field(600.0, gt=0, description="seconds since the last clearance are capped here (and an "
+                                 "aircraft never cleared gets this value) (dataset.controller_history)")
 
 
 class PipelineConfig(Section):

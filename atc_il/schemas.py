@@ -64,6 +64,9 @@ ACTION_SCHEMA = pa.schema(
         pa.field("waypoint", pa.string()),        # direct_to target
         pa.field("source", pa.string(), nullable=False),
         pa.field("confidence", pa.float64(), nullable=False),  # 0..1
+        # the other aircraft of the conflict the clearance resolves, when the source knows it (the simulator's
+        # controllers do; real clearance logs rarely do): the action is then linked to that conflict only
+        pa.field("against_flight_id", pa.string()),
     ],
     metadata={"contract": "atc-il/action/1"},
 )

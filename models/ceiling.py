@@ -1,18 +1,28 @@
-"""The Bayes ceiling on synthetic data: how well any model could do, from the expert's recorded probabilities.
+"""Two ceilings on synthetic data: how well any model could do, from the expert's recorded probabilities.
 
-The synthetic expert (simulator_adapters/atco.py) records, at every decision it considered, the exact
-distribution of its decision: ``p_act`` and the joint over (aircraft, type, value) given acting.
-A data-set sample (conflict pair, decision time) that the expert did not consider (it did not see the
-conflict on its noisy radar, or had already handled it) has a deterministic "no action" under the
-expert. The ceiling is the expert scored against its own demonstrations: the best accuracy any
-predictor can reach (``E[max p]``) and the lowest possible negative log-likelihood (the expert's own),
-for the discrete parts of the decision. Its information includes the latent style, which a model can
-only infer from history: the gap to the ceiling is what history and latent variables can win back.
+The synthetic expert (simulator_adapters/atco.py) records, at every decision it considers (a conflict on
+its radar picture, or a resume), the exact distribution of its decision: ``p_act`` and the joint over
+(aircraft, type, value) given acting, under its own style and (``by_style``) under every style with the
+style prior. A data-set sample (conflict pair, decision time) that the expert did not consider (it did not
+see the conflict on its noisy radar, or had already handled it) has a deterministic "no action".
+
+- The **oracle** ceiling scores the expert's own distribution against its demonstrations: it knows the
+  session's style, which no model observes.
+- The **achievable** ceiling is the Bayes-optimal predictor given the session's earlier observable decisions:
+  the style is marginalised with its exact posterior given every decision the expert took (or did not take)
+  strictly before the sample's time in the same session, ``P(style | earlier) ∝ prior(style) ·
+  Π_r p(decision_r | style)``; the predictive distribution is the posterior mixture of the per-style
+  distributions. It still uses the expert's own picture at the decision (its radar noise, whether it saw the
+  conflict): what remains between it and a model is what history and latent variables can win back; the
+  difference between the two ceilings is what no model can (the style no history has revealed yet).
+Both score the discrete parts of the decision: the best accuracy any predictor can reach (``E[max p]``) and
+the lowest possible negative log-likelihood, with p(aircraft) · p(type | aircraft) as models factorise it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -24,15 +34,84 @@ from atc_il.schemas import ACTION_TYPES, to_ns
 MODE_TOLERANCE = {"heading": 5.0, "altitude": 250.0, "speed": 5.0, "direct_to": 5.0, "resume": 1.0}
 
 
+CEILINGS = ("oracle", "achievable")
+
+
 def load_truth(path: str | Path) -> pd.DataFrame:
     t = pd.read_parquet(path)
-    t["joint"] = t["joint"].map(lambda j: json.loads(j) if isinstance(j, str) else j)
+    for col in ("joint", "by_style"):
+        if col in t:
+            t[col] = t[col].map(lambda j: json.loads(j) if isinstance(j, str) else j)
     return t
 
 
+def _log_lik(rec_by_style: dict, acted: bool, aircraft: int, action_type, value: float) -> dict[str, float]:
+    """log p(the recorded decision | style) for every style of a record's ``by_style``."""
+    out = {}
+    for s, d in rec_by_style.items():
+        pa = float(d["p_act"])
+        if not acted:
+            out[s] = math.log(max(1.0 - pa, 1e-300))
+            continue
+        q = sum(float(j[3]) for j in d["joint"] if int(j[0]) == aircraft and j[1] == action_type
+                and abs(float(j[2]) - value) < 1e-6)
+        out[s] = math.log(max(pa * q, 1e-300))
+    return out
+
+
+def achievable(truth: pd.DataFrame) -> pd.DataFrame:
+    """``truth`` with ``p_act`` and ``joint`` replaced by the achievable ceiling's predictive distribution
+    (the style marginalised with its posterior given the session's decisions strictly before each record's
+    time) and ``style_posterior`` (style -> probability) added. Sessions are scenarios; records need
+    ``by_style`` (truth tables written before it existed raise DataError)."""
+    from atc_il.errors import DataError
+    if "by_style" not in truth:
+        raise DataError("expert truth has no by_style column (per-style distributions): re-simulate the "
+                        "demonstrations with this version of atc-il to compute the achievable ceiling")
+    out = truth.copy()
+    p_act, joints, posts = np.zeros(len(out)), [None] * len(out), [None] * len(out)
+    times = to_ns(out["time"])
+    for _, rows in out.groupby("scenario", sort=False).indices.items():
+        rows = rows[np.argsort(times[rows], kind="stable")]
+        styles = list(out["by_style"].iloc[rows[0]])
+        prior = np.array([float(out["by_style"].iloc[rows[0]][s].get("prior", 1.0 / len(styles))) for s in styles])
+        log_w = np.log(prior)
+        i = 0
+        while i < len(rows):                      # one distinct decision time at a time
+            j = i
+            while j < len(rows) and times[rows[j]] == times[rows[i]]:
+                j += 1
+            w = np.exp(log_w - log_w.max())
+            w /= w.sum()
+            post = dict(zip(styles, w.tolist()))
+            for r in rows[i:j]:
+                bs = out["by_style"].iloc[r]
+                pa_s = np.array([float(bs[s]["p_act"]) for s in styles])
+                pa = float(w @ pa_s)
+                mix: dict = {}
+                for s, ws, ps in zip(styles, w, pa_s):
+                    weight = ws * ps if pa > 0 else ws
+                    for k, t, v, q in bs[s]["joint"]:
+                        key = (int(k), t, float(v))
+                        mix[key] = mix.get(key, 0.0) + weight * float(q)
+                total = sum(mix.values())
+                p_act[r], posts[r] = pa, post
+                joints[r] = [(k, t, v, q / total) for (k, t, v), q in mix.items()] if total > 0 else []
+            for r in rows[i:j]:                   # then learn from this time's decisions
+                rec = out.iloc[r]
+                acted = bool(rec["acted"]) and rec["action_type"] is not None and not pd.isna(rec["action_type"])
+                ll = _log_lik(out["by_style"].iloc[r], acted, int(rec["aircraft"]) if acted else -1,
+                              rec["action_type"], float(rec["value"]) if acted else 0.0)
+                log_w = log_w + np.array([ll[s] for s in styles])
+            i = j
+    out["p_act"], out["joint"], out["style_posterior"] = p_act, joints, posts
+    return out
+
+
 def expert_distributions(time_ns: np.ndarray, f1: list, f2: list, truth: pd.DataFrame) -> dict:
-    """Per sample: ``p_act`` (N,), ``p_aircraft`` (N, 2) and ``p_type`` (N, n_types) given acting, the
-    ``modes`` [(aircraft, type index, value, probability given acting)], and ``matched`` (N,) bool."""
+    """Per sample: ``p_act`` (N,), ``p_aircraft`` (N, 2), ``p_type`` (N, n_types) and ``p_type_given_aircraft``
+    (N, 2, n_types) given acting, the ``modes`` [(aircraft, type index, value, probability given acting)], and
+    ``matched`` (N,) bool. ``truth``: the expert's table (the oracle ceiling) or :func:`achievable` of it."""
     n = len(time_ns)
     key = pd.DataFrame({"t": np.asarray(time_ns, dtype=np.int64), "f1": list(f1), "f2": list(f2)})
     tr = pd.DataFrame({"t": to_ns(truth["time"]), "f1": truth["flight_id_1"].astype(str).to_numpy(),
@@ -41,9 +120,11 @@ def expert_distributions(time_ns: np.ndarray, f1: list, f2: list, truth: pd.Data
     m = key.merge(tr, on=["t", "f1", "f2"], how="left")
     rows = m["row"].to_numpy()
     matched = ~np.isnan(rows)
+    n_types = len(ACTION_TYPES)
     p_act = np.zeros(n)
     p_ac = np.full((n, 2), 0.5)
-    p_type = np.full((n, len(ACTION_TYPES)), 1.0 / len(ACTION_TYPES))
+    p_type = np.full((n, n_types), 1.0 / n_types)
+    p_tga = np.full((n, 2, n_types), 1.0 / n_types)
     modes: list[list] = [[] for _ in range(n)]
     pa = truth["p_act"].to_numpy()
     joint = truth["joint"].to_numpy()
@@ -53,39 +134,46 @@ def expert_distributions(time_ns: np.ndarray, f1: list, f2: list, truth: pd.Data
         j = joint[r]
         if not len(j):
             continue
-        ac = np.zeros(2)
-        ty = np.zeros(len(ACTION_TYPES))
+        at = np.zeros((2, n_types))
         for k, t, v, q in j:
             ti = ACTION_TYPES.index(t)
-            ac[int(k)] += q
-            ty[ti] += q
+            at[int(k), ti] += q
             modes[i].append((int(k), ti, float(v), float(q)))
-        p_ac[i], p_type[i] = ac / ac.sum(), ty / ty.sum()
-    return {"p_act": p_act, "p_aircraft": p_ac, "p_type": p_type, "modes": modes, "matched": matched}
+        total = at.sum()
+        ac = at.sum(1)
+        p_ac[i], p_type[i] = ac / total, at.sum(0) / total
+        for k in (0, 1):
+            if ac[k] > 0:
+                p_tga[i, k] = at[k] / ac[k]
+    return {"p_act": p_act, "p_aircraft": p_ac, "p_type": p_type, "p_type_given_aircraft": p_tga, "modes": modes,
+            "matched": matched}
 
 
 def ceiling_metrics(dist: dict, act: np.ndarray, aircraft: np.ndarray, typ: np.ndarray) -> dict:
-    """The expert's own scores on the demonstrated labels (the best any model can do in expectation)."""
+    """A ceiling's scores on the demonstrated labels (the best any predictor with its information can do, in
+    expectation): accuracies ``E[max p]``, and the negative log-likelihoods of the labels."""
     p_act = np.clip(dist["p_act"], 1e-12, 1 - 1e-12)
     act = np.asarray(act).astype(int)
     pos = act == 1
     out = {"act_accuracy": float(np.mean(np.maximum(dist["p_act"], 1 - dist["p_act"]))),
            "act_nll": float(-np.mean(np.where(pos, np.log(p_act), np.log1p(-p_act)))),
-           "matched_share": float(dist["matched"].mean())}
+           "matched_share": float(dist["matched"].mean()),
+           "acting_matched_share": float(dist["matched"][pos].mean()) if pos.any() else float("nan")}
     if pos.any():
         pa = dist["p_aircraft"][pos]
         pt = dist["p_type"][pos]
-        ai = np.asarray(aircraft)[pos].astype(int)
-        ti = np.asarray(typ)[pos].astype(int)
+        ai = np.asarray(aircraft)[pos].astype(int).clip(0, 1)
+        ti = np.asarray(typ)[pos].astype(int).clip(0, None)
         out["aircraft_accuracy"] = float(pa.max(1).mean())
         out["type_accuracy"] = float(pt.max(1).mean())
         rows = np.arange(pos.sum())
-        with np.errstate(divide="ignore"):
-            lp = (np.log(np.clip(p_act[pos], 1e-12, 1)) + np.log(np.clip(pa[rows, ai], 1e-12, 1))
-                  + np.log(np.clip(pt[rows, np.clip(ti, 0, None)], 1e-12, 1)))
-        out["positive_discrete_nll"] = float(-lp.mean())
-        extra = -(lp - np.log(np.clip(p_act[pos], 1e-12, 1)))           # aircraft + type terms
-        out["discrete_nll"] = float(out["act_nll"] + extra.sum() / len(act))
+        p_t = dist["p_type_given_aircraft"][pos][rows, ai, ti]
+        lp_ac = np.log(np.clip(pa[rows, ai], 1e-12, 1))
+        lp_ty = np.log(np.clip(p_t, 1e-12, 1))
+        out["positive_discrete_nll"] = float(-(np.log(p_act[pos]) + lp_ac + lp_ty).mean())
+        out["aircraft_nll_given_act"] = float(-lp_ac.mean())
+        out["type_nll_given_act"] = float(-lp_ty.mean())
+        out["discrete_nll"] = float(out["act_nll"] - (lp_ac + lp_ty).sum() / len(act))
     return out
 
 

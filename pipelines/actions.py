@@ -37,7 +37,7 @@ __all__ = ["read_clearance_log", "read_flight_plans", "infer_actions", "link_act
            "drop_logged_duplicates", "count_links"]
 
 LOG_COLUMNS = ("time", "flight_id", "action_type", "value", "unit", "target_value", "waypoint",
-               "source", "confidence", "action_id")
+               "source", "confidence", "action_id", "against_flight_id")
 MAX_STATE_AGE_S = 60.0
 DUPLICATE_WINDOW_S = 60.0
 # heading, direct-to and resume are one lateral manoeuvre for duplicate detection
@@ -241,6 +241,9 @@ def read_clearance_log(path, mapping: dict | str | None = None, tracks: pd.DataF
     target = np.where(np.isnan(tgt), np.where(val_abs, val, np.nan), tgt)
     value = np.where(val_abs, np.nan, val)
     df = pd.DataFrame({"time": t, "flight_id": fid, "action_type": kind, "waypoint": wpt})
+    if "against_flight_id" in have:         # which conflict the clearance resolves, when the log knows it
+        against = have["against_flight_id"]
+        df["against_flight_id"] = against.astype(str).str.strip().where(~_blank(against), None)
     if tracks is not None and not tracks.empty:
         st = _state_at(df, tracks)
         ref = np.select([(kind == "altitude").to_numpy(), (kind == "speed").to_numpy()],
@@ -304,7 +307,9 @@ def read_flight_plans(path) -> pd.DataFrame:
 def link_actions(actions: pd.DataFrame, episodes: pd.DataFrame, cfg: ActionConfig = ActionConfig()) -> pd.DataFrame:
     """ACTION_LINK_SCHEMA rows: each action on either aircraft of an episode, issued from
     first_detection - link_margin_s to last_detection and before the predicted CPA time (no CPA
-    time: no such bound, time_to_cpa_s null)."""
+    time: no such bound, time_to_cpa_s null). An action whose ``against_flight_id`` is known (the
+    simulator's controllers record which conflict a clearance resolves) is linked only to the episodes of
+    that pair, not to every other conflict its aircraft is in at the time."""
     if actions.empty or episodes.empty:
         return empty(ACTION_LINK_SCHEMA)
     act = conform(actions, ACTION_SCHEMA, "actions")
@@ -312,9 +317,11 @@ def link_actions(actions: pd.DataFrame, episodes: pd.DataFrame, cfg: ActionConfi
         [action_id(f, t, k) for f, t, k in zip(act["flight_id"], act["time"], act["action_type"])], index=act.index))
     ep = conform(episodes, EPISODE_SCHEMA, "episodes")[
         ["episode_id", "flight_id_1", "flight_id_2", "first_detection", "last_detection", "predicted_cpa_time"]]
-    sides = pd.concat([ep.rename(columns={f"flight_id_{k}": "flight_id"}).drop(columns=f"flight_id_{3 - k}")
+    sides = pd.concat([ep.rename(columns={f"flight_id_{k}": "flight_id", f"flight_id_{3 - k}": "other_flight_id"})
                        .assign(aircraft=k) for k in (1, 2)], ignore_index=True)
     m = act.merge(sides, on="flight_id")
+    against = m["against_flight_id"]
+    m = m[against.isna() | (against == m["other_flight_id"])]
     cpa = m["predicted_cpa_time"]
     keep = ((m["time"] >= m["first_detection"] - pd.Timedelta(seconds=cfg.link_margin_s))
             & (m["time"] <= m["last_detection"]) & (cpa.isna() | (m["time"] < cpa)))

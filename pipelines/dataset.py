@@ -30,6 +30,7 @@ from atc_il.progress import track
 from atc_il.schemas import (ACTION_LINK_SCHEMA, ACTION_SCHEMA, ACTION_TYPES, CONFLICT_SCHEMA, EPISODE_SCHEMA,
                             TRACK_SCHEMA, to_ns)
 from pipelines.goal import GOAL, goal_features
+from pipelines.history import HISTORY, history_features
 from pipelines.shards import SPEC_FILE, RunningStats, spec_hash, write_shard
 
 SPLITS = ("train", "val", "test")
@@ -284,6 +285,10 @@ def build_features(samples: "Samples | pd.DataFrame", idx: TrackIndex, actions: 
         geometry = _goal(geometry, a, b, f1, f2, theta, flight_plans)
     if cfg.nuisance:
         geometry = _with_nuisance(geometry, actions, t_steps, f1, f2, cfg.nuisance_window_s)
+    if cfg.controller_history:
+        g = history_features(actions, t_steps, f1, f2, first, cfg.clearance_horizon_s, cfg.history_cap_s)
+        g[geometry[..., -1] < 0.5] = 0.0
+        geometry = np.concatenate([geometry[..., :-1], g, geometry[..., -1:]], axis=-1)
     return {"pair": pair, "neighbours": neighbours, "geometry": geometry, "clearances": clear}
 
 
@@ -414,6 +419,8 @@ def feature_spec(cfg: DatasetConfig, step_s: float) -> dict:
     geom = GEOM[:-1] + GOAL + GEOM[-1:] if cfg.goal else GEOM      # `valid` stays last
     if cfg.nuisance:
         geom = geom[:-1] + NUISANCE + geom[-1:]
+    if cfg.controller_history:
+        geom = geom[:-1] + HISTORY + geom[-1:]
     return {
         "version": 1,
         "step_s": step_s,

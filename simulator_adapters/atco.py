@@ -110,24 +110,25 @@ class SyntheticAtco(Controller):
         self.pairs, self.last_cleared, self.plans = {}, {}, {}
 
     # ------------------------------------------------------------------ distributions
-    def distribution(self, c: dict, a: dict, b: dict, now: float, shown_s: float) -> dict:
+    def distribution(self, c: dict, a: dict, b: dict, now: float, shown_s: float, style: str | None = None) -> dict:
         """The exact decision distribution for one conflict: ``p_act`` and the joint over
-        (aircraft, type, value) given acting, as a list of (aircraft, type, value, probability)."""
-        p, s = self.p, STYLES.index(self.style)
+        (aircraft, type, value) given acting, as a list of (aircraft, type, value, probability); under
+        ``style`` (default: the session's own)."""
+        p, s = self.p, STYLES.index(style or self.style)
         p_act = p.h_max * _sigmoid((shown_s - p.show_min_s[s]) / 10.0) * _sigmoid((p.tcpa_act_s[s] - c["tcpa_s"]) / 30.0)
         recent = [float(now - self.last_cleared.get(x["flight_id"], (-1e9,))[0] < p.recent_s) for x in (a, b)]
         vert = [float(abs(x["vs_fpm"]) > 500) for x in (a, b)]
         p1 = _sigmoid(p.recent_penalty * (recent[1] - recent[0]) + p.climb_bonus * (vert[0] - vert[1]))
         joint = []
         for k, (own, other, pk) in enumerate(((a, b, p1), (b, a, 1 - p1))):
-            for t, pt in self._type_probs(own).items():
-                for value, pv in self._value_probs(t, own, other).items():
+            for t, pt in self._type_probs(own, s).items():
+                for value, pv in self._value_probs(t, own, other, s).items():
                     if pk * pt * pv > 0:
                         joint.append((k, t, value, pk * pt * pv))
         return {"p_act": p_act, "p_aircraft_1": p1, "joint": joint}
 
-    def _type_probs(self, own: dict) -> dict:
-        p, s = self.p, STYLES.index(self.style)
+    def _type_probs(self, own: dict, s: int) -> dict:
+        p = self.p
         w = dict(zip(TYPES, p.type_probs[s]))
         if abs(own["vs_fpm"]) > 500:
             w["altitude"] *= p.climbing_altitude_factor
@@ -140,8 +141,8 @@ class SyntheticAtco(Controller):
         target = own["alt_ft"] + direction * self.p.altitude_mags[0]
         return self.p.fl_min * 100 <= target <= self.p.fl_max * 100
 
-    def _value_probs(self, t: str, own: dict, other: dict) -> dict:
-        p, s = self.p, STYLES.index(self.style)
+    def _value_probs(self, t: str, own: dict, other: dict, s: int) -> dict:
+        p = self.p
         qdr, dist = kwik_qdr_dist_nm(own["lat_deg"], own["lon_deg"], other["lat_deg"], other["lon_deg"])
         rel = math.radians(float(wrap180(qdr - own["trk_deg"])))
         goal = self._goal(own)
@@ -226,18 +227,24 @@ class SyntheticAtco(Controller):
             if key[0] not in radar.index or key[1] not in radar.index:
                 continue
             a, b = radar.loc[key[0]].to_dict(), radar.loc[key[1]].to_dict()
-            dist = self.distribution(c, a, b, now, now - st.first_shown)
+            shown_s = now - st.first_shown
+            dist = self.distribution(c, a, b, now, shown_s)
+            by_style = {s: dist if s == self.style else self.distribution(c, a, b, now, shown_s, style=s)
+                        for s in STYLES}
             acted = bool(self.rng.random() < dist["p_act"])
             record = {"sim_s": now, "time": obs.time, "flight_id_1": key[0], "flight_id_2": key[1],
-                      "style": self.style, "p_act": dist["p_act"], "p_aircraft_1": dist["p_aircraft_1"],
-                      "joint": dist["joint"], "acted": acted, "aircraft": -1, "action_type": None,
+                      "kind": "conflict", "style": self.style, "p_act": dist["p_act"],
+                      "p_aircraft_1": dist["p_aircraft_1"], "joint": dist["joint"],
+                      "by_style": {s: {"prior": pr, "p_act": by_style[s]["p_act"], "joint": by_style[s]["joint"]}
+                                   for s, pr in zip(STYLES, self.p.style_prior)},
+                      "acted": acted, "aircraft": -1, "action_type": None,
                       "value": float("nan"), "log_prob": math.log(max(1 - dist["p_act"], 1e-300))}
             if acted and dist["joint"]:
                 probs = np.array([j[3] for j in dist["joint"]])
                 i = int(self.rng.choice(len(probs), p=probs / probs.sum()))
                 k, t, v, q = dist["joint"][i]
                 fid = key[k]
-                dec.clearances.append(Clearance(fid, t, float(v)))
+                dec.clearances.append(Clearance(fid, t, float(v), against=key[1 - k]))
                 self.last_cleared[fid] = (now, t, key[1 - k])
                 st.handled, st.handled_at = True, now
                 record.update(aircraft=k, action_type=t, value=float(v), log_prob=math.log(dist["p_act"] * q))
@@ -247,10 +254,26 @@ class SyntheticAtco(Controller):
                 continue
             if other in radar.index and not self._diverging(radar.loc[fid], radar.loc[other]):
                 continue
-            if self.rng.random() < self.p.p_resume:
-                dec.clearances.append(Clearance(fid, "resume", 0.0))
+            acted = bool(self.rng.random() < self.p.p_resume)
+            dec.truth.append(self._resume_record(obs, fid, other, acted))
+            if acted:
+                dec.clearances.append(Clearance(fid, "resume", 0.0, against=other))
                 self.last_cleared[fid] = (now, "resume", other)
         return dec
+
+    def _resume_record(self, obs: Observation, fid: str, other: str, acted: bool) -> dict:
+        """The truth record of a resume decision (style-independent: the same under every style), on the
+        pair (fid, other) ordered as conflict pairs are (flight_id_1 < flight_id_2)."""
+        k = 0 if fid < other else 1
+        f1, f2 = (fid, other) if k == 0 else (other, fid)
+        p = self.p.p_resume
+        joint = [(k, "resume", 0.0, 1.0)]
+        return {"sim_s": obs.sim_s, "time": obs.time, "flight_id_1": f1, "flight_id_2": f2, "kind": "resume",
+                "style": self.style, "p_act": p, "p_aircraft_1": float(k == 0), "joint": joint,
+                "by_style": {s: {"prior": pr, "p_act": p, "joint": joint} for s, pr in zip(STYLES, self.p.style_prior)},
+                "acted": acted,
+                "aircraft": k if acted else -1, "action_type": "resume" if acted else None,
+                "value": 0.0 if acted else float("nan"), "log_prob": math.log(p if acted else 1 - p)}
 
 
 register("atco")(SyntheticAtco)

@@ -24,6 +24,10 @@ class Clearance:
     action_type: str
     value: float = 0.0
     waypoint: str | None = None
+    #: the other aircraft of the conflict this clearance resolves, when the controller knows it (the
+    #: expert and the model controller do): written to the action log so that the clearance is linked to
+    #: that conflict only, not to every conflict its aircraft is in
+    against: str | None = None
 
 
 @dataclass

@@ -79,6 +79,9 @@ def relabel(res, index: int) -> dict:
     if len(ac):
         ac["time"] = ac["time"] + shift
         ac["flight_id"] = fid(ac["flight_id"])
+        if "against_flight_id" in ac:
+            known = ac["against_flight_id"].notna()
+            ac["against_flight_id"] = ac["against_flight_id"].where(~known, fid(ac["against_flight_id"]))
         ac["action_id"] = [action_id(f, t, a) for f, t, a in zip(ac["flight_id"], ac["time"], ac["action_type"])]
     truth = res.truth.copy()
     if len(truth):
@@ -86,6 +89,8 @@ def relabel(res, index: int) -> dict:
         for c in ("flight_id_1", "flight_id_2"):
             truth[c] = fid(truth[c])
         truth["joint"] = truth["joint"].map(json.dumps)
+        if "by_style" in truth:
+            truth["by_style"] = truth["by_style"].map(json.dumps)
     return {"tracks": tr, "actions": ac, "truth": truth, "meta": res.meta}
 
 

@@ -182,7 +182,7 @@ def rollout(scenario: Scenario, controller: Controller, sim: BlueSkySim, cfg: Ro
             except SimulatorError as exc:
                 errors.append(f"{now.isoformat()} {c}: {exc}")
                 continue
-            actions.append(row)
+            actions.append({**row, "against_flight_id": c.against})
         if dec.clearances:
             cleared = pd.DataFrame(actions, columns=ACTION_SCHEMA.names)
         for r in dec.truth:

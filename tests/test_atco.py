@@ -80,3 +80,28 @@ def test_style_is_latent_per_session_and_registry_builds_controllers():
         styles.add(c.style)
     assert styles == set(STYLES)
     assert make_controller("none").decide(_obs(0.0)).clearances == []
+
+
+def test_records_the_distribution_under_every_style_and_the_resume_decisions():
+    atco = SyntheticAtco(style="speed_first")
+    atco.reset("s", 0)
+    atco.pairs[("A", "B")] = _PairState(first_shown=0.0, last_shown=50.0)
+    expected = {s: atco.distribution(CONF, A, B, now=60.0, shown_s=60.0, style=s) for s in STYLES}
+    rec = atco.decide(_obs(60.0)).truth[0]
+    assert set(rec["by_style"]) == set(STYLES) and rec["kind"] == "conflict"
+    assert sum(d["prior"] for d in rec["by_style"].values()) == pytest.approx(1.0)
+    own = rec["by_style"]["speed_first"]
+    assert own["p_act"] == rec["p_act"] and own["joint"] == rec["joint"]
+    for s in STYLES:                  # each entry is that style's exact distribution at the same state
+        d = expected[s]
+        assert rec["by_style"][s]["p_act"] == pytest.approx(d["p_act"]) and rec["by_style"][s]["joint"] == d["joint"]
+    assert rec["by_style"]["vertical_first"]["p_act"] != rec["by_style"]["vectoring_first"]["p_act"]
+    # a resume decision is recorded (acted or not) for an aircraft past its conflict, with the pair it was cleared against
+    atco.last_cleared["A"] = (0.0, "heading", "B")
+    far = {**B, "lat_deg": 49.0, "trk_deg": 180.0}                              # behind A, diverging
+    recs = atco.decide(Observation(pd.Timestamp("2024-01-01T00:02Z"), 120.0, pd.DataFrame([A, far]),
+                                   pd.DataFrame(), {}, pd.DataFrame())).truth
+    assert [r["kind"] for r in recs] == ["resume"]
+    r = recs[0]
+    assert (r["flight_id_1"], r["flight_id_2"]) == ("A", "B") and r["p_act"] == atco.p.p_resume
+    assert r["joint"] == [(0, "resume", 0.0, 1.0)] and r["acted"] == (r["action_type"] == "resume")

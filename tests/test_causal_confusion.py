@@ -12,7 +12,7 @@ from pipelines.shards import load_split, read_spec, spec_hash
 from tests.test_dataset import FLIGHTS, STEP, _samples, _workspace, grid_tracks
 
 DEFAULT_SPEC_HASH = "4a2d333dba1553e7"      # the default feature spec's hash (see tests/test_goal.py)
-CFG = DatasetConfig(history_steps=6, neighbours=2, recent_clearances=0, nuisance=True, nuisance_window_s=120)
+CFG = DatasetConfig(history_steps=6, neighbours=2, recent_clearances=0, nuisance=True, nuisance_window_s=120, controller_history=False)
 NG = len(GEOM) - 1                          # index of manoeuvring_ac1 in geometry
 
 
@@ -27,12 +27,12 @@ def _log(rows):
 
 
 def test_nuisance_off_leaves_the_feature_spec_unchanged():
-    assert spec_hash(feature_spec(DatasetConfig(), 5.0)) == DEFAULT_SPEC_HASH
-    on = feature_spec(DatasetConfig(nuisance=True), 5.0)["tensors"]["geometry"]
-    assert spec_hash(feature_spec(DatasetConfig(nuisance=True), 5.0)) != DEFAULT_SPEC_HASH
+    assert spec_hash(feature_spec(DatasetConfig(controller_history=False), 5.0)) == DEFAULT_SPEC_HASH
+    on = feature_spec(DatasetConfig(nuisance=True, controller_history=False), 5.0)["tensors"]["geometry"]
+    assert spec_hash(feature_spec(DatasetConfig(nuisance=True, controller_history=False), 5.0)) != DEFAULT_SPEC_HASH
     assert [f["name"] for f in on["features"]] == [n for n, _, _ in GEOM[:-1] + NUISANCE] + ["valid"]
     assert on["shape"] == [24, len(GEOM) + 2] and not any(f["normalise"] for f in on["features"][NG:])
-    both = [f["name"] for f in feature_spec(DatasetConfig(nuisance=True, goal=True), 5.0)["tensors"]["geometry"]["features"]]
+    both = [f["name"] for f in feature_spec(DatasetConfig(nuisance=True, goal=True, controller_history=False), 5.0)["tensors"]["geometry"]["features"]]
     assert both[-3:] == ["manoeuvring_ac1", "manoeuvring_ac2", "valid"] and "goal1_known" in both
 
 
@@ -67,7 +67,7 @@ def test_nuisance_values_on_a_hand_made_log():
 
 def test_nuisance_uses_only_the_past():
     """The leakage test with the nuisance on: every clearance at or after the decision time is invisible."""
-    cfg = DatasetConfig(history_steps=12, neighbours=3, recent_clearances=4, nuisance=True)
+    cfg = DatasetConfig(history_steps=12, neighbours=3, recent_clearances=4, nuisance=True, controller_history=False)
     tracks = grid_tracks("2024-01-01T10:00Z", FLIGHTS)
     samples = _samples(tracks, "2024-01-01T10:03:00Z", "2024-01-01T10:05:00Z")
     t_dec = pd.Timestamp("2024-01-01T10:05:00Z")

@@ -13,7 +13,7 @@ from pipelines.goal import GOAL, exits
 from pipelines.shards import spec_hash
 from tests.test_dataset import FLIGHTS, STEP, _actions, _samples, grid_tracks
 
-GOAL_CFG = DatasetConfig(history_steps=4, neighbours=2, recent_clearances=2, goal=True)
+GOAL_CFG = DatasetConfig(history_steps=4, neighbours=2, recent_clearances=2, goal=True, controller_history=False)
 # the default feature spec's hash before goal conditioning existed (commit 1885fbc): off must keep it
 DEFAULT_SPEC_HASH = "4a2d333dba1553e7"
 
@@ -61,18 +61,18 @@ def test_goal_features_for_a_hand_made_case():
 
 
 def test_goal_off_leaves_the_feature_spec_unchanged():
-    off = feature_spec(DatasetConfig(), 5.0)
+    off = feature_spec(DatasetConfig(controller_history=False), 5.0)
     assert spec_hash(off) == DEFAULT_SPEC_HASH
-    assert spec_hash(feature_spec(DatasetConfig(goal=True), 5.0)) != DEFAULT_SPEC_HASH
-    names = [f["name"] for f in feature_spec(DatasetConfig(goal=True), 5.0)["tensors"]["geometry"]["features"]]
-    units = {f["name"]: (f["unit"], f["normalise"]) for f in feature_spec(DatasetConfig(goal=True), 5.0)["tensors"]["geometry"]["features"]}
+    assert spec_hash(feature_spec(DatasetConfig(goal=True, controller_history=False), 5.0)) != DEFAULT_SPEC_HASH
+    names = [f["name"] for f in feature_spec(DatasetConfig(goal=True, controller_history=False), 5.0)["tensors"]["geometry"]["features"]]
+    units = {f["name"]: (f["unit"], f["normalise"]) for f in feature_spec(DatasetConfig(goal=True, controller_history=False), 5.0)["tensors"]["geometry"]["features"]}
     assert names[:9] == [f["name"] for f in off["tensors"]["geometry"]["features"]][:9] and names[-1] == "valid"
     assert units["goal1_dalt_ft"] == ("ft", True) and units["goal2_known"] == ("1", False)
 
 
 def test_goal_features_use_only_the_past():
     """The leakage test of test_dataset with goal on: perturb everything after the decision time."""
-    cfg = DatasetConfig(history_steps=12, neighbours=3, recent_clearances=4, goal=True)
+    cfg = DatasetConfig(history_steps=12, neighbours=3, recent_clearances=4, goal=True, controller_history=False)
     tracks = grid_tracks("2024-01-01T10:00Z", FLIGHTS)
     samples = _samples(tracks, "2024-01-01T10:03:00Z", "2024-01-01T10:05:00Z")
     t_dec = pd.Timestamp("2024-01-01T10:05:00Z")
@@ -168,7 +168,7 @@ def test_build_reads_flight_plans_when_goal_is_on(tmp_path):
     from tests.test_dataset import _workspace
 
     ws = _workspace(tmp_path)
-    cfg = PipelineConfig(dataset=DatasetConfig(history_steps=4, neighbours=2, recent_clearances=2, goal=True))
+    cfg = PipelineConfig(dataset=DatasetConfig(history_steps=4, neighbours=2, recent_clearances=2, goal=True, controller_history=False))
     with pytest.raises(DataError, match="flight_plans.parquet"):
         build(ws, config=cfg)
     atomic_write_table(to_table(_plans().assign(time=pd.NaT), FLIGHT_PLAN_SCHEMA, "plans"), ws / "flight_plans.parquet")

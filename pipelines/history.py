@@ -1,0 +1,82 @@
+"""The controller's own history as features: what a controller's next decision depends on, made explicit.
+
+A controller's decision about a conflict depends on its own earlier clearances (it does not clear an
+aircraft it has just cleared, it leaves alone a conflict it has already acted on, and its habits show in
+the kinds of clearance it gives). The ``clearances`` tensor holds the last M clearances in the airspace,
+but a model has to learn from a few hundred decisions to relate their ages to the conflict's age and to
+each aircraft of the pair; these features state those relations directly (``dataset.controller_history``).
+
+Per history step (the step's time T) and aircraft of the pair, from actions issued strictly before T:
+- ``since_clr_ac{1,2}_s``: seconds since the aircraft's last clearance (``history_cap_s`` if none or
+  older), any kind, ``resume`` included;
+- ``cleared_in_conflict_ac{1,2}``: 1 if the aircraft received a clearance since the conflict was first
+  detected (the conflict is then being handled);
+and per step, for the airspace (the controller's session: every action in the data set within
+``clearance_horizon_s`` before T):
+- ``session_{heading,altitude,speed,direct_to}``: how many clearances of each kind were given (the
+  controller's style shows in these counts).
+Pure in the past like every feature (the leakage test covers them).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from atc_il.schemas import to_ns
+
+STYLE_TYPES = ("heading", "altitude", "speed", "direct_to")
+HISTORY = ([("since_clr_ac1_s", "s", True), ("since_clr_ac2_s", "s", True),
+            ("cleared_in_conflict_ac1", "1", False), ("cleared_in_conflict_ac2", "1", False)]
+           + [(f"session_{t}", "1", True) for t in STYLE_TYPES])
+
+
+def last_before(actions: pd.DataFrame, flight_ids: np.ndarray, t_ns: np.ndarray) -> np.ndarray:
+    """Time (ns) of each flight's last action strictly before ``t_ns`` (any shape, matching ``flight_ids``
+    broadcast against it); -1 where there is none. ``actions`` needs ``flight_id`` and ``time``."""
+    out = np.full(t_ns.shape, -1, dtype=np.int64)
+    if actions.empty or t_ns.size == 0:
+        return out
+    at = to_ns(actions["time"])
+    afid = actions["flight_id"].to_numpy(dtype=object)
+    flights = pd.Index(pd.unique(afid))
+    acode = flights.get_indexer(afid)
+    order = np.lexsort((at, acode))                      # by flight, then time
+    ac_s, at_s = acode[order], at[order]
+    # dense time ranks make one sorted int64 key (flight, time) for actions and queries alike
+    _, rank = np.unique(np.concatenate([at_s, t_ns.ravel()]), return_inverse=True)
+    r = int(rank.max()) + 1
+    akey = ac_s.astype(np.int64) * r + rank[:len(at_s)]
+    qrank = rank[len(at_s):].reshape(t_ns.shape)
+    q = np.broadcast_to(flights.get_indexer(np.asarray(flight_ids, dtype=object).ravel())
+                        .reshape(np.shape(flight_ids)), t_ns.shape)
+    pos = np.searchsorted(akey, np.maximum(q, 0) * r + qrank, side="left") - 1   # strictly before
+    ok = (q >= 0) & (pos >= 0)
+    pos = np.maximum(pos, 0)
+    ok &= ac_s[pos] == q
+    out[ok] = at_s[pos][ok]
+    return out
+
+
+def history_features(actions: pd.DataFrame, t_steps: np.ndarray, f1: np.ndarray, f2: np.ndarray,
+                     first_ns: np.ndarray, horizon_s: float, cap_s: float) -> np.ndarray:
+    """(N, H, len(HISTORY)) features at the steps ``t_steps`` (N, H; ns) of samples on pairs (f1, f2) whose
+    conflict was first detected at ``first_ns`` (N,)."""
+    n, h = t_steps.shape
+    out = np.zeros((n, h, len(HISTORY)), dtype=np.float32)
+    out[..., 0:2] = cap_s
+    if n == 0 or actions.empty:
+        return out
+    for j, fids in enumerate((f1, f2)):
+        last = last_before(actions, np.asarray(fids, dtype=object)[:, None], t_steps)
+        has = last >= 0
+        since = np.where(has, (t_steps - last) / 1e9, cap_s)
+        out[..., j] = np.minimum(since, cap_s)
+        out[..., 2 + j] = has & (last >= first_ns[:, None])
+    at = to_ns(actions["time"])
+    kind = actions["action_type"].to_numpy(dtype=object)
+    lo = t_steps - int(round(horizon_s * 1e9))
+    for k, t in enumerate(STYLE_TYPES):
+        tt = np.sort(at[kind == t])
+        out[..., 4 + k] = np.searchsorted(tt, t_steps, side="left") - np.searchsorted(tt, lo, side="left")
+    return out
