@@ -11,7 +11,7 @@ from atc_il.config import Section, load_yaml, validate
 
 
 class EncoderConfig(Section):
-    name: Literal["mlp", "gru", "transformer"] = "gru"
+    name: Literal["markov", "mlp", "gru", "transformer"] = "gru"
     hidden: int = Field(128, ge=8)
     layers: int = Field(2, ge=1)
     heads: int = Field(4, ge=1, description="attention heads (transformer)")

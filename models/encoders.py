@@ -1,6 +1,8 @@
 """Observation encoders: normalised observation histories -> (summary (B, D), per-step features (B, H, D) or None).
 
-- ``mlp``: the Markovian baseline, the decision-time step only (plus recent clearances);
+- ``markov``: the truly Markovian baseline: the decision-time step of pair, neighbours and geometry, without
+  any feature derived from history (time in conflict, the controller's own clearances) and without clearances;
+- ``mlp``: the decision-time step only, plus recent clearances and the history features of that step;
 - ``gru``: per-step tokens (pair, masked mean of neighbours, geometry) through a GRU over the history;
 - ``transformer``: the same tokens with masked attention pooling over neighbours, a learned positional
   embedding and a CLS token, through a TransformerEncoder with a key padding mask on unobserved steps.
@@ -92,7 +94,8 @@ class _Base(nn.Module):
 
 @ENCODERS.register("mlp")
 class MLPEncoder(_Base):
-    """Markovian baseline: the last step of pair, neighbours and geometry, and the clearances, flattened."""
+    """The last step of pair, neighbours and geometry (history features of that step included), and the
+    clearances, flattened: no sequence model, but not Markovian (see ``markov``)."""
 
     def __init__(self, spec: dict, cfg: EncoderConfig):
         super().__init__(spec, cfg)
@@ -173,3 +176,32 @@ class TransformerEncoder(_Base):
         pad = torch.cat([torch.zeros_like(step_valid[:, :1]), ~step_valid], dim=1)  # CLS never masked
         y = self.norm(self.body(x, src_key_padding_mask=pad))
         return torch.cat([y[:, 0], self.clearances(obs.clearances)], dim=-1), y[:, 1:]
+
+
+def history_features(spec: dict) -> set[str]:
+    """Names of the geometry features that summarise the past rather than the state at the step (how long the
+    conflict has been shown; the controller's own clearances: ``dataset.controller_history`` and ``nuisance``)."""
+    from pipelines.history import HISTORY
+    return {"time_in_conflict_s", "manoeuvring_ac1", "manoeuvring_ac2"} | {n for n, _, _ in HISTORY}
+
+
+@ENCODERS.register("markov")
+class MarkovEncoder(_Base):
+    """The truly Markovian baseline: the decision-time step of pair, neighbours and geometry, with the
+    geometry features derived from history left out and no clearances. What a model that ignores the
+    controller's history can reach; the synthetic expert is non-Markovian by construction."""
+
+    def __init__(self, spec: dict, cfg: EncoderConfig):
+        super().__init__(spec, cfg)
+        names = [f["name"] for f in spec["tensors"]["geometry"]["features"]]
+        keep = [i for i, n in enumerate(names) if n not in history_features(spec)]
+        self.register_buffer("geom_keep", torch.tensor(keep, dtype=torch.long), persistent=False)
+        d_in = (2 + self.K) * self.f_pose + len(keep)
+        self.net = mlp(d_in, cfg.hidden, cfg.hidden, cfg.layers + 1, cfg.dropout)
+        self.out_dim = cfg.hidden
+
+    def forward(self, obs: Observations) -> tuple[torch.Tensor, None]:
+        b = obs.pair.shape[0]
+        x = torch.cat([obs.pair[:, -1].reshape(b, -1), obs.neighbours[:, -1].reshape(b, -1),
+                       obs.geometry[:, -1].index_select(-1, self.geom_keep)], dim=-1)
+        return torch.nn.functional.gelu(self.net(x)), None

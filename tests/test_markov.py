@@ -1,0 +1,44 @@
+"""The truly Markovian baseline encoder sees the decision-time state only: no history, no clearances."""
+
+import pytest
+import torch
+
+from atc_il.config import DatasetConfig
+from models.interface import Observations
+from pipelines.dataset import feature_spec
+from pipelines.history import HISTORY
+from tests._tiny import untrained_policy
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CFG = DatasetConfig(history_steps=5, neighbours=2, recent_clearances=3)
+
+
+def _feats(n: int = 6, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    spec = feature_spec(CFG, 5.0)
+    out = {k: torch.randn((n, *t["shape"]), generator=g) for k, t in spec["tensors"].items()}
+    for x in out.values():
+        x[..., -1] = 1.0                                     # every entry observed
+    return out
+
+
+def test_markov_encoder_ignores_history_clearances_and_history_features():
+    feats = _feats()
+    pol = untrained_policy(CFG, {k: v.numpy() for k, v in feats.items()}, 5.0, encoder="markov").eval()
+    names = [f["name"] for f in pol.spec["tensors"]["geometry"]["features"]]
+    hist = [names.index(n) for n in ["time_in_conflict_s"] + [h for h, _, _ in HISTORY]]
+    other = _feats(seed=1)
+    changed = {k: v.clone() for k, v in feats.items()}
+    for k in ("pair", "neighbours", "geometry"):
+        changed[k][:, :-1] = other[k][:, :-1]                # every earlier step
+    changed["geometry"][:, -1, hist] = other["geometry"][:, -1, hist]
+    changed["clearances"] = other["clearances"]
+    with torch.no_grad():
+        a = pol.context(Observations.from_dict(feats))
+        b = pol.context(Observations.from_dict(changed))
+        assert torch.equal(a, b)
+        # ...but the decision-time state matters
+        state = {k: v.clone() for k, v in feats.items()}
+        state["pair"][:, -1, :, 0] += 3.0
+        assert not torch.allclose(a, pol.context(Observations.from_dict(state)))
