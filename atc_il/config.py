@@ -83,10 +83,23 @@ class PipelineConfig(Section):
     dataset: DatasetConfig = DatasetConfig()
 
 
-def _format_validation(exc: ValidationError, source: str) -> str:
+def _key_path(loc: tuple, data: Any) -> list[str]:
+    """The keys of an error location as the user wrote them: without the tags pydantic inserts for a member
+    of a discriminated union (``head.mdn.components`` -> ``head.components``), i.e. without an element that
+    is not a key of the data there and is followed by more."""
+    out, cur = [], data
+    for i, x in enumerate(loc):
+        if isinstance(cur, dict) and x not in cur and i < len(loc) - 1:
+            continue
+        out.append(str(x))
+        cur = cur.get(x) if isinstance(cur, dict) else None
+    return out
+
+
+def _format_validation(exc: ValidationError, source: str, data: Any = None) -> str:
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"])
+        loc = ".".join(_key_path(tuple(err["loc"]), data))
         parts.append(f"{loc}: {err['msg']}")
     return f"{source}: invalid configuration: " + "; ".join(parts)
 
@@ -108,7 +121,7 @@ def validate(model: type[BaseModel], data: dict[str, Any], source: str = "config
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation(exc, source)) from None
+        raise ConfigError(_format_validation(exc, source, data)) from None
 
 
 def load_pipeline_config(path: str | Path | None = None, **overrides: Any) -> PipelineConfig:

@@ -172,8 +172,7 @@ def p_act(policy, obs) -> np.ndarray:
     n = obs.batch_size
     for a in range(0, n, 2048):
         o = Observations(*(getattr(obs, k)[a:a + 2048] for k in ("pair", "neighbours", "geometry", "clearances")))
-        ctx = policy.context(o)
-        out.append(torch.softmax(policy.head.act_out(policy.head.trunk(ctx)).float(), -1)[:, 1].numpy())
+        out.append(policy.p_act(o).numpy())
     return np.concatenate(out)
 
 

@@ -105,7 +105,7 @@ def model_consistency(policy, data_dir: Path, ctx: pd.DataFrame, n: int = 32, se
     from models.interface import Observations
     o = Observations(*(getattr(obs, k)[pos] for k in ("pair", "neighbours", "geometry", "clearances")))
     policy.eval()
-    s = policy.head.sample(policy.context(o), n, torch.Generator().manual_seed(seed), given_act=True)
+    s = policy.sample_actions(o, n, torch.Generator().manual_seed(seed))
     rows = np.repeat(pos[:, None], n, axis=1).reshape(-1)
     model = consistency(s.aircraft.numpy().reshape(-1), s.type.numpy().reshape(-1), s.value.float().numpy().reshape(-1),
                         ctx, rows)

@@ -87,8 +87,8 @@ def latency_ms(policy, obs, batch: int, reps: int = 20, steps: int | None = None
 
     def call():
         if sample:
-            return policy.head.sample(policy.context(o), 1, gen, **kw)
-        return policy.head.predict(policy.context(o), **kw) if kw else policy.predict(o)
+            return policy.sample(o, 1, gen, **kw)
+        return policy.predict(o, **kw)
     with torch.no_grad():
         call()
         times = []

@@ -1,13 +1,17 @@
-"""Model and training configuration, validated on load (unknown keys are errors)."""
+"""Model and training configuration, validated on load (unknown keys are errors).
+
+The head's section is the config of the head it names (:data:`models.heads.HeadConfig`, a union
+discriminated by ``name``; each head's config lives beside the head in ``models/heads/``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from atc_il.config import Section, load_yaml, validate
+from models.heads import DEFAULT_HEAD, HeadConfig, MDNConfig, drop_other_heads_fields
 
 
 class EncoderConfig(Section):
@@ -24,32 +28,6 @@ class VAEConfig(Section):
     kl_weight: float = Field(0.1, ge=0)
     recon_weight: float = Field(1.0, ge=0)
     predict_future_steps: int = Field(0, ge=0, description="also reconstruct this many next steps (training only)")
-
-
-class HeadConfig(Section):
-    name: Literal["deterministic", "mdn", "autoregressive", "cvae", "diffusion"] = "mdn"
-    hidden: int = Field(128, ge=8)
-    components: int = Field(4, ge=1, description="K: mixture components per type (mdn)")
-    value_bins: int = Field(21, ge=3, description="bins per type for the value (autoregressive)")
-    latent_dim: int = Field(4, ge=1, description="continuous latent dimensions (cvae, latent = continuous)")
-    latent: Literal["continuous", "discrete"] = Field(
-        "continuous", description="cvae latent: diagonal Gaussian, or a categorical code over `codes` categories")
-    codes: int = Field(3, ge=2, description="categories of the discrete code (cvae, latent = discrete)")
-    diffusion_steps: int = Field(50, ge=2, description="T: training noise levels (diffusion)")
-    sampling_steps: int = Field(10, ge=1, description="DDIM steps when sampling, at most diffusion_steps (diffusion)")
-    beta_schedule: Literal["cosine"] = Field("cosine", description="noise schedule (diffusion)")
-    value_range: dict[str, tuple[float, float]] = Field(
-        default_factory=lambda: {"heading": (-60.0, 60.0), "altitude": (-4000.0, 4000.0), "speed": (-40.0, 40.0),
-                                 "direct_to": (-90.0, 90.0), "resume": (-1.0, 1.0)},
-        description="value range per type, in the type's unit (autoregressive bins; diffusion: predicted values "
-                    "clipped at 1.5 times its largest magnitude)")
-
-    @model_validator(mode="after")
-    def _sampling_within_training_steps(self):
-        if self.sampling_steps > self.diffusion_steps:
-            raise ValueError(f"sampling_steps ({self.sampling_steps}) must be at most diffusion_steps "
-                             f"({self.diffusion_steps})")
-        return self
 
 
 class TrainConfig(Section):
@@ -71,14 +49,28 @@ class ModelConfig(Section):
     name: str = "atc-resolver"
     encoder: EncoderConfig = EncoderConfig()
     vae: VAEConfig = VAEConfig()
-    head: HeadConfig = HeadConfig()
+    head: HeadConfig = MDNConfig()
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _head_name_defaults_to_mdn(cls, data: Any) -> Any:
+        """``head:`` without a ``name`` is the default head (the discriminator of the heads' configs)."""
+        if isinstance(data, dict) and isinstance(data.get("head"), dict) and "name" not in data["head"]:
+            data = {**data, "head": {"name": DEFAULT_HEAD, **data["head"]}}
+        return data
 
 
 def load_model_config(path: str | Path | None = None, **overrides) -> ModelConfig:
+    """The config in ``path`` (or the defaults) with section ``overrides``. An override of the head's ``name``
+    keeps only the file's head fields the new head has (``components`` of a file's mdn head does not
+    follow a switch to the autoregressive head)."""
     data = load_yaml(path) if path else {}
     for section, values in overrides.items():
-        if isinstance(values, dict):
+        if section == "head" and isinstance(values, dict) and isinstance(data.get("head"), dict) \
+                and values.get("name", data["head"].get("name")) != data["head"].get("name", DEFAULT_HEAD):
+            data["head"] = {**drop_other_heads_fields({**data["head"], "name": values["name"]}), **values}
+        elif isinstance(values, dict):
             data.setdefault(section, {}).update(values)
         else:
             data[section] = values

@@ -33,7 +33,7 @@ from atc_il.io import write_json
 from atc_il.schemas import ACTION_TYPES
 from models.ceiling import MODE_TOLERANCE, ceiling_metrics, expert_distributions, load_truth, mode_coverage
 from models.data import load_data
-from models.interface import Decisions, Observations
+from models.interface import Decisions, Observations, PolicyInterface
 from pipelines.shards import load_split
 
 META = ["time", "flight_id_1", "flight_id_2", "episode_id", "split_key"]
@@ -47,7 +47,7 @@ def _f1(y: np.ndarray, p: np.ndarray, positive) -> float:
 
 
 @torch.no_grad()
-def _run(policy, obs: Observations, n_samples: int, batch: int, seed: int) -> dict:
+def _run(policy: PolicyInterface, obs: Observations, n_samples: int, batch: int, seed: int) -> dict:
     """Most likely decisions (unconditional and given acting), discrete and total log-likelihoods, samples
     given acting, and E[z] when the policy has a latent; in batches."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -55,31 +55,31 @@ def _run(policy, obs: Observations, n_samples: int, batch: int, seed: int) -> di
     n = obs.batch_size
     for i in range(0, n, batch):
         o = Observations(*(getattr(obs, k)[i:i + batch] for k in ("pair", "neighbours", "geometry", "clearances")))
-        ctx = policy.context(o)
-        pred = policy.head.predict(ctx)
-        cond = policy.head.predict(ctx, given_act=True)
+        ctx = policy.encode(o)
+        pred = policy.predict(ctx)
+        cond = policy.predict_action(ctx)
         out["act"].append(pred.act.cpu())
-        out["p_act"].append(torch.softmax(policy.head.act_out(policy.head.trunk(ctx)).float(), -1)[:, 1].cpu())
+        out["p_act"].append(policy.p_act(ctx).cpu())
         out["aircraft"].append(cond.aircraft.cpu())
         out["type"].append(cond.type.cpu())
         out["value"].append(cond.value.cpu())
-        s = policy.head.sample(ctx, n_samples, gen, given_act=True)
+        s = policy.sample_actions(ctx, n_samples, gen)
         out["s_ac"].append(s.aircraft.cpu())
         out["s_ty"].append(s.type.cpu())
         out["s_val"].append(s.value.cpu())
-        if policy.vae is not None:
+        if policy.has_latent:
             out["z"].append(policy.posterior_mean(o).cpu())
     return {k: torch.cat(v).numpy() for k, v in out.items() if v}
 
 
 @torch.no_grad()
-def _log_probs(policy, obs: Observations, dec: Decisions, batch: int) -> tuple[np.ndarray, np.ndarray]:
+def _log_probs(policy: PolicyInterface, obs: Observations, dec: Decisions, batch: int) -> tuple[np.ndarray, np.ndarray]:
     lp, disc = [], []
     for i in range(0, obs.batch_size, batch):
         sl = slice(i, i + batch)
         o = Observations(*(getattr(obs, k)[sl] for k in ("pair", "neighbours", "geometry", "clearances")))
         d = Decisions(dec.act[sl], dec.aircraft[sl], dec.type[sl], dec.value[sl])
-        t = policy.head.terms(policy.context(o), d.to(policy.device))
+        t = policy.log_prob_terms(o, d)
         disc.append((t["act"] + t["aircraft"] + t["type"]).cpu())
         lp.append((t["act"] + t["aircraft"] + t["type"] + t["value"]).cpu())
     return torch.cat(lp).numpy(), torch.cat(disc).numpy()
@@ -117,7 +117,7 @@ def _timing(meta: pd.DataFrame, y_act: np.ndarray, p_act: np.ndarray) -> tuple[f
     return (float(np.mean(errs)) if errs else float("nan")), (missed / len(errs) if errs else float("nan"))
 
 
-def evaluate(policy, dataset_dir: str | Path, split: str = "test", truth: str | Path | None = None,
+def evaluate(policy: PolicyInterface, dataset_dir: str | Path, split: str = "test", truth: str | Path | None = None,
              n_samples: int = 64, batch: int = 1024, seed: int = 0, out: str | Path | None = None,
              title: str = "evaluation") -> dict:
     """Metrics of ``policy`` on a split (see the module docstring); with ``out``, also metrics.json,
@@ -206,12 +206,12 @@ def true_style(meta: pd.DataFrame, truth: pd.DataFrame) -> pd.Series:
     return scen.map(style).reset_index(drop=True)
 
 
-def _has_discrete_code(policy) -> bool:
-    return bool(getattr(policy.head, "discrete", False)) and hasattr(policy.head, "code_posterior")
+def _has_discrete_code(policy: PolicyInterface) -> bool:
+    return policy.has_discrete_code
 
 
 @torch.no_grad()
-def codes(policy, obs: Observations, dec: Decisions, batch: int = 1024) -> dict:
+def codes(policy: PolicyInterface, obs: Observations, dec: Decisions, batch: int = 1024) -> dict:
     """A discrete-code cvae head's most probable code per sample: ``prior`` from p(c | history),
     ``posterior`` from p(c | history, demonstrated decision) (the prior where the sample has no value:
     no action, ``resume``), and ``has_value`` (N,) bool."""
@@ -219,10 +219,9 @@ def codes(policy, obs: Observations, dec: Decisions, batch: int = 1024) -> dict:
     for i in range(0, obs.batch_size, batch):
         sl = slice(i, i + batch)
         o = Observations(*(getattr(obs, k)[sl] for k in ("pair", "neighbours", "geometry", "clearances")))
-        ctx = policy.context(o)
-        dev = ctx.device
-        out["prior"].append(policy.head.code_prior(ctx).probs.argmax(-1).cpu())
-        post = policy.head.code_posterior(ctx, dec.aircraft[sl].to(dev), dec.type[sl].to(dev), dec.value[sl].to(dev))
+        ctx = policy.encode(o)
+        out["prior"].append(policy.code_prior(ctx).probs.argmax(-1).cpu())
+        post = policy.code_posterior(ctx, Decisions(dec.act[sl], dec.aircraft[sl], dec.type[sl], dec.value[sl]))
         out["posterior"].append(post.probs.argmax(-1).cpu())
     r = {k: torch.cat(v).numpy() for k, v in out.items()}
     ac, ty, val = (t.numpy() for t in (dec.aircraft, dec.type, dec.value))
@@ -230,7 +229,7 @@ def codes(policy, obs: Observations, dec: Decisions, batch: int = 1024) -> dict:
     return r
 
 
-def code_style_nmi(policy, obs: Observations, dec: Decisions, meta: pd.DataFrame, truth: pd.DataFrame,
+def code_style_nmi(policy: PolicyInterface, obs: Observations, dec: Decisions, meta: pd.DataFrame, truth: pd.DataFrame,
                    batch: int = 1024) -> dict:
     """Normalised mutual information between the true style and the most probable discrete code, from the
     posterior (samples with a valued action) and from the prior (all samples); None where fewer than 2

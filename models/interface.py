@@ -13,21 +13,20 @@ The last feature of every observation tensor is ``valid`` (1 = observed, 0 = pad
 normalised) features go in, and each policy normalises them itself with the statistics of its
 training split, which it saves with its weights.
 
-A policy (``torch.nn.Module``):
-- ``loss(obs, dec) -> (loss, logs)``: the training loss on a batch (logs: floats for tracking);
-- ``sample(obs, n, generator=None) -> Decisions`` with tensors shaped (B, n);
-- ``log_prob(obs, dec) -> (B,)``: log-likelihood of given decisions under the model, in nats, with the
-  value's density in the type's unit (so numbers compare across heads); a head without an exact
-  likelihood sets ``exact_log_prob = False`` and returns an estimate, or raises NotImplementedError;
-- ``predict(obs) -> Decisions`` (B,): the deterministic most-likely decision, for serving.
+:class:`PolicyInterface` is the only way callers reach a model (serving, evaluation, the model controller,
+batch prediction, the benches): they never reach into a policy's modules. Every method that takes
+observations also takes a :class:`Context`, the batch's conditioning computed once by ``encode`` (or by the
+exported context network, :mod:`models.onnx_context`), so a caller asking several questions of one batch
+runs the encoder once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Callable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
+from torch import nn
 
 from atc_il.errors import ModelError
 from atc_il.schemas import ACTION_TYPES
@@ -103,4 +102,82 @@ class Registry:
 
 
 ENCODERS = Registry("encoder")
-HEADS = Registry("head")
+
+
+@dataclass(frozen=True)
+class Context:
+    """A batch's conditioning (B, C), from :meth:`PolicyInterface.encode`; slicing gives a sub-batch's."""
+    tensor: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.tensor.shape[0]
+
+    def __getitem__(self, rows: slice) -> "Context":
+        return Context(self.tensor[rows])
+
+
+@runtime_checkable
+class PolicyInterface(Protocol):
+    """What a policy offers its callers. ``obs`` is an :class:`Observations` batch or its :class:`Context`.
+
+    - ``loss(obs, dec) -> (loss, logs)``: the training loss on a batch (logs: floats for tracking);
+    - ``encode(obs) -> Context``: the conditioning of a batch, to pass to the methods below;
+    - ``p_act(obs) -> (B,)``: the probability of acting now (float32);
+    - ``predict(obs) -> Decisions`` (B,): the most likely decision (act or not, and the action);
+    - ``predict_action(obs) -> Decisions`` (B,): the most likely action GIVEN that the controller acts (act = 1);
+    - ``sample(obs, n, generator) -> Decisions`` (B, n): decisions drawn from the policy;
+    - ``sample_actions(obs, n, generator) -> Decisions`` (B, n): actions drawn given that the controller acts;
+    - ``log_prob(obs, dec) -> (B,)``: log-likelihood of given decisions, in nats, with the value's density in
+      the type's unit (so numbers compare across heads); where ``exact_log_prob`` is False it is an estimate;
+    - ``log_prob_terms(obs, dec)``: its terms (B,) each: ``act``, ``aircraft``, ``type``, ``value``;
+    - ``has_latent``, ``posterior_mean(obs) -> (B, L)``: E[z | history] of the history VAE (ModelError
+      without one);
+    - ``has_discrete_code``, ``code_prior(obs)``, ``code_posterior(obs, dec)``: a head's discrete code
+      (cvae, ``latent = discrete``; ModelError for other heads);
+    - ``context_module() -> nn.Module``: the context network alone, (pair, neighbours, geometry, clearances)
+      -> (B, C), for export (:mod:`models.onnx_context`).
+
+    ``predict``, ``predict_action``, ``sample``, ``sample_actions`` and ``log_prob`` pass keyword ``options``
+    to the head (the diffusion head's ``sampling_steps``).
+    """
+
+    config: Any
+    spec: Any
+    exact_log_prob: bool
+
+    def loss(self, obs: Observations, dec: Decisions) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def encode(self, obs: Observations | Context) -> Context: ...
+
+    def p_act(self, obs: Observations | Context) -> torch.Tensor: ...
+
+    def predict(self, obs: Observations | Context, **options: Any) -> Decisions: ...
+
+    def predict_action(self, obs: Observations | Context, **options: Any) -> Decisions: ...
+
+    def sample(self, obs: Observations | Context, n: int, generator: torch.Generator | None = None,
+               **options: Any) -> Decisions: ...
+
+    def sample_actions(self, obs: Observations | Context, n: int, generator: torch.Generator | None = None,
+                       **options: Any) -> Decisions: ...
+
+    def log_prob(self, obs: Observations | Context, dec: Decisions, **options: Any) -> torch.Tensor: ...
+
+    def log_prob_terms(self, obs: Observations | Context, dec: Decisions) -> dict[str, torch.Tensor]: ...
+
+    @property
+    def has_latent(self) -> bool: ...
+
+    def posterior_mean(self, obs: Observations) -> torch.Tensor: ...
+
+    @property
+    def has_discrete_code(self) -> bool: ...
+
+    def code_prior(self, obs: Observations | Context) -> torch.distributions.Distribution: ...
+
+    def code_posterior(self, obs: Observations | Context, dec: Decisions) -> torch.distributions.Distribution: ...
+
+    def context_module(self) -> nn.Module: ...
+
+    def eval(self) -> Any: ...

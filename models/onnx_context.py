@@ -25,35 +25,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.interface import OBS_KEYS, Observations
+from models.interface import OBS_KEYS, Context, Observations, PolicyInterface
 
 log = logging.getLogger("atc_il.models")
 ATOL = 1e-4     # the largest context difference accepted from the export check
 
 
-class _ContextNet(torch.nn.Module):
-    def __init__(self, policy):
-        super().__init__()
-        self.policy = policy
-
-    def forward(self, pair, neighbours, geometry, clearances):
-        return self.policy.context(Observations(pair, neighbours, geometry, clearances))
-
-
 class OnnxContext:
-    """``ctx = OnnxContext(...)(obs)``: the policy's context (B, C) as a float32 torch tensor."""
+    """``ctx = OnnxContext(...)(obs)``: the policy's :class:`Context` (B, C), float32, as ``policy.encode(obs)``."""
 
     def __init__(self, session):
         self.session = session
         self.inputs = [i.name for i in session.get_inputs()]
 
-    def __call__(self, obs: Observations) -> torch.Tensor:
+    def __call__(self, obs: Observations) -> Context:
         feed = {name: np.ascontiguousarray(getattr(obs, name).detach().cpu().numpy(), dtype=np.float32)
                 for name in self.inputs}
-        return torch.from_numpy(self.session.run(None, feed)[0])
+        return Context(torch.from_numpy(self.session.run(None, feed)[0]))
 
 
-def onnx_context(policy, examples: list[dict]) -> tuple[OnnxContext | None, str]:
+def onnx_context(policy: PolicyInterface, examples: list[dict]) -> tuple[OnnxContext | None, str]:
     """(the ONNX Runtime context network, "") or (None, why not). ``examples``: feature dicts (numpy arrays
     per observation tensor) it must reproduce within :data:`ATOL`; the first is also the export example."""
     try:
@@ -61,7 +52,7 @@ def onnx_context(policy, examples: list[dict]) -> tuple[OnnxContext | None, str]
     except ImportError as exc:
         return None, f"onnxruntime is not installed ({exc})"
     policy.eval()
-    net = _ContextNet(policy).eval()
+    net = policy.context_module().eval()
     first = examples[0]
     # an example batch of at least 2: a batch dimension of size 1 would be specialised to 1
     ex = tuple(torch.as_tensor(np.concatenate([first[k]] * 2), dtype=torch.float32) for k in OBS_KEYS)
@@ -92,7 +83,7 @@ def onnx_context(policy, examples: list[dict]) -> tuple[OnnxContext | None, str]
     with torch.inference_mode():
         for f in [g for e in examples for g in (e, _perturbed(e, rng))]:
             obs = Observations.from_dict(f)
-            diff = float((fast(obs) - policy.context(obs).float()).abs().max())
+            diff = float((fast(obs).tensor - policy.encode(obs).tensor.float()).abs().max())
             if not diff <= ATOL:
                 return None, f"the ONNX context differs from PyTorch's by {diff:.2e} (> {ATOL:g})"
     return fast, ""

@@ -1,4 +1,5 @@
-"""The policy: Normalizer + encoder + optional HistoryVAE + head, implementing models/interface.py.
+"""The policy: Normalizer + encoder + optional HistoryVAE + head, implementing
+:class:`models.interface.PolicyInterface` (the only way callers reach it).
 
 Raw observations go in; the policy normalises them with the training split's statistics it holds as
 buffers (saved with its weights). The head is conditioned on ``summary`` or ``concat(summary, z)``.
@@ -22,12 +23,12 @@ import yaml
 from torch import nn
 
 import models.encoders  # noqa: F401  (registers the encoders)
-import models.heads  # noqa: F401  (registers the heads)
 from atc_il.config import validate
 from atc_il.errors import AtcIlError, ModelError
 from atc_il.io import atomic_write_text
 from models.config import ModelConfig
-from models.interface import ENCODERS, HEADS, Decisions, Observations
+from models.heads import HEADS, drop_other_heads_fields
+from models.interface import ENCODERS, Context, Decisions, Observations
 from models.normalizer import Normalizer
 from models.vae import HistoryVAE
 
@@ -65,11 +66,14 @@ class Policy(nn.Module):
         z = q.rsample() if sample_z else q.mean
         return torch.cat([summary, z.to(summary.dtype)], dim=-1), obs_n, summary, (z, q)
 
-    def context(self, obs: Observations) -> torch.Tensor:
-        """The conditioning vector the head sees (B, C)."""
-        return self._encode(obs)[0]
+    def _ctx(self, obs: Observations | Context) -> torch.Tensor:
+        return obs.tensor.to(self.device) if isinstance(obs, Context) else self._encode(obs)[0]
 
-    # -- the policy interface --------------------------------------------------------------------
+    # -- the policy interface (models/interface.py) ------------------------------------------------
+    def encode(self, obs: Observations | Context) -> Context:
+        """The conditioning vector the head sees (B, C), to pass to the methods below in place of ``obs``."""
+        return obs if isinstance(obs, Context) else Context(self._encode(obs)[0])
+
     def loss(self, obs: Observations, dec: Decisions) -> tuple[torch.Tensor, dict[str, float]]:
         ctx, obs_n, _, zq = self._encode(obs, sample_z=self.training)
         loss, logs = self.head.loss(ctx, dec.to(self.device), act_weight=self.config.train.act_weight)
@@ -82,15 +86,32 @@ class Policy(nn.Module):
         return loss, dict(zip(logs, values))
 
     @torch.no_grad()
-    def sample(self, obs: Observations, n: int, generator: torch.Generator | None = None) -> Decisions:
-        return self.head.sample(self.context(obs), n, generator)
-
-    def log_prob(self, obs: Observations, dec: Decisions) -> torch.Tensor:
-        return self.head.log_prob(self.context(obs), dec.to(self.device))
+    def p_act(self, obs: Observations | Context) -> torch.Tensor:
+        return self.head.p_act(self._ctx(obs))
 
     @torch.no_grad()
-    def predict(self, obs: Observations) -> Decisions:
-        return self.head.predict(self.context(obs))
+    def sample(self, obs: Observations | Context, n: int, generator: torch.Generator | None = None,
+               **options) -> Decisions:
+        return self.head.sample(self._ctx(obs), n, generator, **options)
+
+    @torch.no_grad()
+    def sample_actions(self, obs: Observations | Context, n: int, generator: torch.Generator | None = None,
+                       **options) -> Decisions:
+        return self.head.sample(self._ctx(obs), n, generator, given_act=True, **options)
+
+    def log_prob(self, obs: Observations | Context, dec: Decisions, **options) -> torch.Tensor:
+        return self.head.log_prob(self._ctx(obs), dec.to(self.device), **options)
+
+    def log_prob_terms(self, obs: Observations | Context, dec: Decisions) -> dict[str, torch.Tensor]:
+        return self.head.terms(self._ctx(obs), dec.to(self.device))
+
+    @torch.no_grad()
+    def predict(self, obs: Observations | Context, **options) -> Decisions:
+        return self.head.predict(self._ctx(obs), **options)
+
+    @torch.no_grad()
+    def predict_action(self, obs: Observations | Context, **options) -> Decisions:
+        return self.head.predict(self._ctx(obs), given_act=True, **options)
 
     @torch.no_grad()
     def posterior_mean(self, obs: Observations) -> torch.Tensor:
@@ -99,6 +120,33 @@ class Policy(nn.Module):
             raise ModelError("this policy has no VAE (vae.enabled = false): there is no latent z")
         summary, _ = self.encoder(self.normalizer(obs.to(self.device)))
         return self.vae.posterior(summary).mean
+
+    @property
+    def has_latent(self) -> bool:
+        return self.vae is not None
+
+    @property
+    def has_discrete_code(self) -> bool:
+        return bool(getattr(self.head, "discrete", False)) and hasattr(self.head, "code_posterior")
+
+    def _code_head(self):
+        if not self.has_discrete_code:
+            raise ModelError(f"the {self.config.head.name} head has no discrete code (a cvae head with "
+                             "latent = discrete has one)")
+        return self.head
+
+    def code_prior(self, obs: Observations | Context) -> torch.distributions.Distribution:
+        """The learned prior p(c | history) of a discrete-code head."""
+        return self._code_head().code_prior(self._ctx(obs))
+
+    def code_posterior(self, obs: Observations | Context, dec: Decisions) -> torch.distributions.Distribution:
+        """p(c | history, decision) of a discrete-code head (the prior where the decision has no value)."""
+        d = dec.to(self.device)
+        return self._code_head().code_posterior(self._ctx(obs), d.aircraft, d.type, d.value)
+
+    def context_module(self) -> nn.Module:
+        """The context network alone: (pair, neighbours, geometry, clearances) -> (B, C), for export."""
+        return _ContextNet(self)
 
     def compile_encoder(self, **kwargs) -> "Policy":
         """Compile the encoder in place with torch.compile (state-dict keys stay the same)."""
@@ -115,6 +163,15 @@ class Policy(nn.Module):
         atomic_write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False), path_dir / CONFIG_FILE)
         atomic_write_text(json.dumps(self.spec, indent=2, sort_keys=True, default=str) + "\n", path_dir / SPEC_FILE)
         return path_dir
+
+
+class _ContextNet(nn.Module):
+    def __init__(self, policy: Policy):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, pair, neighbours, geometry, clearances):
+        return self.policy._encode(Observations(pair, neighbours, geometry, clearances))[0]
 
 
 def build_policy(config: ModelConfig, spec: dict) -> Policy:
@@ -134,6 +191,8 @@ def load_policy(path_dir: str | Path, map_location="cpu") -> Policy:
             raise ModelError(f"{path_dir}: not a saved policy, {name} is missing{hint}; save it with Policy.save")
     try:
         raw = yaml.safe_load((path_dir / CONFIG_FILE).read_text()) or {}
+        if isinstance(raw.get("head"), dict):      # saved by an earlier version: every head's fields in one section
+            raw["head"] = drop_other_heads_fields(raw["head"])
         config = validate(ModelConfig, raw, str(path_dir / CONFIG_FILE))
         spec = json.loads((path_dir / SPEC_FILE).read_text())
     except (AtcIlError, ValueError, yaml.YAMLError) as exc:

@@ -19,7 +19,7 @@ from atc_il.config import ConflictConfig, DatasetConfig
 from atc_il.errors import DataError
 from atc_il.schemas import ACTION_SCHEMA, ACTION_TYPES, ACTION_UNITS, TRACK_SCHEMA, conform
 from models.ceiling import MODE_TOLERANCE
-from models.interface import Observations
+from models.interface import Observations, PolicyInterface
 from pipelines.dataset import Samples, TrackIndex, build_features
 from pipelines.picture import Picture
 
@@ -29,7 +29,7 @@ DECISION_COLUMNS = ["time", "flight_id_1", "flight_id_2", "tcpa_s", "dcpa_nm", "
 
 @dataclass
 class Predictor:
-    policy: object
+    policy: PolicyInterface
     uri: str = ""
     conflicts: ConflictConfig = ConflictConfig()
 
@@ -37,7 +37,7 @@ class Predictor:
         self.policy.eval()
         self.dcfg = DatasetConfig(**self.policy.spec["config"])
         self.step_s = float(self.policy.spec["step_s"])
-        self.context = self.policy.context      # the context network: PyTorch, or ONNX Runtime (use_onnx)
+        self.encode = self.policy.encode        # the context network: PyTorch, or ONNX Runtime (use_onnx)
         self.runtime = "torch"
 
     def use_onnx(self, examples: list[dict]) -> str:
@@ -46,7 +46,7 @@ class Predictor:
         from models.onnx_context import onnx_context
         fast, why = onnx_context(self.policy, examples)
         if fast is not None:
-            self.context, self.runtime = fast, "onnxruntime"
+            self.encode, self.runtime = fast, "onnxruntime"
         return why
 
     @classmethod
@@ -112,10 +112,9 @@ class Predictor:
         if not live:
             return [(_decision_arrays(it.samples, None), []) for it in items]
         obs = Observations.from_dict({k: np.concatenate([it.features[k] for it in live]) for k in live[0].features})
-        ctx = self.context(obs)
-        head = self.policy.head
-        cond = head.predict(ctx, given_act=True)
-        p_act = torch.softmax(head.act_out(head.trunk(ctx)).float(), -1)[:, 1]
+        ctx = self.encode(obs)
+        cond = self.policy.predict_action(ctx)
+        p_act = self.policy.p_act(ctx)
         cols = {"aircraft": cond.aircraft.cpu().numpy(), "type": cond.type.cpu().numpy(),
                 "value": cond.value.cpu().numpy().astype(float), "p_act": p_act.cpu().numpy().astype(float)}
         out, a = [], 0
@@ -125,7 +124,7 @@ class Predictor:
             alts = []
             if n and it.n_alternatives > 0:
                 gen = torch.Generator(device="cpu").manual_seed(it.seed)
-                sm = head.sample(ctx[a:a + n], it.n_alternatives, gen, given_act=True)
+                sm = self.policy.sample_actions(ctx[a:a + n], it.n_alternatives, gen)
                 ac, ty, va = (x.cpu().numpy() for x in (sm.aircraft, sm.type, sm.value))
                 f1, f2 = it.samples.flight_id_1, it.samples.flight_id_2
                 alts = [_modes(ac[i], ty[i], va[i], float(part["p_act"][i]), (f1[i], f2[i])) for i in range(n)]

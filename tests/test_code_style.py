@@ -52,8 +52,7 @@ def test_code_style_nmi_matches_sklearn_on_the_codes(spec):  # noqa: F811
     # the posterior of a row without a value is its prior
     assert np.array_equal(c["posterior"][~valued], c["prior"][~valued])
     with torch.no_grad():
-        ctx = pol.context(obs)
-        post = pol.head.code_posterior(ctx, dec.aircraft, dec.type, dec.value).probs.argmax(-1).numpy()
+        post = pol.code_posterior(obs, dec).probs.argmax(-1).numpy()
     assert np.array_equal(c["posterior"], post)
 
     styles = ["vertical_first", "vectoring_first", "speed_first", None, "speed_first",

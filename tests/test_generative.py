@@ -15,11 +15,11 @@ from scipy.stats import norm
 
 from atc_il.errors import ConfigError, ModelError
 from atc_il.schemas import ACTION_TYPES
-from models.config import HeadConfig, ModelConfig, load_model_config
-from models.diffusion import NoiseScheduler, cosine_betas
-from models.generative import kde_log_prob
-from models.heads import RESUME
-from models.interface import HEADS, Decisions
+from models.config import ModelConfig, load_model_config
+from models.heads import HEADS, RESUME, head_config
+from models.heads.diffusion_schedule import NoiseScheduler, cosine_betas
+from models.heads.generative import kde_log_prob
+from models.interface import Decisions
 from models.policy import build_policy, load_policy
 from tests.test_models import B, check_policy_interface, make_dec, make_obs, spec  # noqa: F401  (spec: a fixture)
 
@@ -44,9 +44,9 @@ def acting(values, type_: int = 0, aircraft: int = 1) -> Decisions:
 # -- configuration and registry ------------------------------------------------------------------------------
 def test_registered_and_configured():
     assert {"cvae", "diffusion"} <= set(HEADS.names())
-    cfg = HeadConfig(name="cvae")
+    cfg = head_config("cvae")
     assert (cfg.latent_dim, cfg.latent, cfg.codes) == (4, "continuous", 3)
-    cfg = HeadConfig(name="diffusion")
+    cfg = head_config("diffusion")
     assert (cfg.diffusion_steps, cfg.sampling_steps, cfg.beta_schedule) == (50, 10, "cosine")
     with pytest.raises(ConfigError, match="sampling_steps"):
         load_model_config(head={"name": "diffusion", "diffusion_steps": 8, "sampling_steps": 9})
@@ -61,25 +61,24 @@ def test_losses_gradients_and_shapes(spec, variant):  # noqa: F811
     policy = build_policy(config(variant), spec)
     obs, dec = make_obs(spec), make_dec()
     check_policy_interface(policy, obs, dec)
-    assert policy.head._objective is False                     # the objective only inside loss()
     assert policy.exact_log_prob == (variant == "cvae_discrete")
-    ctx = policy.context(make_obs(spec, 5))
-    g = policy.head.sample(ctx, 4, torch.Generator().manual_seed(0), given_act=True)
+    ctx = policy.encode(make_obs(spec, 5))
+    g = policy.sample_actions(ctx, 4, torch.Generator().manual_seed(0))
     assert (g.act == 1).all() and (g.type >= 0).all() and g.value.shape == (5, 4)
 
 
 def test_diffusion_sampling_steps_parameter(spec):  # noqa: F811
     policy = build_policy(config("diffusion", "mlp", vae=False), spec).eval()
-    ctx = policy.context(make_obs(spec))
+    ctx = policy.encode(make_obs(spec))
     with torch.no_grad():
-        a = policy.head.sample(ctx, 3, torch.Generator().manual_seed(0), sampling_steps=2)
-        b = policy.head.sample(ctx, 3, torch.Generator().manual_seed(0), sampling_steps=2)
-        c = policy.head.sample(ctx, 3, torch.Generator().manual_seed(0))
-        assert policy.head.predict(ctx, sampling_steps=50).value.shape == (B,)
+        a = policy.sample(ctx, 3, torch.Generator().manual_seed(0), sampling_steps=2)
+        b = policy.sample(ctx, 3, torch.Generator().manual_seed(0), sampling_steps=2)
+        c = policy.sample(ctx, 3, torch.Generator().manual_seed(0))
+        assert policy.predict(ctx, sampling_steps=50).value.shape == (B,)
     torch.testing.assert_close(a.value, b.value, equal_nan=True)
     assert not torch.allclose(a.value[a.act == 1], c.value[c.act == 1])
     with pytest.raises(ModelError, match="sampling_steps"):
-        policy.head.sample(ctx, 3, sampling_steps=51)
+        policy.sample(ctx, 3, sampling_steps=51)
 
 
 # -- the scheduler -------------------------------------------------------------------------------------------
@@ -138,7 +137,7 @@ def test_kernel_density_estimate():
 def _train_bimodal(name: str, steps: int = 300, batch: int = 256, seed: int = 0, **kw):
     """As tests/test_models.py: heading -30 or +30 (50/50) on aircraft 1 for one constant context."""
     torch.manual_seed(seed)
-    head = HEADS.get(name)(8, HeadConfig(name=name, hidden=32, **kw))
+    head = HEADS.get(name)(8, head_config(name, hidden=32, **kw))
     opt = torch.optim.Adam(head.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - i / steps)
     ctx, g = torch.ones(batch, 8), torch.Generator().manual_seed(seed)
@@ -211,7 +210,7 @@ def _flatten(module: torch.nn.Module, bias) -> None:
 
 
 def test_discrete_code_log_prob_equals_the_enumeration_by_hand():
-    head = HEADS.get("cvae")(8, HeadConfig(name="cvae", hidden=16, latent="discrete", codes=3)).eval()
+    head = HEADS.get("cvae")(8, head_config("cvae", hidden=16, latent="discrete", codes=3)).eval()
     prior_logits, shift, mu0, sd = np.array([0.4, -0.3, 0.1]), np.array([-1.0, 0.2, 1.3]), 0.1, 0.4
     _flatten(head.act_out, [0.2, 1.1])
     _flatten(head.aircraft_out, [0.0, 0.0])
@@ -250,7 +249,7 @@ def test_continuous_log_prob_is_a_deterministic_importance_estimate():
     """The importance-sampled estimate converges to brute-force Monte Carlo over the prior as K grows, is
     the same on every call and for a row alone or in a batch (here an untrained head: q is a poor proposal)."""
     torch.manual_seed(0)
-    head = HEADS.get("cvae")(8, HeadConfig(name="cvae", hidden=16, latent_dim=2)).eval()
+    head = HEADS.get("cvae")(8, head_config("cvae", hidden=16, latent_dim=2)).eval()
     ctx, dec = torch.randn(4, 8), acting([-20.0, 0.0, 10.0, 35.0])
     with torch.no_grad():
         got = head.terms(ctx, dec)["value"]

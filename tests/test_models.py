@@ -13,12 +13,12 @@ from scipy.special import logsumexp
 from scipy.stats import norm
 
 from atc_il.config import DatasetConfig
-from atc_il.errors import ModelError
+from atc_il.errors import ConfigError, ModelError
 from atc_il.schemas import ACTION_TYPES
-from models.config import HeadConfig, ModelConfig, VAEConfig
+from models.config import ModelConfig, VAEConfig, load_model_config
 from models.encoders import MLPEncoder  # noqa: F401  (registers the encoders)
-from models.heads import RESUME
-from models.interface import ENCODERS, HEADS, Decisions, Observations
+from models.heads import HEADS, RESUME, head_config
+from models.interface import ENCODERS, Decisions, Observations, PolicyInterface
 from models.normalizer import Normalizer
 from models.policy import build_policy, load_policy
 from models.vae import HistoryVAE
@@ -132,6 +132,7 @@ def check_policy_interface(policy, obs, dec) -> dict:
     """The policy interface every head must honour: a finite scalar loss with its logs, a gradient for every
     parameter, and (in eval mode) samples, log-probs and predictions of the right shapes and decision coding.
     Returns the loss logs; leaves the policy in eval mode."""
+    assert isinstance(policy, PolicyInterface)
     loss, logs = policy.loss(obs, dec)
     assert torch.isfinite(loss) and loss.ndim == 0
     assert {"loss", "nll", "nll_act", "nll_aircraft", "nll_type", "nll_value"} <= set(logs)
@@ -154,6 +155,12 @@ def check_policy_interface(policy, obs, dec) -> dict:
     p = policy.predict(obs)
     for x in (p.act, p.aircraft, p.type, p.value):
         assert x.shape == (B,)
+    p_act = policy.p_act(obs)
+    assert p_act.shape == (B,) and p_act.dtype == torch.float32 and ((p_act >= 0) & (p_act <= 1)).all()
+    ctx = policy.encode(obs)
+    torch.testing.assert_close(policy.p_act(ctx), p_act)              # a Context stands for its observations
+    a = policy.predict_action(ctx)
+    assert (a.act == 1).all() and (a.type >= 0).all()
     return logs
 
 
@@ -162,7 +169,7 @@ def test_act_zero_counts_only_the_act_term(spec):
     obs = make_obs(spec)
     idle = Decisions(torch.zeros(B, dtype=torch.long), torch.full((B,), -1), torch.full((B,), -1),
                      torch.full((B,), NAN))
-    t = policy.head.terms(policy.context(obs), idle)
+    t = policy.log_prob_terms(obs, idle)
     assert (t["aircraft"] == 0).all() and (t["type"] == 0).all() and (t["value"] == 0).all()
     torch.testing.assert_close(policy.log_prob(obs, idle), t["act"])
 
@@ -188,7 +195,7 @@ def test_policy_without_vae_and_vae_posterior(spec):
 # -- multimodality -----------------------------------------------------------------------------------
 def _train_bimodal(name: str, steps: int = 300, batch: int = 256, seed: int = 0):
     torch.manual_seed(seed)
-    head = HEADS.get(name)(8, HeadConfig(name=name, hidden=32, components=2))
+    head = HEADS.get(name)(8, head_config(name, hidden=32, **({"components": 2} if name == "mdn" else {})))
     opt = torch.optim.Adam(head.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - i / steps)   # settle, don't chase the last batch
     ctx, g = torch.ones(batch, 8), torch.Generator().manual_seed(seed)
@@ -233,7 +240,7 @@ def _flatten_outputs(head, biases: dict):
 
 
 def test_mdn_log_prob_matches_closed_form_mixture():
-    head = HEADS.get("mdn")(8, HeadConfig(name="mdn", hidden=16, components=2)).eval()
+    head = HEADS.get("mdn")(8, head_config("mdn", hidden=16, components=2)).eval()
     logits, mu, sd = np.array([0.3, -0.4]), np.array([-1.0, 0.8]), np.array([0.5, 0.25])
     raw = np.log(np.expm1(sd - 1e-3))       # inverse of softplus(raw) + 1e-3
     _flatten_outputs(head, {"act_out": [0.2, 1.1], "aircraft_out": [0.0, 0.0],
@@ -253,7 +260,7 @@ def test_mdn_log_prob_matches_closed_form_mixture():
 def test_value_densities_are_in_the_types_unit():
     """A uniform autoregressive value head has density 1 / (range width) in the type's unit, and the
     three heads' value terms are comparable (same unit) for the same value."""
-    cfg = HeadConfig(name="autoregressive", hidden=16, value_bins=8)
+    cfg = head_config("autoregressive", hidden=16, value_bins=8)
     head = HEADS.get("autoregressive")(4, cfg)
     _flatten_outputs(head, {"value_net": [0.0] * 8})
     for i, t in enumerate(ACTION_TYPES):
@@ -264,7 +271,7 @@ def test_value_densities_are_in_the_types_unit():
                         torch.full((3,), i), torch.tensor([lo + 1e-3, (lo + hi) / 2, hi - 1e-3]))
         terms = head.terms(torch.zeros(3, 4), dec)
         torch.testing.assert_close(terms["value"], torch.full((3,), -math.log(hi - lo)))
-    det = HEADS.get("deterministic")(4, HeadConfig(name="deterministic", hidden=16))
+    det = HEADS.get("deterministic")(4, head_config("deterministic", hidden=16))
     _flatten_outputs(det, {"value_net": [0.0]})
     dec = Decisions(torch.ones(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), torch.tensor([1]),
                     torch.tensor([500.0]))       # altitude: N(0.5; 0, 1) / 1000 ft
@@ -291,6 +298,25 @@ def test_save_load_round_trip(spec, tmp_path):
     for x, y in zip((sa.act, sa.aircraft, sa.type, sa.value), (sb.act, sb.aircraft, sb.type, sb.value)):
         torch.testing.assert_close(x, y, equal_nan=True)
     torch.testing.assert_close(policy.log_prob(obs, make_dec()), loaded.log_prob(obs, make_dec()))
+
+
+def test_policy_saved_with_the_flat_head_config_loads(spec, tmp_path):
+    """Policies saved before the heads had their own configs hold every head's fields in config.yaml."""
+    import yaml
+    policy = build_policy(ModelConfig(head={"name": "autoregressive", "hidden": 16, "value_bins": 8}), spec).eval()
+    policy.save(tmp_path / "p")
+    path = tmp_path / "p" / "config.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["head"] = {"name": "autoregressive", "hidden": 16, "components": 4, "value_bins": 8, "latent_dim": 4,
+                   "latent": "continuous", "codes": 3, "diffusion_steps": 50, "sampling_steps": 10,
+                   "beta_schedule": "cosine", "value_range": raw["head"]["value_range"]}
+    path.write_text(yaml.safe_dump(raw))
+    loaded = load_policy(tmp_path / "p")
+    assert loaded.config == policy.config
+    obs = make_obs(spec, seed=2)
+    torch.testing.assert_close(loaded.predict(obs).value, policy.predict(obs).value, equal_nan=True)
+    with pytest.raises(ConfigError, match="components"):      # a config file is still checked strictly
+        load_model_config(head={"name": "autoregressive", "components": 4})
 
 
 def test_load_without_normalisation_or_spec_raises(spec, tmp_path):
@@ -344,8 +370,8 @@ def test_given_act_predicts_and_samples_actions_only(spec):
     """Evaluation scores aircraft, type and value given that the controller acts."""
     for head in ("deterministic", "mdn", "autoregressive"):
         pol = build_policy(ModelConfig(head={"name": head}), spec)
-        ctx = pol.context(make_obs(spec, 5))
-        d = pol.head.predict(ctx, given_act=True)
+        ctx = pol.encode(make_obs(spec, 5))
+        d = pol.predict_action(ctx)
         assert (d.act == 1).all() and (d.aircraft >= 0).all() and (d.type >= 0).all()
-        s = pol.head.sample(ctx, 7, torch.Generator().manual_seed(0), given_act=True)
+        s = pol.sample_actions(ctx, 7, torch.Generator().manual_seed(0))
         assert s.act.shape == (5, 7) and (s.act == 1).all() and (s.type >= 0).all()

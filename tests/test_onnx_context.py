@@ -37,4 +37,4 @@ def test_onnx_context_equals_the_pytorch_context_at_any_batch_size(encoder, vae)
     with torch.inference_mode():
         for b in (1, 3, 7):
             obs = Observations.from_dict({k: feats[k][:b] for k in OBS_KEYS})
-            np.testing.assert_allclose(fast(obs).numpy(), policy.context(obs).numpy(), rtol=0, atol=1e-5)
+            np.testing.assert_allclose(fast(obs).tensor.numpy(), policy.encode(obs).tensor.numpy(), rtol=0, atol=1e-5)

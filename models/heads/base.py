@@ -1,4 +1,5 @@
-"""Policy heads over the hybrid decision (act, aircraft, type, value), conditioned on a context (B, C).
+"""The base of every policy head: the hybrid decision (act, aircraft, type, value), conditioned on a
+context (B, C), and the config fields every head shares.
 
 Factorisation shared by every head (robomimic's idea: distributions from ``torch.distributions``):
 
@@ -9,11 +10,10 @@ Factorisation shared by every head (robomimic's idea: distributions from ``torch
 - the value's log-density is in the TYPE'S UNIT (deg, ft, kt): heads that model the scaled value
   ``value / VALUE_SCALE[type]`` subtract ``log VALUE_SCALE[type]``, so NLLs compare across heads.
 
-Heads: ``deterministic`` (argmax / regression, the mode-collapse baseline; its value "density" is a fixed
-unit-variance Gaussian in scaled units, not a fitted density model: ``exact_log_prob = False``), ``mdn``
-(a K-component Gaussian mixture per type, exact) and ``autoregressive`` (value bins uniform over
-``value_range[type]``, a piecewise-uniform density: exact within the range; values outside it are counted
-in the edge bins).
+Each head lives in its own module of this package with its pydantic config beside it (``name`` is the
+discriminator of :data:`models.heads.HeadConfig`) and registers itself in :data:`HEADS` there; a head module
+imports only this module, :mod:`models.heads.generative` (the generative heads' shared part),
+:mod:`models.interface` and :mod:`models.layers`.
 
 Distributions and log-probs are computed in float32, also under autocast. Sampling takes an optional
 ``torch.Generator`` (on any device: draws are made on the generator's device, then moved).
@@ -22,14 +22,15 @@ Distributions and log-probs are computed in float32, also under autocast. Sampli
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
-from torch.distributions import Categorical, MixtureSameFamily, Normal
 
-from atc_il.errors import ModelError
+from atc_il.config import Section
 from atc_il.schemas import ACTION_TYPES
-from models.config import HeadConfig
-from models.encoders import mlp
-from models.interface import HEADS, N_TYPES, VALUE_SCALE_T, Decisions
+from models.interface import N_TYPES, VALUE_SCALE_T, Decisions, Registry
+from models.layers import mlp
+
+HEADS = Registry("head")
 
 RESUME = ACTION_TYPES.index("resume")
 
@@ -55,13 +56,25 @@ def finish(act: torch.Tensor, aircraft: torch.Tensor, type_: torch.Tensor, value
                      torch.where(acting, value, torch.full_like(value, float("nan"))))
 
 
+def default_value_range() -> dict[str, tuple[float, float]]:
+    """Value range per type, in the type's unit."""
+    return {"heading": (-60.0, 60.0), "altitude": (-4000.0, 4000.0), "speed": (-40.0, 40.0),
+            "direct_to": (-90.0, 90.0), "resume": (-1.0, 1.0)}
+
+
+class HeadConfigBase(Section):
+    """The fields every head's config has; each head's config adds its own and narrows ``name``."""
+    name: str
+    hidden: int = Field(128, ge=8)
+
+
 class Head(nn.Module):
     """Shared act / aircraft / type parts; subclasses model the value given (context, aircraft, type)."""
 
     exact_log_prob = True
     n_value_params = 1
 
-    def __init__(self, ctx_dim: int, cfg: HeadConfig):
+    def __init__(self, ctx_dim: int, cfg: HeadConfigBase):
         super().__init__()
         d = cfg.hidden
         self.cfg = cfg
@@ -91,9 +104,20 @@ class Head(nn.Module):
     def value_mode(self, params: torch.Tensor, type_: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def value_term(self, params: torch.Tensor, type_: torch.Tensor, value: torch.Tensor,
+                   objective: bool) -> torch.Tensor:
+        """The value's per-sample term: its log-density, or (``objective``, in the training loss) the head's
+        training objective for it; the same for heads trained by maximum likelihood."""
+        return self.value_log_prob(params, type_, value)
+
     # -- the head interface ----------------------------------------------------------------------
-    def terms(self, ctx: torch.Tensor, dec: Decisions) -> dict[str, torch.Tensor]:
-        """Per-sample log-probability terms (B,): act, aircraft, type, value (0 where they do not apply)."""
+    def p_act(self, ctx: torch.Tensor) -> torch.Tensor:
+        """P(act now) (B,), float32: the one place the probability of acting is computed."""
+        return torch.softmax(self.act_out(self.trunk(ctx)).float(), -1)[:, 1]
+
+    def terms(self, ctx: torch.Tensor, dec: Decisions, objective: bool = False) -> dict[str, torch.Tensor]:
+        """Per-sample log-probability terms (B,): act, aircraft, type, value (0 where they do not apply);
+        ``objective``: the value term is the head's training objective (:meth:`value_term`)."""
         h = self.trunk(ctx)
         acting = dec.act == 1
         aircraft = torch.where(acting, dec.aircraft, 0).clamp(0, 1)
@@ -105,7 +129,7 @@ class Head(nn.Module):
         lp_act = torch.log_softmax(self.act_out(h).float(), -1).gather(-1, acting.long()[:, None])[:, 0]
         lp_ac = torch.log_softmax(self.aircraft_out(h).float(), -1).gather(-1, aircraft[:, None])[:, 0]
         lp_ty = torch.log_softmax(self.type_logits(h, aircraft), -1).gather(-1, type_[:, None])[:, 0]
-        lp_val = self.value_log_prob(self.value_params(h, aircraft, type_), type_, value)
+        lp_val = self.value_term(self.value_params(h, aircraft, type_), type_, value, objective)
         return {"act": lp_act, "aircraft": torch.where(acting, lp_ac, zero), "type": torch.where(acting, lp_ty, zero),
                 "value": torch.where(has_value, lp_val, zero)}
 
@@ -113,9 +137,11 @@ class Head(nn.Module):
         t = self.terms(ctx, dec)
         return t["act"] + t["aircraft"] + t["type"] + t["value"]
 
-    def loss(self, ctx: torch.Tensor, dec: Decisions, act_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
-        """Mean over the batch of the weighted NLL terms; logs hold the detached per-term means."""
-        t = self.terms(ctx, dec)
+    def loss(self, ctx: torch.Tensor, dec: Decisions,
+             act_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean over the batch of the weighted NLL terms (the value's as its training objective); logs hold
+        the detached per-term means."""
+        t = self.terms(ctx, dec, objective=True)
         nll = {k: -v.mean() for k, v in t.items()}
         loss = act_weight * nll["act"] + nll["aircraft"] + nll["type"] + nll["value"]
         logs = {f"nll_{k}": v.detach() for k, v in nll.items()}
@@ -145,99 +171,3 @@ class Head(nn.Module):
         aircraft = self.aircraft_out(h).argmax(-1)
         type_ = self.type_logits(h, aircraft).argmax(-1)
         return finish(act, aircraft, type_, self.value_mode(self.value_params(h, aircraft, type_), type_))
-
-
-@HEADS.register("deterministic")
-class DeterministicHead(Head):
-    """Argmax / regression baseline: cross-entropy for act, aircraft and type; the scaled value regressed
-    with a squared error (the loss is the NLL of a unit-variance Gaussian in scaled units, i.e. half the
-    MSE plus a constant). ``sample`` repeats the prediction n times: it cannot represent several modes.
-    ``log_prob``: categorical parts exact, the value under that fixed unit-variance Gaussian (in the
-    type's unit) - a yardstick, not a fitted density."""
-
-    exact_log_prob = False
-
-    def value_log_prob(self, params, type_, value):
-        scaled = value / self.log_scale[type_].exp()
-        return Normal(params[..., 0], 1.0, validate_args=False).log_prob(scaled) - self.log_scale[type_]
-
-    def value_mode(self, params, type_):
-        return params[..., 0] * self.log_scale[type_].exp()
-
-    def sample(self, ctx, n, generator=None, given_act=False):
-        d = self.predict(ctx, given_act=given_act)
-        return Decisions(*(x[:, None].expand(-1, n).clone() for x in (d.act, d.aircraft, d.type, d.value)))
-
-
-@HEADS.register("mdn")
-class MDNHead(Head):
-    """Mixture density head: per (aircraft, type) a ``MixtureSameFamily(Categorical, Normal)`` with
-    ``components`` Gaussians over the scaled value; exact log-likelihood."""
-
-    def __init__(self, ctx_dim: int, cfg: HeadConfig):
-        self.n_value_params = 3 * cfg.components
-        super().__init__(ctx_dim, cfg)
-        # spread the initial component means over [-1.5, 1.5] scaled units (symmetry breaking: components
-        # that all start at 0 separate slowly, and a bimodal target is then first fitted by one wide bump)
-        k = cfg.components
-        with torch.no_grad():
-            self.value_net[-1].bias[k:2 * k].copy_(torch.linspace(-1.5, 1.5, k) if k > 1 else torch.zeros(1))
-
-    def mixture(self, params: torch.Tensor) -> MixtureSameFamily:
-        logits, mu, raw = params.float().chunk(3, dim=-1)
-        scale = torch.nn.functional.softplus(raw) + 1e-3
-        return MixtureSameFamily(Categorical(logits=logits, validate_args=False),
-                                 Normal(mu, scale, validate_args=False), validate_args=False)
-
-    def value_log_prob(self, params, type_, value):
-        return self.mixture(params).log_prob(value / self.log_scale[type_].exp()) - self.log_scale[type_]
-
-    def value_sample(self, params, type_, generator):
-        logits, mu, raw = params.float().chunk(3, dim=-1)
-        k = sample_index(logits, draw("rand", logits.shape[:-1], generator, params.device))
-        mu_k = mu.gather(-1, k[..., None])[..., 0]
-        sd_k = (torch.nn.functional.softplus(raw) + 1e-3).gather(-1, k[..., None])[..., 0]
-        eps = draw("randn", mu_k.shape, generator, params.device)
-        return (mu_k + sd_k * eps) * self.log_scale[type_].exp()
-
-    def value_mode(self, params, type_):
-        logits, mu, _ = params.float().chunk(3, dim=-1)
-        return mu.gather(-1, logits.argmax(-1, keepdim=True))[..., 0] * self.log_scale[type_].exp()
-
-
-@HEADS.register("autoregressive")
-class AutoregressiveHead(Head):
-    """act -> aircraft -> type -> value bin, each conditioned on the previous choice's embedding; value
-    bins uniform over ``value_range[type]`` (``value_bins`` per type), so log p(value) = log p(bin) -
-    log(bin width in the type's unit); sampling is uniform within the sampled bin."""
-
-    def __init__(self, ctx_dim: int, cfg: HeadConfig):
-        self.n_value_params = cfg.value_bins
-        super().__init__(ctx_dim, cfg)
-        missing = [t for t in ACTION_TYPES if t not in cfg.value_range]
-        if missing:
-            raise ModelError(f"head.value_range lacks types {missing}; give (low, high) for each of {ACTION_TYPES}")
-        lo = torch.tensor([float(cfg.value_range[t][0]) for t in ACTION_TYPES])
-        hi = torch.tensor([float(cfg.value_range[t][1]) for t in ACTION_TYPES])
-        if not (hi > lo).all():
-            raise ModelError(f"head.value_range: every high must exceed its low, got {cfg.value_range}")
-        self.register_buffer("lo", lo, persistent=False)
-        self.register_buffer("width", (hi - lo) / cfg.value_bins, persistent=False)
-
-    def bin_of(self, type_: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        return ((value - self.lo[type_]) / self.width[type_]).floor().clamp(0, self.cfg.value_bins - 1).long()
-
-    def value_log_prob(self, params, type_, value):
-        lp = torch.log_softmax(params, -1).gather(-1, self.bin_of(type_, value)[..., None])[..., 0]
-        return lp - self.width[type_].log()
-
-    def value_sample(self, params, type_, generator):
-        k = sample_index(params, draw("rand", params.shape[:-1], generator, params.device))
-        u = draw("rand", k.shape, generator, params.device)
-        return self.lo[type_] + (k.float() + u) * self.width[type_]
-
-    def value_mode(self, params, type_):
-        return self.lo[type_] + (params.argmax(-1).float() + 0.5) * self.width[type_]
-
-
-from models import generative  # noqa: E402,F401  (registers cvae and diffusion)

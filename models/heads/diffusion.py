@@ -3,7 +3,7 @@
 
 - training: DDPM epsilon prediction (Ho et al. 2020): t ~ U{0..T-1}, eps ~ N(0, 1),
   x_t = sqrt(abar_t) v + sqrt(1 - abar_t) eps, loss = (eps_theta(x_t, t, e) - eps)^2, with T =
-  ``diffusion_steps`` and the cosine schedule (models/diffusion.py). In the training logs ``nll_value`` is
+  ``diffusion_steps`` and the cosine schedule (models/heads/diffusion_schedule.py). In the training logs ``nll_value`` is
   this mean squared error, NOT a likelihood;
 - sampling: DDIM (Song et al. 2021) in ``sampling_steps`` steps (config default; ``sample(...,
   sampling_steps=)`` / ``predict(..., sampling_steps=)`` override it), eta = 0: deterministic given the
@@ -31,18 +31,37 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from typing import Literal
 
 import torch
+from pydantic import Field, model_validator
 from torch import nn
 
 from atc_il.errors import ModelError
 from atc_il.schemas import ACTION_TYPES
-from models.config import HeadConfig
-from models.diffusion import NoiseScheduler
-from models.encoders import mlp
-from models.generative import GenerativeHead, fixed_generator, float32, kde_log_prob
-from models.heads import draw
-from models.interface import HEADS, VALUE_SCALE
+from models.heads.base import HEADS, HeadConfigBase, default_value_range, draw
+from models.heads.diffusion_schedule import NoiseScheduler
+from models.heads.generative import GenerativeHead, fixed_generator, float32, kde_log_prob
+from models.interface import VALUE_SCALE
+from models.layers import mlp
+
+
+class DiffusionConfig(HeadConfigBase):
+    name: Literal["diffusion"] = "diffusion"
+    diffusion_steps: int = Field(50, ge=2, description="T: training noise levels")
+    sampling_steps: int = Field(10, ge=1, description="DDIM steps when sampling, at most diffusion_steps")
+    beta_schedule: Literal["cosine"] = Field("cosine", description="noise schedule")
+    value_range: dict[str, tuple[float, float]] = Field(
+        default_factory=default_value_range,
+        description="value range per type, in the type's unit: predicted values clipped at 1.5 times its largest "
+                    "magnitude")
+
+    @model_validator(mode="after")
+    def _sampling_within_training_steps(self):
+        if self.sampling_steps > self.diffusion_steps:
+            raise ValueError(f"sampling_steps ({self.sampling_steps}) must be at most diffusion_steps "
+                             f"({self.diffusion_steps})")
+        return self
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 1000.0) -> torch.Tensor:
@@ -62,7 +81,7 @@ class DiffusionHead(GenerativeHead):
     kde_min_bandwidth = 0.01    # scaled units (0.3 deg heading, 10 ft altitude)
     clip_margin = 1.5           # x0 clipped to clip_margin * max|value_range[type]| / VALUE_SCALE[type]
 
-    def __init__(self, ctx_dim: int, cfg: HeadConfig):
+    def __init__(self, ctx_dim: int, cfg: DiffusionConfig):
         self.n_value_params = cfg.hidden           # value_net's output: the (ctx, aircraft, type) embedding
         super().__init__(ctx_dim, cfg)
         d = cfg.hidden

@@ -41,17 +41,26 @@ e.g. to measure whether discrete codes align with controller styles (normalised 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 from torch.distributions import Categorical, Independent, Normal, kl_divergence
 
-from models.config import HeadConfig
-from models.encoders import mlp
-from models.generative import GenerativeHead, fixed_generator, float32, normal_log_pdf
-from models.heads import RESUME, draw, sample_index
-from models.interface import HEADS, N_TYPES
+from models.heads.base import HEADS, RESUME, HeadConfigBase, draw, sample_index
+from models.heads.generative import GenerativeHead, fixed_generator, float32, normal_log_pdf
+from models.interface import N_TYPES
+from models.layers import mlp
+
+
+class CVAEConfig(HeadConfigBase):
+    name: Literal["cvae"] = "cvae"
+    latent_dim: int = Field(4, ge=1, description="continuous latent dimensions (latent = continuous)")
+    latent: Literal["continuous", "discrete"] = Field(
+        "continuous", description="diagonal Gaussian, or a categorical code over `codes` categories")
+    codes: int = Field(3, ge=2, description="categories of the discrete code (latent = discrete)")
 
 
 @HEADS.register("cvae")
@@ -63,7 +72,7 @@ class CVAEHead(GenerativeHead):
     value_gain = 1.0      # initial weight of the value -> posterior path (in units of the code -> mean path)
     min_sd = 1e-3         # floor of the decoder's and the latent Gaussians' standard deviations
 
-    def __init__(self, ctx_dim: int, cfg: HeadConfig):
+    def __init__(self, ctx_dim: int, cfg: CVAEConfig):
         self.n_value_params = cfg.hidden           # value_net's output: the (ctx, aircraft, type) embedding
         super().__init__(ctx_dim, cfg)
         d = cfg.hidden

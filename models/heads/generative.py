@@ -1,26 +1,23 @@
-"""Generative value heads: ``cvae`` (models/cvae_head.py) and ``diffusion`` (models/diffusion_head.py).
+"""The generative value heads' shared part: ``cvae`` (models/heads/cvae.py) and ``diffusion``
+(models/heads/diffusion.py).
 
-Both subclass the shared :class:`models.heads.Head`, so act, aircraft and type stay categorical (exact) and
+Both subclass the shared :class:`models.heads.base.Head`, so act, aircraft and type stay categorical (exact) and
 only the value given (context, aircraft, type) is modelled generatively. Their training objective for the
-value is not its log-likelihood: ``loss`` switches the value term to :meth:`GenerativeHead.value_objective`
-(the ELBO for the cvae, minus the denoising error for the diffusion head), while ``terms`` / ``log_prob``
-outside ``loss`` give the head's likelihood (exact, or an estimate where ``exact_log_prob`` is False).
+value is not its log-likelihood: ``loss`` asks ``terms(..., objective=True)`` for the value term, which is
+then :meth:`GenerativeHead.value_objective` (the ELBO for the cvae, minus the denoising error for the
+diffusion head), while ``terms`` / ``log_prob`` by default give the head's likelihood (exact, or an estimate where ``exact_log_prob`` is False).
 So ``nll_value`` in the training logs is -ELBO (cvae: in nats, in the type's unit; an upper bound on the NLL,
 except that the discrete code's Gumbel-softmax relaxation makes it an approximate one) or the epsilon mean
 squared error (diffusion, not a likelihood).
-
-Importing this module registers both heads in ``HEADS``; ``models/heads.py`` imports it at its end.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from contextlib import contextmanager
-
 import torch
 
-from models.heads import Head
+from models.heads.base import Head
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -31,7 +28,6 @@ class GenerativeHead(Head):
     (``value_log_density``, exact or estimated, in the type's unit)."""
 
     exact_log_prob = False
-    _objective = False
 
     def value_objective(self, params: torch.Tensor, type_: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -40,21 +36,11 @@ class GenerativeHead(Head):
         raise NotImplementedError
 
     def value_log_prob(self, params, type_, value):
-        fn = self.value_objective if self._objective else self.value_log_density
+        return self.value_log_density(params, type_, value)
+
+    def value_term(self, params, type_, value, objective: bool):
+        fn = self.value_objective if objective else self.value_log_density
         return fn(params, type_, value)
-
-    @contextmanager
-    def objective(self):
-        """Within this block the value term of ``terms`` is the training objective."""
-        before, self._objective = self._objective, True
-        try:
-            yield
-        finally:
-            self._objective = before
-
-    def loss(self, ctx, dec, act_weight: float = 1.0):
-        with self.objective():
-            return super().loss(ctx, dec, act_weight)
 
     def scale(self, type_: torch.Tensor) -> torch.Tensor:
         """VALUE_SCALE of each type (float32)."""
@@ -105,5 +91,3 @@ def kde_log_prob(samples: torch.Tensor, x: torch.Tensor, floor: float) -> torch.
     out = torch.logsumexp(lp, -1) - math.log(samples.shape[-1])
     return out[..., 0] if squeeze else out
 
-
-from models import cvae_head, diffusion_head  # noqa: E402,F401  (register cvae and diffusion)
