@@ -35,10 +35,10 @@ def test_markov_encoder_ignores_history_clearances_and_history_features():
     changed["geometry"][:, -1, hist] = other["geometry"][:, -1, hist]
     changed["clearances"] = other["clearances"]
     with torch.no_grad():
-        a = pol.context(Observations.from_dict(feats))
-        b = pol.context(Observations.from_dict(changed))
+        a = pol.encode(Observations.from_dict(feats)).tensor
+        b = pol.encode(Observations.from_dict(changed)).tensor
         assert torch.equal(a, b)
         # ...but the decision-time state matters
         state = {k: v.clone() for k, v in feats.items()}
         state["pair"][:, -1, :, 0] += 3.0
-        assert not torch.allclose(a, pol.context(Observations.from_dict(state)))
+        assert not torch.allclose(a, pol.encode(Observations.from_dict(state)).tensor)

@@ -25,7 +25,7 @@ from models.vae import HistoryVAE
 from pipelines.dataset import feature_spec
 
 H, K, M, B = 6, 2, 3, 10
-ENC_NAMES = ["mlp", "gru", "transformer"]
+ENC_NAMES = ["markov", "mlp", "gru", "transformer"]
 HEAD_NAMES = ["deterministic", "mdn", "autoregressive"]
 NAN = float("nan")
 
@@ -114,7 +114,7 @@ def test_encoder_shapes(spec, enc):
     e = ENCODERS.get(enc)(spec, cfg.encoder)
     summary, per_step = e(Normalizer(spec)(make_obs(spec)))
     assert summary.shape == (B, e.out_dim) and torch.isfinite(summary).all()
-    assert per_step is None if enc == "mlp" else per_step.shape == (B, H, cfg.encoder.hidden)
+    assert per_step is None if enc in ("mlp", "markov") else per_step.shape == (B, H, cfg.encoder.hidden)
 
 
 @pytest.mark.parametrize("head", HEAD_NAMES)
