@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 
 from atc_il.config import Section, load_yaml, validate
 from models.heads import DEFAULT_HEAD, HeadConfig, MDNConfig, drop_other_heads_fields
+from models.style import StyleConfig
 
 
 class EncoderConfig(Section):
@@ -50,6 +51,7 @@ class ModelConfig(Section):
     encoder: EncoderConfig = EncoderConfig()
     vae: VAEConfig = VAEConfig()
     head: HeadConfig = MDNConfig()
+    style: StyleConfig = StyleConfig()
     train: TrainConfig = TrainConfig()
 
     @model_validator(mode="before")

@@ -8,7 +8,10 @@ acts*; timing error (per episode with an action: seconds between the first step 
 decision is to act and the demonstrated action; episodes where it never acts count as misses); negative
 log-likelihood per sample (nats; the value's density in its type's unit) and its discrete part (act,
 aircraft, type); mode coverage (the share of the expert's modes that receive real probability mass,
-synthetic data); the total-variation distance between sampled and demonstrated decisions over the
+synthetic data); value NLL per type (``value_nll_<type>``, nats in the type's unit, on the samples of that
+type); calibration of P(act) (``act_ece``, expected calibration error over equal-mass bins, and
+``act_reliability``, the curve); when the controller first acts in a conflict, demonstrated against the
+policy's distribution (``acting_times``); the total-variation distance between sampled and demonstrated decisions over the
 acting samples (aircraft x type x value cells of the mode tolerance); what the VAE's latent captures
 (cross-validated accuracy of the true controller style from E[z | history], synthetic data); for a cvae
 head with a discrete code (``head.latent = discrete``), whether the code aligns with the synthetic
@@ -17,7 +20,13 @@ scenario's true style and the most probable code: ``code_style_nmi_posterior`` f
 given the demonstrated decision, over the samples with a valued action; ``code_style_nmi_prior`` from the
 learned prior given the history, over all samples; with ``code_style_samples_*`` the sample counts and
 ``code_style_codes_used_*`` how many distinct codes were chosen; synthetic data, absent for other heads;
-None when the split holds a single style).
+None when the split holds a single style; a policy with a session style code (``style.enabled``) is read the
+same way, its code posterior given the decision and its q(c | session)).
+
+Ceilings (synthetic data, models/ceiling.py): ``ceiling`` is the achievable one (the style marginalised with its
+posterior given the session's earlier decisions; the oracle for truth tables without per-style records,
+``ceiling_kind`` says which), ``oracle_ceiling`` the expert's own probabilities; ``gap`` is to the former,
+``gap_oracle`` to the latter, and ``ceiling_difference_discrete_nll`` what no model can win back.
 """
 
 from __future__ import annotations
@@ -31,7 +40,8 @@ import torch
 
 from atc_il.io import write_json
 from atc_il.schemas import ACTION_TYPES
-from models.ceiling import MODE_TOLERANCE, ceiling_metrics, expert_distributions, load_truth, mode_coverage
+from models.ceiling import (MODE_TOLERANCE, achievable, ceiling_metrics, expert_distributions, load_truth,
+                            mode_coverage)
 from models.data import load_data
 from models.interface import Decisions, Observations, PolicyInterface
 from pipelines.shards import load_split
@@ -73,8 +83,10 @@ def _run(policy: PolicyInterface, obs: Observations, n_samples: int, batch: int,
 
 
 @torch.no_grad()
-def _log_probs(policy: PolicyInterface, obs: Observations, dec: Decisions, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    lp, disc = [], []
+def _log_probs(policy: PolicyInterface, obs: Observations, dec: Decisions,
+               batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per sample: total and discrete log-likelihoods, and the value term alone."""
+    lp, disc, val = [], [], []
     for i in range(0, obs.batch_size, batch):
         sl = slice(i, i + batch)
         o = Observations(*(getattr(obs, k)[sl] for k in ("pair", "neighbours", "geometry", "clearances")))
@@ -82,7 +94,55 @@ def _log_probs(policy: PolicyInterface, obs: Observations, dec: Decisions, batch
         t = policy.log_prob_terms(o, d)
         disc.append((t["act"] + t["aircraft"] + t["type"]).cpu())
         lp.append((t["act"] + t["aircraft"] + t["type"] + t["value"]).cpu())
-    return torch.cat(lp).numpy(), torch.cat(disc).numpy()
+        val.append(t["value"].cpu())
+    return torch.cat(lp).numpy(), torch.cat(disc).numpy(), torch.cat(val).numpy()
+
+
+def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> tuple[float, list[dict]]:
+    """Expected calibration error of P(act) over equal-mass bins (P(act) is small most of the time: equal-width
+    bins would leave the upper ones nearly empty), and the reliability curve: per bin the mean predicted
+    probability, the observed frequency and the count."""
+    order = np.argsort(p, kind="stable")
+    curve, ece = [], 0.0
+    for part in np.array_split(order, min(bins, max(len(p), 1))):
+        if not len(part):
+            continue
+        mp, fy = float(p[part].mean()), float(y[part].mean())
+        curve.append({"p": mp, "freq": fy, "n": int(len(part))})
+        ece += len(part) / len(p) * abs(mp - fy)
+    return float(ece), curve
+
+
+def acting_times(meta: pd.DataFrame, y_act: np.ndarray, p_act: np.ndarray, first_s: np.ndarray) -> dict:
+    """When the controller first acts in a conflict, demonstrated against the policy's distribution (open loop,
+    on the demonstrated histories): per episode, the policy's probability of acting first at each step is
+    ``p_k prod_{j<k} (1 - p_j)``. Times in seconds since the conflict's first detection. Returns the share of
+    episodes acted on (demonstrated, expected under the policy), the mean first-action time of both (given
+    an action), and the 1-Wasserstein distance between the two first-action time distributions."""
+    df = pd.DataFrame({"ep": meta["episode_id"].to_numpy(), "t": meta["time"].to_numpy() / 1e9, "y": y_act,
+                       "p": np.clip(p_act, 0, 1), "s": first_s}).sort_values(["ep", "t"], kind="stable")
+    demo_t, model_t, model_w, acted, p_any = [], [], [], 0, []
+    for _, g in df.groupby("ep", sort=False):
+        p = g["p"].to_numpy()
+        surv = np.concatenate([[1.0], np.cumprod(1 - p)[:-1]])
+        w = p * surv
+        p_any.append(w.sum())
+        model_t.append(g["s"].to_numpy())
+        model_w.append(w)
+        if g["y"].any():
+            acted += 1
+            demo_t.append(float(g.loc[g["y"] == 1, "s"].iloc[0]))
+    n_ep = max(len(p_any), 1)
+    out = {"episodes": len(p_any), "acted_share_demonstrated": acted / n_ep,
+           "acted_share_model": float(np.sum(p_any) / n_ep)}
+    if demo_t and model_t:
+        mt, mw = np.concatenate(model_t), np.concatenate(model_w)
+        if mw.sum() > 0:
+            from scipy.stats import wasserstein_distance
+            out["first_action_s_demonstrated"] = float(np.mean(demo_t))
+            out["first_action_s_model"] = float(np.average(mt, weights=mw))
+            out["first_action_wasserstein_s"] = float(wasserstein_distance(demo_t, mt, v_weights=mw))
+    return out
 
 
 def _cells(ac, ty, val) -> list:
@@ -128,7 +188,7 @@ def evaluate(policy: PolicyInterface, dataset_dir: str | Path, split: str = "tes
     obs, dec = data.batch()
     policy.eval()
     r = _run(policy, obs, n_samples, batch, seed)
-    lp, lp_disc = _log_probs(policy, obs, dec, batch)
+    lp, lp_disc, lp_val = _log_probs(policy, obs, dec, batch)
     y_act, y_ac, y_ty, y_val = (t.numpy() for t in (dec.act, dec.aircraft, dec.type, dec.value))
     pos = y_act == 1
     m: dict = {"samples": int(len(y_act)), "acting_samples": int(pos.sum()),
@@ -143,28 +203,21 @@ def evaluate(policy: PolicyInterface, dataset_dir: str | Path, split: str = "tes
             sel = pos & (y_ty == ti) & (r["type"] == ti)
             if t != "resume" and sel.any():
                 m[f"value_mae_{t}"] = float(np.mean(np.abs(r["value"][sel] - y_val[sel])))
+            if t != "resume" and (pos & (y_ty == ti)).any():
+                m[f"value_nll_{t}"] = float(-lp_val[pos & (y_ty == ti)].mean())
         demo = _cells(y_ac[pos], y_ty[pos], y_val[pos])
         sampled = _cells(r["s_ac"][pos].reshape(-1), r["s_ty"][pos].reshape(-1), r["s_val"][pos].reshape(-1))
         m["decision_tv_distance"] = _tv(sampled, demo)
     m["timing_error_s"], m["timing_miss_rate"] = _timing(meta, y_act, r["p_act"])
+    m["act_ece"], m["act_reliability"] = calibration(y_act, r["p_act"])
+    geom = [f["name"] for f in policy.spec["tensors"]["geometry"]["features"]]
+    if "time_in_conflict_s" in geom:
+        m["acting_times"] = acting_times(meta, y_act, r["p_act"],
+                                         obs.geometry[:, -1, geom.index("time_in_conflict_s")].numpy())
     truth = Path(truth) if truth else dataset_dir.parent / "expert_truth.parquet"
     if truth.exists():
         t = load_truth(truth)
-        dist = expert_distributions(meta["time"].to_numpy(), meta["flight_id_1"], meta["flight_id_2"], t)
-        # a positive label the expert has no record for is an action it took for another conflict of the same
-        # aircraft (actions link to every active episode of their aircraft): left out of the ceiling
-        keep = dist["matched"] | ~pos
-        dist = {k: (v[keep] if isinstance(v, np.ndarray) else [x for x, ok in zip(v, keep) if ok]) for k, v in dist.items()}
-        ceil = ceiling_metrics(dist, y_act[keep], y_ac[keep], y_ty[keep])
-        ceil["positives_without_expert_record"] = int((pos & ~keep).sum())
-        pos_k = pos[keep]
-        m["ceiling"] = ceil
-        m["gap"] = {k: ceil[k] - m[k] for k in ("act_accuracy", "aircraft_accuracy", "type_accuracy") if k in ceil and k in m}
-        if "discrete_nll" in ceil:
-            m["gap"]["discrete_nll"] = m["nll_discrete"] - ceil["discrete_nll"]
-        idx = np.flatnonzero(keep)[pos_k]
-        m["mode_coverage"] = mode_coverage([dist["modes"][j] for j in np.flatnonzero(pos_k)],
-                                           [np.stack([r["s_ac"][i], r["s_ty"][i], r["s_val"][i]], 1) for i in idx])
+        m.update(_ceilings(t, meta, y_act, y_ac, y_ty, m, r))
         if "z" in r:
             m["latent_style_accuracy"], m["latent_style_majority"] = _style_probe(r["z"], meta, t)
         if _has_discrete_code(policy):
@@ -173,6 +226,35 @@ def evaluate(policy: PolicyInterface, dataset_dir: str | Path, split: str = "tes
         write_report(m, out, title)
         plot_values(r, y_ty, y_val, pos, Path(out) / "values.png", title)
     return m
+
+
+def _ceilings(truth: pd.DataFrame, meta: pd.DataFrame, y_act, y_ac, y_ty, m: dict, r: dict) -> dict:
+    """Both ceilings (models/ceiling.py) on the split's labels, the model's gaps to the achievable one (to the
+    oracle where the truth predates per-style records), and mode coverage against the expert's modes."""
+    pos = y_act == 1
+    out: dict = {}
+    kinds = {"oracle": truth}
+    if "by_style" in truth:
+        kinds["achievable"] = achievable(truth)
+    dists = {k: expert_distributions(meta["time"].to_numpy(), meta["flight_id_1"], meta["flight_id_2"], t)
+             for k, t in kinds.items()}
+    ceil = {k: ceiling_metrics(d, y_act, y_ac, y_ty) for k, d in dists.items()}
+    main = "achievable" if "achievable" in ceil else "oracle"
+    out["ceiling"], out["ceiling_kind"] = ceil[main], main
+    out["oracle_ceiling"] = ceil["oracle"]
+    if "discrete_nll" in ceil["oracle"] and "discrete_nll" in ceil[main]:
+        # what no model can win back: the style not yet revealed by the session's history
+        out["ceiling_difference_discrete_nll"] = ceil[main]["discrete_nll"] - ceil["oracle"]["discrete_nll"]
+    for name, c in (("gap", ceil[main]), ("gap_oracle", ceil["oracle"])):
+        g = {k: c[k] - m[k] for k in ("act_accuracy", "aircraft_accuracy", "type_accuracy") if k in c and k in m}
+        if "discrete_nll" in c:
+            g["discrete_nll"] = m["nll_discrete"] - c["discrete_nll"]
+        out[name] = g
+    d = dists["oracle"]
+    idx = np.flatnonzero(pos & d["matched"])
+    out["mode_coverage"] = mode_coverage([d["modes"][j] for j in idx],
+                                         [np.stack([r["s_ac"][i], r["s_ty"][i], r["s_val"][i]], 1) for i in idx])
+    return out
 
 
 def plot_values(r: dict, y_ty: np.ndarray, y_val: np.ndarray, pos: np.ndarray, path: Path, title: str) -> None:
@@ -272,6 +354,9 @@ def write_report(metrics: dict, out: str | Path, title: str = "evaluation") -> N
     flat = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
     for k, v in metrics.get("ceiling", {}).items():
         flat[f"ceiling_{k}"] = v
+    for k, v in metrics.get("oracle_ceiling", {}).items():
+        flat[f"oracle_ceiling_{k}"] = v
+    flat.update({f"acting_times_{k}": v for k, v in metrics.get("acting_times", {}).items()})
     lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in flat.items()]
     (out / "metrics.md").write_text("\n".join(lines) + "\n")

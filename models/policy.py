@@ -31,6 +31,8 @@ from models.heads import HEADS, drop_other_heads_fields
 from models.interface import ENCODERS, Context, Decisions, Observations
 from models.normalizer import Normalizer
 from models.vae import HistoryVAE
+from models import style as style_mix
+from models.style import StyleCode
 
 WEIGHTS_FILE, CONFIG_FILE, SPEC_FILE = "weights.pt", "config.yaml", "feature_spec.json"
 
@@ -47,6 +49,8 @@ class Policy(nn.Module):
         if self.vae is not None:
             ctx_dim += self.vae.latent_dim
         self.head = HEADS.get(config.head.name)(ctx_dim, config.head)
+        # the session style code (models/style.py): its q-logits ride at the end of the context tensor
+        self.style = StyleCode(spec, config.style, ctx_dim) if config.style.enabled else None
         self.exact_log_prob = self.head.exact_log_prob
 
     @property
@@ -60,11 +64,14 @@ class Policy(nn.Module):
         randomness comes only from the generator passed in."""
         obs_n = self.normalizer(obs.to(self.device))
         summary, _ = self.encoder(obs_n)
-        if self.vae is None:
-            return summary, obs_n, summary, None
-        q = self.vae.posterior(summary)
-        z = q.rsample() if sample_z else q.mean
-        return torch.cat([summary, z.to(summary.dtype)], dim=-1), obs_n, summary, (z, q)
+        ctx, zq = summary, None
+        if self.vae is not None:
+            q = self.vae.posterior(summary)
+            z = q.rsample() if sample_z else q.mean
+            ctx, zq = torch.cat([summary, z.to(summary.dtype)], dim=-1), (z, q)
+        if self.style is not None:
+            ctx = torch.cat([ctx, self.style.logits(obs_n.geometry).to(ctx.dtype)], dim=-1)
+        return ctx, obs_n, summary, zq
 
     def _ctx(self, obs: Observations | Context) -> torch.Tensor:
         return obs.tensor.to(self.device) if isinstance(obs, Context) else self._encode(obs)[0]
@@ -76,7 +83,10 @@ class Policy(nn.Module):
 
     def loss(self, obs: Observations, dec: Decisions) -> tuple[torch.Tensor, dict[str, float]]:
         ctx, obs_n, _, zq = self._encode(obs, sample_z=self.training)
-        loss, logs = self.head.loss(ctx, dec.to(self.device), act_weight=self.config.train.act_weight)
+        if self.style is not None:
+            loss, logs = style_mix.loss(self.head, self.style, ctx, dec.to(self.device), self.config.train.act_weight)
+        else:
+            loss, logs = self.head.loss(ctx, dec.to(self.device), act_weight=self.config.train.act_weight)
         if zq is not None:
             vae_loss, vae_logs = self.vae.loss(zq[0], zq[1], obs_n)
             loss = loss + vae_loss
@@ -87,30 +97,44 @@ class Policy(nn.Module):
 
     @torch.no_grad()
     def p_act(self, obs: Observations | Context) -> torch.Tensor:
+        if self.style is not None:
+            return style_mix.p_act(self.head, self.style, self._ctx(obs))
         return self.head.p_act(self._ctx(obs))
 
     @torch.no_grad()
     def sample(self, obs: Observations | Context, n: int, generator: torch.Generator | None = None,
                **options) -> Decisions:
+        if self.style is not None:
+            return style_mix.sample(self.head, self.style, self._ctx(obs), n, generator, False, **options)
         return self.head.sample(self._ctx(obs), n, generator, **options)
 
     @torch.no_grad()
     def sample_actions(self, obs: Observations | Context, n: int, generator: torch.Generator | None = None,
                        **options) -> Decisions:
+        if self.style is not None:
+            return style_mix.sample(self.head, self.style, self._ctx(obs), n, generator, True, **options)
         return self.head.sample(self._ctx(obs), n, generator, given_act=True, **options)
 
     def log_prob(self, obs: Observations | Context, dec: Decisions, **options) -> torch.Tensor:
+        if self.style is not None:
+            return sum(self.log_prob_terms(obs, dec).values())
         return self.head.log_prob(self._ctx(obs), dec.to(self.device), **options)
 
     def log_prob_terms(self, obs: Observations | Context, dec: Decisions) -> dict[str, torch.Tensor]:
+        if self.style is not None:
+            return style_mix.log_prob_terms(self.head, self.style, self._ctx(obs), dec.to(self.device))
         return self.head.terms(self._ctx(obs), dec.to(self.device))
 
     @torch.no_grad()
     def predict(self, obs: Observations | Context, **options) -> Decisions:
+        if self.style is not None:
+            return style_mix.predict(self.head, self.style, self._ctx(obs), False, **options)
         return self.head.predict(self._ctx(obs), **options)
 
     @torch.no_grad()
     def predict_action(self, obs: Observations | Context, **options) -> Decisions:
+        if self.style is not None:
+            return style_mix.predict(self.head, self.style, self._ctx(obs), True, **options)
         return self.head.predict(self._ctx(obs), given_act=True, **options)
 
     @torch.no_grad()
@@ -127,21 +151,30 @@ class Policy(nn.Module):
 
     @property
     def has_discrete_code(self) -> bool:
-        return bool(getattr(self.head, "discrete", False)) and hasattr(self.head, "code_posterior")
+        """A discrete code to read: the session style code when there is one, else a cvae head's code."""
+        return self.style is not None or (bool(getattr(self.head, "discrete", False))
+                                          and hasattr(self.head, "code_posterior"))
 
     def _code_head(self):
         if not self.has_discrete_code:
             raise ModelError(f"the {self.config.head.name} head has no discrete code (a cvae head with "
-                             "latent = discrete has one)")
+                             "latent = discrete has one, and so has a policy with style.enabled)")
         return self.head
 
     def code_prior(self, obs: Observations | Context) -> torch.distributions.Distribution:
-        """The learned prior p(c | history) of a discrete-code head."""
+        """The code's distribution before the decision: q(c | session) of the style code, or a discrete-code
+        head's learned prior p(c | history)."""
+        if self.style is not None:
+            return torch.distributions.Categorical(logits=style_mix.split(self._ctx(obs), self.style.K)[1])
         return self._code_head().code_prior(self._ctx(obs))
 
     def code_posterior(self, obs: Observations | Context, dec: Decisions) -> torch.distributions.Distribution:
-        """p(c | history, decision) of a discrete-code head (the prior where the decision has no value)."""
+        """The code given the demonstrated decision too: p(c | session, decision) of the style code, or
+        p(c | history, decision) of a discrete-code head (its prior where the decision has no value)."""
         d = dec.to(self.device)
+        if self.style is not None:
+            return torch.distributions.Categorical(
+                logits=style_mix.code_posterior_logits(self.head, self.style, self._ctx(obs), d))
         return self._code_head().code_posterior(self._ctx(obs), d.aircraft, d.type, d.value)
 
     def context_module(self) -> nn.Module:

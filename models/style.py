@@ -1,0 +1,169 @@
+"""A session-level style code: a discrete latent c in {0..K-1} shared by a controller's decisions, inferred
+from the session's clearance history, that every part of the decision is conditioned on.
+
+Why: controllers differ in style (which kind of clearance they prefer, how early they act) and keep it for
+their session. A per-decision latent (the history VAE's z, a cvae head's code) is free to encode anything of
+one decision, and in practice encodes the kinematics; a code that conditions the whole decision but is
+inferred only from what reveals the style, the session's earlier clearances, has to carry the style. It is
+the amortised form of the Bayes predictor the achievable ceiling computes (models/ceiling.py): a posterior
+over styles given the session so far, and the decision distribution under each.
+
+    q(c | session)           a small network over the controller-history features of the decision step
+                             (``session_*``: the clearances of each kind given in the airspace recently,
+                             pipelines/history.py); needs ``dataset.controller_history``
+    p(d | history, c)        the head, its context shifted by a learned embedding of c
+    p(d | history, session)  = sum_c q(c | session) p(d | history, c), exact (K head passes)
+
+Training maximises that marginal likelihood. The code's probabilities travel with the context
+(:class:`models.interface.Context` holds ``[context, logits of q]``), so the context network exported for
+serving (:mod:`models.onnx_context`) includes them. Terms of the log-likelihood are given by the chain
+rule (act; aircraft given act; type given both; value given all three), exact and summing to the total.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from atc_il.config import Section
+from atc_il.errors import ModelError
+from models.heads.base import Head, finish, sample_index, draw
+from models.interface import Decisions
+from models.layers import mlp
+from pydantic import Field
+
+SESSION_PREFIX = "session_"
+TERMS = ("act", "aircraft", "type", "value")
+
+
+class StyleConfig(Section):
+    enabled: bool = Field(False, description="a session-level style code inferred from the session's clearance "
+                          "history (models/style.py); needs dataset.controller_history")
+    codes: int = Field(3, ge=2, description="K: number of style codes")
+    hidden: int = Field(32, ge=4, description="width of q(c | session)")
+
+
+class StyleCode(nn.Module):
+    """q(c | session) from the decision step's ``session_*`` geometry features, and the code embeddings."""
+
+    def __init__(self, spec: dict, cfg: StyleConfig, ctx_dim: int):
+        super().__init__()
+        names = [f["name"] for f in spec["tensors"]["geometry"]["features"]]
+        idx = [i for i, n in enumerate(names) if n.startswith(SESSION_PREFIX)]
+        if not idx:
+            raise ModelError("style.enabled needs the controller-history features (session_*) in the geometry "
+                             "tensor: build the data set with dataset.controller_history = true, or set "
+                             "style.enabled = false")
+        self.K = cfg.codes
+        self.register_buffer("session_idx", torch.tensor(idx, dtype=torch.long), persistent=False)
+        self.q = mlp(len(idx), cfg.hidden, cfg.codes, 2)
+        self.emb = nn.Embedding(cfg.codes, ctx_dim)
+        nn.init.normal_(self.emb.weight, std=0.5)          # distinct codes from the start (symmetry breaking)
+
+    def logits(self, geometry_n: torch.Tensor) -> torch.Tensor:
+        """(B, K) unnormalised log q(c | session) from the normalised geometry tensor (B, H, F)."""
+        return self.q(geometry_n[:, -1].index_select(-1, self.session_idx)).float()
+
+    def contexts(self, ctx: torch.Tensor) -> torch.Tensor:
+        """(K * B, C): the context under every code, code-major."""
+        return (ctx.unsqueeze(0) + self.emb.weight.to(ctx.dtype).unsqueeze(1)).reshape(-1, ctx.shape[-1])
+
+
+def split(full: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(context, log q (B, K) normalised) from a style policy's context tensor ``[context, logits]``."""
+    return full[:, :-k], torch.log_softmax(full[:, -k:].float(), -1)
+
+
+def _per_code(t: torch.Tensor, k: int) -> torch.Tensor:
+    return t.reshape(k, -1, *t.shape[1:])
+
+
+def code_terms(head: Head, style: StyleCode, ctx: torch.Tensor, dec: Decisions,
+               objective: bool = False) -> dict[str, torch.Tensor]:
+    """The head's terms under every code, each (K, B)."""
+    k = style.K
+    rep = Decisions(*(x.repeat(k) for x in (dec.act, dec.aircraft, dec.type, dec.value)))
+    return {n: _per_code(v, k) for n, v in head.terms(style.contexts(ctx), rep, objective).items()}
+
+
+def chain_terms(log_q: torch.Tensor, per_code: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Exact chain-rule terms (B,) of the code-marginal likelihood: log p(act), log p(aircraft | act), ..."""
+    out, cum, prev = {}, log_q.T, torch.zeros(log_q.shape[0], device=log_q.device)
+    for n in TERMS:
+        cum = cum + per_code[n]
+        total = torch.logsumexp(cum, 0)
+        out[n] = total - prev
+        prev = total
+    return out
+
+
+def loss(head: Head, style: StyleCode, full: torch.Tensor, dec: Decisions,
+         act_weight: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Negative code-marginal log-likelihood (the act term weighted inside each code's likelihood), and the
+    chain-rule terms' means as logs."""
+    ctx, log_q = split(full, style.K)
+    t = code_terms(head, style, ctx, dec, objective=True)
+    weighted = act_weight * t["act"] + t["aircraft"] + t["type"] + t["value"]
+    loss_ = -torch.logsumexp(log_q.T + weighted, 0).mean()
+    with torch.no_grad():
+        chain = chain_terms(log_q, t)
+    logs = {f"nll_{n}": -v.mean() for n, v in chain.items()}
+    logs["nll"] = -sum(chain.values()).mean()
+    return loss_, logs
+
+
+def p_act(head: Head, style: StyleCode, full: torch.Tensor) -> torch.Tensor:
+    ctx, log_q = split(full, style.K)
+    pa = _per_code(head.p_act(style.contexts(ctx)), style.K)           # (K, B)
+    return (log_q.T.exp() * pa).sum(0)
+
+
+def action_code(head: Head, style: StyleCode, full: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log posterior over codes given that the controller acts (B, K), P(act) (B,))."""
+    ctx, log_q = split(full, style.K)
+    pa = _per_code(head.p_act(style.contexts(ctx)), style.K).T           # (B, K)
+    joint = log_q + pa.clamp_min(1e-12).log()
+    return torch.log_softmax(joint, -1), (log_q.exp() * pa).sum(-1)
+
+
+def _select(per_code: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    """per_code (K, B, ...) at ``code`` (B, ...) -> (B, ...)."""
+    idx = code.unsqueeze(0)
+    return per_code.gather(0, idx).squeeze(0)
+
+
+def predict(head: Head, style: StyleCode, full: torch.Tensor, given_act: bool, **options) -> Decisions:
+    """The most likely decision: act when P(act) >= 1/2 (unless ``given_act``), and the most likely action
+    under the most probable code given acting."""
+    ctx, _ = split(full, style.K)
+    log_r, pa = action_code(head, style, full)
+    c = log_r.argmax(-1)
+    d = head.predict(style.contexts(ctx), given_act=True, **options)
+    pick = [_select(_per_code(x, style.K), c) for x in (d.aircraft, d.type, d.value)]
+    act = torch.ones_like(c) if given_act else (pa >= 0.5).long()
+    return finish(act, *pick)
+
+
+def sample(head: Head, style: StyleCode, full: torch.Tensor, n: int, generator, given_act: bool,
+           **options) -> Decisions:
+    """n decisions per context (B, n): a code from q (from its posterior given acting, ``given_act``), then
+    the head's draw under it."""
+    ctx, log_q = split(full, style.K)
+    b, dev = ctx.shape[0], ctx.device
+    log_r, _ = action_code(head, style, full)
+    logits = (log_r if given_act else log_q)[:, None, :].expand(b, n, style.K)
+    c = sample_index(logits, draw("rand", (b, n), generator, dev))                 # (B, n)
+    d = head.sample(style.contexts(ctx), n, generator, given_act=given_act, **options)
+    return Decisions(*(_select(_per_code(x, style.K), c) for x in (d.act, d.aircraft, d.type, d.value)))
+
+
+def log_prob_terms(head: Head, style: StyleCode, full: torch.Tensor, dec: Decisions) -> dict[str, torch.Tensor]:
+    ctx, log_q = split(full, style.K)
+    return chain_terms(log_q, code_terms(head, style, ctx, dec))
+
+
+def code_posterior_logits(head: Head, style: StyleCode, full: torch.Tensor, dec: Decisions) -> torch.Tensor:
+    """log p(c | session, decision) (B, K): the code that best explains the demonstrated decision."""
+    ctx, log_q = split(full, style.K)
+    t = code_terms(head, style, ctx, dec)
+    return torch.log_softmax(log_q + sum(t.values()).T, -1)
