@@ -129,6 +129,19 @@ ACTION_LINK_SCHEMA = pa.schema(
 )
 
 
+# decisions: the policy's answer for a conflict at a decision time (batch prediction's rows, the service's
+# and the closed loop's decisions): P(act now), and the most likely action given that the controller acts
+DECISION_SCHEMA = pa.schema(
+    [pa.field("time", TIME, nullable=False), pa.field("flight_id_1", pa.string(), nullable=False),
+     pa.field("flight_id_2", pa.string(), nullable=False), pa.field("tcpa_s", pa.float64()),
+     pa.field("dcpa_nm", pa.float64()), pa.field("act", pa.bool_()), pa.field("p_act", pa.float64()),
+     pa.field("aircraft", pa.int8()),          # 0 = flight_id_1, 1 = flight_id_2 (the one the action is for)
+     pa.field("flight_id", pa.string()), pa.field("action_type", pa.string()),
+     pa.field("value", pa.float64()), pa.field("unit", pa.string())],
+    metadata={"contract": "atc-il/decision/1"})
+DECISION_COLUMNS = tuple(DECISION_SCHEMA.names)
+
+
 def action_id(flight_id, time, action_type) -> str:
     """Stable identifier of an action."""
     import pandas as _pd

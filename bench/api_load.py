@@ -133,7 +133,7 @@ class Service:
             self.port = s.getsockname()[1]
         self.key = secrets.token_urlsafe(24)
         env = {**os.environ, "ATC_IL_API_KEYS": self.key, "ATC_IL_PROGRESS": "0"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "atc_il.cli", "serve", "--model", str(model),
+        self.proc = subprocess.Popen([sys.executable, "-m", "atc_il_cli.cli", "serve", "--model", str(model),
                                       "--port", str(self.port), "--workers", str(workers), "--max-batch",
                                       str(max_batch), "--runtime", runtime, "--log-level", "warning"], cwd=ROOT,
                                      env=env)

@@ -117,7 +117,7 @@ def closed_loop(policies: dict[str, Path], n: int, seed: int) -> pd.DataFrame:
     altitude and heading clearances issued (exit level/side as seen at the time of the clearance)."""
     from atc_il.geometry import kwik_qdr_dist_nm
     from simulator_adapters.bluesky_sim import BlueSkySim
-    from simulator_adapters.controllers import make_controller
+    from simulator_adapters.controller_registry import make_controller
     from simulator_adapters.evaluation import agreement, rollout_metrics
     from simulator_adapters.rollout import rollout
     from simulator_adapters.scenarios import scenario_set

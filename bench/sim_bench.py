@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     from simulator_adapters.bluesky_sim import BlueSkySim
-    from simulator_adapters.controllers import make_controller
+    from simulator_adapters.controller_registry import make_controller
     from simulator_adapters.rollout import rollout
 
     rows = []

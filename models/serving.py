@@ -17,14 +17,13 @@ import torch
 
 from atc_il.config import ConflictConfig, DatasetConfig
 from atc_il.errors import DataError
-from atc_il.schemas import ACTION_SCHEMA, ACTION_TYPES, ACTION_UNITS, TRACK_SCHEMA, conform
+from atc_il.schemas import ACTION_SCHEMA, ACTION_TYPES, ACTION_UNITS, DECISION_SCHEMA, TRACK_SCHEMA, conform
 from models.ceiling import MODE_TOLERANCE
 from models.interface import Observations, PolicyInterface
 from pipelines.dataset import Samples, TrackIndex, build_features
 from pipelines.picture import Picture
 
-DECISION_COLUMNS = ["time", "flight_id_1", "flight_id_2", "tcpa_s", "dcpa_nm", "act", "p_act", "aircraft",
-                    "flight_id", "action_type", "value", "unit"]
+DECISION_COLUMNS = list(DECISION_SCHEMA.names)     # the decision contract's columns (atc_il/schemas.py)
 
 
 @dataclass

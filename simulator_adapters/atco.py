@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from atc_il.geometry import cpa, kwik_qdr_dist_nm, velocity_kt, wrap180
-from simulator_adapters.controllers import Clearance, Controller, Decision, Observation, register
+from simulator_adapters.controllers import Clearance, Controller, Decision, Observation
 
 STYLES = ("vertical_first", "vectoring_first", "speed_first")
 TYPES = ("heading", "altitude", "speed")
@@ -252,5 +252,3 @@ class SyntheticAtco(Controller):
                 self.last_cleared[fid] = (now, "resume", other)
         return dec
 
-
-register("atco")(SyntheticAtco)

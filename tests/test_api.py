@@ -427,7 +427,7 @@ def test_refuses_to_start_without_a_key_or_with_a_foreign_model(model_ws, tmp_pa
     from typer.testing import CliRunner
 
     from api.service import ModelService
-    from atc_il.cli import app as cli
+    from atc_il_cli.cli import app as cli
     from atc_il.errors import ConfigError, ModelError
     best = model_ws / "run" / "best"
     with pytest.raises(ConfigError, match="no API key"):
@@ -518,7 +518,7 @@ def test_serve_with_two_workers_answers_and_stops(model_ws, conflict, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "ATC_IL_API_KEYS": KEY, "ATC_IL_PROGRESS": "0", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "atc_il.cli", "serve", "--model", str(model_ws / "run" / "best"),
+    proc = subprocess.Popen([sys.executable, "-m", "atc_il_cli.cli", "serve", "--model", str(model_ws / "run" / "best"),
                              "--port", str(port), "--workers", "2", "--log-level", "warning"], env=env)
     try:
         url = f"http://127.0.0.1:{port}"

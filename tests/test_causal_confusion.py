@@ -113,7 +113,7 @@ def test_data_set_without_clearances_builds_loads_and_trains(tmp_path):
 
 def test_model_controller_feeds_its_own_clearances_to_the_nuisance(tmp_path):
     """In the closed loop the nuisance comes from the controller's own past clearances (``obs.cleared``)."""
-    from models.controller import ModelController
+    from simulator_adapters.model_controller import ModelController
     from pipelines.conflicts import detect_snapshot
     from simulator_adapters.controllers import Observation
     from tests._tiny import untrained_policy

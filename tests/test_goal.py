@@ -126,7 +126,7 @@ def test_expert_goal_term_and_scenario_exit_levels():
 def test_model_controller_passes_flight_plans(tmp_path):
     """A goal-conditioned policy (untrained, real) in the controller: the observation's flight plans reach
     the feature builder as contract rows, and change the features."""
-    from models.controller import ModelController
+    from simulator_adapters.model_controller import ModelController
     from pipelines.conflicts import detect_snapshot
     from simulator_adapters.controllers import Observation
     from tests._tiny import untrained_policy

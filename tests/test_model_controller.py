@@ -30,7 +30,7 @@ def policy_dir(tmp_path_factory):
 
 
 def _run(policy_dir, act: str, seed: int, which: str = "neutral"):
-    from models.controller import ModelController
+    from simulator_adapters.model_controller import ModelController
     from pipelines.conflicts import detect_snapshot
     from simulator_adapters.controllers import Observation
     root, tracks = policy_dir
@@ -73,6 +73,6 @@ def test_argmax_acts_only_where_acting_is_most_likely(policy_dir):
 
 
 def test_unknown_act_mode_is_refused(policy_dir):
-    from models.controller import ModelController
+    from simulator_adapters.model_controller import ModelController
     with pytest.raises(ValueError, match="act must be"):
         ModelController(str(policy_dir[0] / "neutral"), act="sometimes")

@@ -7,7 +7,7 @@ import os
 import pytest
 from typer.testing import CliRunner
 
-from atc_il.cli import app
+from atc_il_cli.cli import app
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()

@@ -7,7 +7,7 @@ from atc_il.config import PipelineConfig
 from pipelines import actions as act, conflicts as con
 from pipelines.dataset import build
 from simulator_adapters.bluesky_sim import BlueSkySim
-from simulator_adapters.controllers import make_controller
+from simulator_adapters.controller_registry import make_controller
 from simulator_adapters.rollout import RolloutConfig, rollout
 from simulator_adapters.scenarios import Scenario, generate, scenario_set
 

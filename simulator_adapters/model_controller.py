@@ -23,14 +23,14 @@ from collections import deque
 import numpy as np
 import pandas as pd
 
-from simulator_adapters.controllers import Clearance, Controller, Decision, Observation, flight_plan_rows, register
+from models.serving import Predictor
+from simulator_adapters.controllers import Clearance, Controller, Decision, Observation, flight_plan_rows
 
 
 class ModelController(Controller):
     name = "model"
 
     def __init__(self, uri: str, act: str = "sample"):
-        from models.serving import Predictor
         if act not in ("sample", "argmax"):
             raise ValueError(f"act must be 'sample' or 'argmax', got {act!r}")
         self.uri, self.act = uri, act
@@ -85,5 +85,3 @@ class ModelController(Controller):
             out.append(Clearance(r.flight_id, r.action_type, 0.0 if r.action_type == "resume" else float(r.value)))
         return Decision(out)
 
-
-register("model")(ModelController)

@@ -84,7 +84,7 @@ def run(work: Path, say: Callable[[str], None] = print, *, scenarios: int = 6, d
     out.update(model_uri=model_uri, act_accuracy=ev["act_accuracy"], nll=ev["nll"])
 
     try:
-        from pipelines.predict import run_predict
+        from models.batch_predict import run_predict
     except ImportError:
         run_predict = None
     if run_predict is not None:

@@ -132,7 +132,7 @@ def quickstart(work: Path = Work, seed: int = typer.Option(0),
     """The main job on the embedded default: radar-track chain (ingest -> conflicts -> actions -> histories),
     then BlueSky demonstrations -> histories -> train -> offline and closed-loop evaluation -> registered
     model -> batch prediction -> report. Each step prints what it did."""
-    from atc_il.quickstart import run
+    from atc_il_cli.quickstart import run
     out = run(work, typer.echo, seed=seed, learn=learn, scenarios=scenarios)
     _table("quickstart", out)
 
@@ -260,7 +260,7 @@ def predict(model: str = typer.Option(..., "--model", help="models:/NAME@alias, 
     partition (restartable: finished partitions are skipped, broken ones redone)."""
     import os
     from models.registry import tracking_uri
-    from pipelines.predict import run as run_predict
+    from models.batch_predict import run as run_predict
     os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri(workspace))
     rep = run_predict(tracks, out, model, engine=engine, workers=workers, scheduler=scheduler, clearances=clearances)
     _table(f"predict {model}", {
