@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -86,7 +86,7 @@ def _num(x) -> float | None:
     return v if math.isfinite(v) else None
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 
 
@@ -138,6 +138,7 @@ class ModelService:
 
     def load(self) -> None:
         import torch
+
         from models.serving import Predictor
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
@@ -159,7 +160,7 @@ class ModelService:
         except Exception as exc:   # noqa: BLE001
             raise ModelError(f"the model failed its batched warm-up: {type(exc).__name__}: {exc}") from None
         meta = pred.metadata()
-        self.info = {**meta, "version": model_version(self.uri), "loaded_at": datetime.now(timezone.utc)}
+        self.info = {**meta, "version": model_version(self.uri), "loaded_at": datetime.now(UTC)}
         self.predictor = pred
         log.info("model %s loaded (spec_hash %s, %d history steps, context network on %s)", self.uri,
                  meta["spec_hash"], meta["history_steps"], meta["runtime"])

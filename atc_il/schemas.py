@@ -6,8 +6,10 @@ Times are UTC timestamps with nanosecond resolution. Units are in column names.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -142,7 +144,7 @@ DECISION_SCHEMA = pa.schema(
 DECISION_COLUMNS = tuple(DECISION_SCHEMA.names)
 
 
-def action_id(flight_id, time, action_type) -> str:
+def action_id(flight_id: object, time: object, action_type: object) -> str:
     """Stable identifier of an action."""
     import pandas as _pd
     return f"{flight_id}@{_pd.Timestamp(time).isoformat()}#{action_type}"
@@ -213,9 +215,8 @@ def check_columns(df: pd.DataFrame, required: Iterable[str], what: str) -> None:
         raise DataError(f"{what}: missing required column(s) {missing}; have {list(df.columns)}")
 
 
-def to_ns(times) -> "np.ndarray":
+def to_ns(times: Any) -> np.ndarray:
     """UTC nanoseconds since the epoch (int64) from a Series, index, array or list of timestamps."""
-    import numpy as np
     idx = pd.DatetimeIndex(times)
     if idx.tz is None:
         idx = idx.tz_localize("UTC")

@@ -107,6 +107,7 @@ def closed_loop(controllers: list, n: int, seed: int, scenario_kwargs: dict, out
     """simeval's loop (every controller on the same scenarios; simulator_adapters.evaluation's metrics and
     agreement with the expert), keeping each run's clearances for :func:`action_stats`."""
     import pandas as pd
+
     from simulator_adapters.bluesky_sim import BlueSkySim
     from simulator_adapters.controller_registry import make_controller
     from simulator_adapters.evaluation import agreement, rollout_metrics
@@ -138,7 +139,8 @@ def closed_loop(controllers: list, n: int, seed: int, scenario_kwargs: dict, out
 def simulate_data(ws: Path, scenarios: int, seed: int) -> Path:
     """The expert's demonstrations -> conflicts, episodes, actions (the clearance log) in ``ws``."""
     from atc_il.config import PipelineConfig
-    from pipelines import actions as act, conflicts as con
+    from pipelines import actions as act
+    from pipelines import conflicts as con
     from simulator_adapters.demonstrations import simulate
     rep = simulate(ws, scenarios, "atco", seed=seed, workers=2, scenario_kwargs=SCENARIO, progress=False)
     print(f"simulated: {rep['scenarios']} scenarios, {rep['clearances']} clearances, "

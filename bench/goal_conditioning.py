@@ -40,7 +40,8 @@ MIN_DALT_FT, MIN_SIN = 500.0, 0.1
 def make_data(ws: Path, scenarios: int, seed: int) -> tuple[Path, Path]:
     """Simulate, then conflicts -> actions -> observation histories twice (goal off: dataset/, on: dataset_goal/)."""
     from atc_il.config import PipelineConfig
-    from pipelines import actions as act, conflicts as con
+    from pipelines import actions as act
+    from pipelines import conflicts as con
     from pipelines.dataset import build
     from simulator_adapters.demonstrations import simulate
     t = time.perf_counter()

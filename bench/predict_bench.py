@@ -96,6 +96,7 @@ def main() -> None:
 
     import pandas as pd
     import torch
+
     from models.batch_predict import run
     results = {}
     for name, kw in (("in-process", {"engine": "local"}), (f"Dask LocalCluster, {args.workers} workers",

@@ -22,13 +22,21 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from atc_il.config import DatasetConfig, PipelineConfig
 from atc_il.errors import DataError
 from atc_il.geometry import cpa, kwik_qdr_dist_nm, to_local_nm, velocity_kt
 from atc_il.io import mark_complete, read_table, reset_dir, write_json
 from atc_il.progress import track
-from atc_il.schemas import (ACTION_LINK_SCHEMA, ACTION_SCHEMA, ACTION_TYPES, CONFLICT_SCHEMA, EPISODE_SCHEMA,
-                            TRACK_SCHEMA, to_ns)
+from atc_il.schemas import (
+    ACTION_LINK_SCHEMA,
+    ACTION_SCHEMA,
+    ACTION_TYPES,
+    CONFLICT_SCHEMA,
+    EPISODE_SCHEMA,
+    TRACK_SCHEMA,
+    to_ns,
+)
 from pipelines.goal import GOAL, goal_features
 from pipelines.shards import SPEC_FILE, RunningStats, spec_hash, write_shard
 
@@ -63,7 +71,7 @@ class Samples:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def of(cls, samples: "Samples | pd.DataFrame", extra: tuple[str, ...] = ()) -> "Samples":
+    def of(cls, samples: Samples | pd.DataFrame, extra: tuple[str, ...] = ()) -> Samples:
         """``samples`` as arrays, with the ``extra`` columns the table has."""
         if isinstance(samples, Samples):
             return samples
@@ -110,7 +118,7 @@ class TrackIndex:
         return np.where(names[pos] == ids, pos, -1)
 
     @classmethod
-    def build(cls, tracks: pd.DataFrame, step_s: float) -> "TrackIndex":
+    def build(cls, tracks: pd.DataFrame, step_s: float) -> TrackIndex:
         if tracks.empty:
             raise DataError("dataset: the track table is empty")
         codes, flights = pd.factorize(tracks["flight_id"], sort=True)
@@ -119,7 +127,7 @@ class TrackIndex:
 
     @classmethod
     def from_arrays(cls, ns: np.ndarray, codes: np.ndarray, flights: pd.Index, cols: dict,
-                    step_s: float) -> "TrackIndex":
+                    step_s: float) -> TrackIndex:
         """From grid times (ns), flight codes into ``flights`` (sorted) and the :data:`INDEX_COLUMNS` arrays."""
         step_ns = int(round(step_s * 1e9))
         t0 = int(ns.min())
@@ -244,7 +252,7 @@ def _clearances(actions: pd.DataFrame, t_ns: np.ndarray, f1: np.ndarray, f2: np.
     return feats.astype(np.float32)
 
 
-def build_features(samples: "Samples | pd.DataFrame", idx: TrackIndex, actions: pd.DataFrame, cfg: DatasetConfig,
+def build_features(samples: Samples | pd.DataFrame, idx: TrackIndex, actions: pd.DataFrame, cfg: DatasetConfig,
                    flight_plans: pd.DataFrame | None = None) -> dict:
     """Feature tensors for ``samples`` (:class:`Samples`, or a table with columns time, flight_id_1,
     flight_id_2, first_detection).

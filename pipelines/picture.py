@@ -40,7 +40,7 @@ class Picture:
     index: TrackIndex
 
     @classmethod
-    def from_points(cls, flight_id, t_ns, cols: dict, step_s: float, max_gap_s: float = 60.0) -> "Picture":
+    def from_points(cls, flight_id, t_ns, cols: dict, step_s: float, max_gap_s: float = 60.0) -> Picture:
         """Raw points (any sampling) -> the grid. ``cols`` holds lat_deg, lon_deg, alt_ft and optionally
         gs_kt, trk_deg, vs_fpm, cfl_ft (NaN = unknown)."""
         t_ns = np.asarray(t_ns, dtype=np.int64)
@@ -73,7 +73,7 @@ class Picture:
         return cls(flights, grid, gcodes, out, TrackIndex.from_arrays(grid, gcodes, flights, out, step_s))
 
     @classmethod
-    def from_frame(cls, tracks: pd.DataFrame, step_s: float, max_gap_s: float = 60.0) -> "Picture":
+    def from_frame(cls, tracks: pd.DataFrame, step_s: float, max_gap_s: float = 60.0) -> Picture:
         """From canonical track points (a DataFrame with time, flight_id and the state columns)."""
         for c in ("time", "flight_id", "lat_deg", "lon_deg", "alt_ft"):
             if c not in tracks.columns:

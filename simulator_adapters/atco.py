@@ -39,10 +39,9 @@ exit level that waypoint's altitude, else the plan's ``exit_level_ft``, else its
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from atc_il.geometry import cpa, kwik_qdr_dist_nm, velocity_kt, wrap180
 from simulator_adapters.controllers import Clearance, Controller, Decision, Observation

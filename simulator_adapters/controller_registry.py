@@ -8,7 +8,8 @@ model stack only when asked for). Plug-ins add a factory with :func:`register`.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from atc_il.errors import ConfigError
 

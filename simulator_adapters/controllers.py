@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 
-
 @dataclass(frozen=True)
 class Clearance:
     """One clearance in the action contract's terms: ``value`` is the signed change from the state now
@@ -75,7 +74,7 @@ class Controller(ABC):
     #: BlueSky conflict-resolution method to enable in the simulator while this controller runs
     sim_resolution: str = "OFF"
 
-    def reset(self, scenario_name: str, seed: int) -> None:
+    def reset(self, scenario_name: str, seed: int) -> None:  # noqa: B027  (optional hook)
         """Start a controller session (one scenario)."""
 
     @abstractmethod

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time as _time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd

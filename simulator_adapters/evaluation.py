@@ -12,7 +12,6 @@ clearance for each conflict pair it acted on.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

@@ -25,7 +25,7 @@ def test_bad_config_is_one_line_error(tmp_path):
     cfg.write_text("conflicts: {rpz_nm: -5}\n")
     res = runner.invoke(app, ["conflicts", "-w", str(tmp_path), "--config", str(cfg)])
     assert res.exit_code == 2
-    lines = [l for l in res.output.splitlines() if l.strip()]
+    lines = [s for s in res.output.splitlines() if s.strip()]
     assert len(lines) == 1 and "conflicts.rpz_nm" in lines[0] and "Traceback" not in res.output
 
 

@@ -8,8 +8,7 @@ import torch
 
 from atc_il.config import DatasetConfig
 from pipelines.dataset import TrackIndex, build_features
-from tests._tiny import untrained_policy
-from tests.test_dataset import FLIGHTS, STEP, _actions, _samples, grid_tracks
+from tests.helpers import FLIGHTS, STEP, actions_frame, grid_tracks, pair_samples, untrained_policy
 
 CFG = DatasetConfig(history_steps=4, neighbours=2, recent_clearances=2)
 
@@ -18,8 +17,8 @@ CFG = DatasetConfig(history_steps=4, neighbours=2, recent_clearances=2)
 def policy_dir(tmp_path_factory):
     """A real, untrained tiny policy (P(act) near 1/2: both behaviours show in a few steps)."""
     tracks = grid_tracks("2024-01-01T10:00Z", FLIGHTS, minutes=6)
-    feats = build_features(_samples(tracks, "2024-01-01T10:05:00Z", "2024-01-01T10:05:00Z"),
-                           TrackIndex.build(tracks, STEP), _actions([]).iloc[:0], CFG)
+    feats = build_features(pair_samples(tracks, "2024-01-01T10:05:00Z", "2024-01-01T10:05:00Z"),
+                           TrackIndex.build(tracks, STEP), actions_frame([]).iloc[:0], CFG)
     root = tmp_path_factory.mktemp("ctl")
     pol = untrained_policy(CFG, feats, STEP, name="ctl-tiny")
     pol.save(root / "neutral")
@@ -30,9 +29,9 @@ def policy_dir(tmp_path_factory):
 
 
 def _run(policy_dir, act: str, seed: int, which: str = "neutral"):
-    from simulator_adapters.model_controller import ModelController
     from pipelines.conflicts import detect_snapshot
     from simulator_adapters.controllers import Observation
+    from simulator_adapters.model_controller import ModelController
     root, tracks = policy_dir
     ctl = ModelController(str(root / which), act=act)
     decisions, issued = [], []

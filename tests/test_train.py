@@ -161,7 +161,7 @@ def test_invalid_config_names_the_key(tmp_path):
     bad.write_text("head: {compnents: 3}\n")
     from atc_il_cli.cli import app
     res = CliRunner().invoke(app, ["train", "-c", str(bad)])
-    lines = [l for l in res.output.splitlines() if l.strip()]
+    lines = [s for s in res.output.splitlines() if s.strip()]
     assert res.exit_code == 2 and len(lines) == 1 and "head.compnents" in lines[0]
 
 
