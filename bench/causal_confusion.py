@@ -180,7 +180,7 @@ def p_act(policy, obs) -> np.ndarray:
 
 def manoeuvring_groups(data_nuis: Path) -> tuple[np.ndarray, np.ndarray, list]:
     """Test split of the nuisance variant: (either aircraft manoeuvring at decision time, act label, sample ids)."""
-    from pipelines.dataset import GEOM
+    from pipelines.features import GEOM
     from pipelines.shards import load_split, read_spec
     spec = read_spec(data_nuis)
     names = [f["name"] for f in spec["tensors"]["geometry"]["features"]]

@@ -100,7 +100,7 @@ def predict_partition(tracks: pd.DataFrame, predictor, clearances: pd.DataFrame 
     out.attrs["conflict_steps"] = 0
     if tracks.empty:
         return out
-    from pipelines.dataset import TrackIndex
+    from pipelines.features import TrackIndex
     grid = tracks if on_grid(tracks, predictor.step_s) else predictor.grid(tracks)
     grid = grid.reset_index(drop=True)
     conf = predictor.detect(grid)

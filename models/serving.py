@@ -20,7 +20,7 @@ from atc_il.errors import DataError
 from atc_il.schemas import ACTION_SCHEMA, ACTION_TYPES, ACTION_UNITS, DECISION_SCHEMA, TRACK_SCHEMA, conform
 from models.ceiling import MODE_TOLERANCE
 from models.interface import Observations, PolicyInterface
-from pipelines.dataset import Samples, TrackIndex, build_features
+from pipelines.features import Samples, TrackIndex, build_features
 from pipelines.picture import Picture
 
 DECISION_COLUMNS = list(DECISION_SCHEMA.names)     # the decision contract's columns (atc_il/schemas.py)

@@ -2,7 +2,7 @@
 
 At every decision step the controller keeps the last H radar pictures, turns each conflict on the
 current picture into an observation history with the data set's own feature builder
-(:func:`pipelines.dataset.build_features`, so features are computed exactly as in training), asks the
+(:func:`pipelines.features.build_features`, so features are computed exactly as in training), asks the
 policy for a decision and issues the clearances it decides (at most one per aircraft per step).
 
 Acting is a per-step decision with a small probability (a hazard: the controller acts once over many

@@ -23,7 +23,7 @@ from atc_il.io import write_partitioned
 from atc_il.schemas import ACTION_LINK_SCHEMA, ACTION_SCHEMA, CONFLICT_SCHEMA, EPISODE_SCHEMA, TRACK_SCHEMA, action_id
 from models.heads import RESUME
 from models.interface import Decisions, Observations, PolicyInterface
-from pipelines.dataset import feature_spec
+from pipelines.features import feature_spec
 from pipelines.shards import RunningStats
 
 H, K, M, B = 6, 2, 3, 10

@@ -7,7 +7,8 @@ import pandas as pd
 
 from atc_il.config import DatasetConfig, PipelineConfig
 from atc_il.schemas import action_id
-from pipelines.dataset import GEOM, NUISANCE, TrackIndex, build, build_features, feature_spec
+from pipelines.dataset import build
+from pipelines.features import GEOM, NUISANCE, TrackIndex, build_features, feature_spec
 from pipelines.shards import load_split, read_spec, spec_hash
 from tests.helpers import FLIGHTS, STEP, grid_tracks, pair_samples, workspace
 

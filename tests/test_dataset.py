@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from atc_il.config import DatasetConfig, PipelineConfig
-from pipelines.dataset import TrackIndex, build, build_features
+from pipelines.dataset import build
+from pipelines.features import TrackIndex, build_features
 from pipelines.shards import load_split, read_spec
 from tests.helpers import FLIGHTS, STEP, actions_frame, grid_tracks, pair_samples, workspace
 

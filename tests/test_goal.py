@@ -8,7 +8,7 @@ import pytest
 from atc_il.config import DatasetConfig
 from atc_il.errors import DataError
 from atc_il.geometry import from_local_nm
-from pipelines.dataset import TrackIndex, build_features, feature_spec
+from pipelines.features import TrackIndex, build_features, feature_spec
 from pipelines.goal import GOAL, exits
 from pipelines.shards import spec_hash
 from tests.helpers import FLIGHTS, STEP, actions_frame, grid_tracks, pair_samples

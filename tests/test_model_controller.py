@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from atc_il.config import DatasetConfig
-from pipelines.dataset import TrackIndex, build_features
+from pipelines.features import TrackIndex, build_features
 from tests.helpers import FLIGHTS, STEP, actions_frame, grid_tracks, pair_samples, untrained_policy
 
 CFG = DatasetConfig(history_steps=4, neighbours=2, recent_clearances=2)
