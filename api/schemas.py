@@ -9,8 +9,8 @@ fields) so that every malformed field is a 422 naming it. Request models whose l
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Annotated, Literal, Optional
+from datetime import UTC, datetime
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
@@ -23,8 +23,8 @@ NEIGHBOURS_MAX = 50
 CLEARANCES_MAX = 200
 WAYPOINTS_MAX = 200
 N_ALTERNATIVES_LIMIT = 1024
-TIME_MIN = datetime(1970, 1, 1, tzinfo=timezone.utc)
-TIME_MAX = datetime(2100, 1, 1, tzinfo=timezone.utc)
+TIME_MIN = datetime(1970, 1, 1, tzinfo=UTC)
+TIME_MAX = datetime(2100, 1, 1, tzinfo=UTC)
 # clearance values: signed change in the type's unit
 VALUE_RANGES = {"heading": (-180.0, 180.0), "direct_to": (-180.0, 180.0), "altitude": (-62000.0, 62000.0),
                 "speed": (-1000.0, 1000.0), "resume": (0.0, 0.0)}
@@ -45,7 +45,7 @@ def _utc(v):
         raise PydanticCustomError("time_zone", "must carry a time zone (Z or +00:00), got '{value}'",
                                   {"value": v[:64]})
     try:
-        t = t.astimezone(timezone.utc)
+        t = t.astimezone(UTC)
     except OverflowError:   # e.g. 0001-01-01T00:00:00+01:00
         t = None
     if t is None or not TIME_MIN <= t < TIME_MAX:
@@ -80,15 +80,15 @@ class TrackPoint(Strict):
     lat_deg: float = _rng("lat_deg", "latitude, degrees WGS84")
     lon_deg: float = _rng("lon_deg", "longitude, degrees WGS84")
     alt_ft: float = _rng("alt_ft", "barometric altitude, ft")
-    gs_kt: Optional[float] = _rng("gs_kt", "ground speed, kt (derived from positions when absent)", True)
-    trk_deg: Optional[float] = _rng("trk_deg", "ground track, degrees true (derived when absent)", True)
-    vs_fpm: Optional[float] = _rng("vs_fpm", "vertical rate, ft/min, + = climb (derived when absent)", True)
-    cfl_ft: Optional[float] = _rng("cfl_ft", "cleared flight level, ft, when known", True)
+    gs_kt: float | None = _rng("gs_kt", "ground speed, kt (derived from positions when absent)", True)
+    trk_deg: float | None = _rng("trk_deg", "ground track, degrees true (derived when absent)", True)
+    vs_fpm: float | None = _rng("vs_fpm", "vertical rate, ft/min, + = climb (derived when absent)", True)
+    cfl_ft: float | None = _rng("cfl_ft", "cleared flight level, ft, when known", True)
 
 
 class AircraftTrack(Strict):
     flight_id: FlightId
-    callsign: Optional[Label] = None
+    callsign: Label | None = None
     points: list[TrackPoint] = Field(min_length=2, max_length=POINTS_MAX,
                                      description="recent track points, strictly increasing in time")
 
@@ -103,11 +103,11 @@ class AircraftTrack(Strict):
 
 class Waypoint(Strict):
     seq: Int = Field(ge=0, le=10_000)
-    waypoint: Optional[Label] = None
+    waypoint: Label | None = None
     lat_deg: float = _rng("lat_deg", "latitude, degrees WGS84")
     lon_deg: float = _rng("lon_deg", "longitude, degrees WGS84")
-    alt_ft: Optional[float] = _rng("alt_ft", "planned altitude, ft", True)
-    time: Optional[UtcTime] = None
+    alt_ft: float | None = _rng("alt_ft", "planned altitude, ft", True)
+    time: UtcTime | None = None
 
 
 class FlightPlan(Strict):
@@ -124,12 +124,12 @@ class Clearance(Strict):
     action_type: Literal[ACTION_TYPES] = Field(description="heading, altitude, speed, direct_to or resume")
     value: float = Field(0.0, allow_inf_nan=False, description="signed change: heading/direct_to deg (+ = right), "
                          "altitude ft (+ = climb), speed kt (+ = faster), 0 for resume")
-    unit: Optional[Literal["deg", "ft", "kt", ""]] = Field(None, description="the type's unit (checked when given)")
-    target_value: Optional[float] = Field(None, allow_inf_nan=False, description="absolute cleared value when known")
-    waypoint: Optional[Label] = None
+    unit: Literal["deg", "ft", "kt", ""] | None = Field(None, description="the type's unit (checked when given)")
+    target_value: float | None = Field(None, allow_inf_nan=False, description="absolute cleared value when known")
+    waypoint: Label | None = None
     source: Literal[ACTION_SOURCES] = "clearance_log"
     confidence: float = Field(1.0, ge=0.0, le=1.0, allow_inf_nan=False)
-    action_id: Optional[Annotated[str, Field(max_length=200)]] = None
+    action_id: Annotated[str, Field(max_length=200)] | None = None
 
     @field_validator("value", "target_value")
     @classmethod
@@ -161,7 +161,7 @@ class ConflictRequestBase(Strict):
                                            description="flight plans (read by goal-conditioned models)")
     clearances: list[Clearance] = Field(default_factory=list, max_length=CLEARANCES_MAX,
                                         description="recent clearances in the airspace (action contract)")
-    at: Optional[UtcTime] = Field(None, description="decision time (default: the latest time on the model's grid)")
+    at: UtcTime | None = Field(None, description="decision time (default: the latest time on the model's grid)")
     n_alternatives: Int = 0
     seed: Int = Field(0, ge=0, le=2**31 - 1, description="seed of the sampled alternatives")
 
@@ -169,7 +169,7 @@ class ConflictRequestBase(Strict):
 class DetectRequestBase(Strict):
     aircraft: list[AircraftTrack] = Field(min_length=2, description="every aircraft of the radar picture")
     clearances: list[Clearance] = Field(default_factory=list, max_length=CLEARANCES_MAX)
-    at: Optional[UtcTime] = Field(None, description="decision time (default: the latest time on the model's grid)")
+    at: UtcTime | None = Field(None, description="decision time (default: the latest time on the model's grid)")
     n_alternatives: Int = 0
     seed: Int = Field(0, ge=0, le=2**31 - 1)
 
@@ -225,26 +225,26 @@ def cross_checks(aircraft: list[AircraftTrack], neighbours: list[AircraftTrack] 
 # ------------------------------------------------------------------ responses
 class ModelRef(BaseModel):
     name: str
-    spec_hash: Optional[str]
+    spec_hash: str | None
 
 
 class ConflictOut(BaseModel):
     flight_id_1: str = Field(description="aircraft 1: the smaller flight_id of the pair")
     flight_id_2: str
     in_conflict: bool = Field(description="predicted loss of separation within the look-ahead at the decision time")
-    los: Optional[bool] = Field(None, description="separation lost now (null when the pair is not in conflict)")
-    tcpa_s: Optional[float] = None
-    dcpa_nm: Optional[float] = None
-    dist_nm: Optional[float] = None
+    los: bool | None = Field(None, description="separation lost now (null when the pair is not in conflict)")
+    tcpa_s: float | None = None
+    dcpa_nm: float | None = None
+    dist_nm: float | None = None
 
 
 class DecisionOut(BaseModel):
     act: bool = Field(description="the most likely choice: does the controller act now on this conflict")
-    p_act: Optional[float] = Field(description="probability of acting now")
+    p_act: float | None = Field(description="probability of acting now")
     aircraft: int = Field(description="1 or 2: which aircraft of the pair the action is for")
     flight_id: str
     action_type: str = Field(description="the most likely action given that the controller acts")
-    value: Optional[float] = Field(description="signed change in `unit` (heading deg + = right, altitude ft + = "
+    value: float | None = Field(description="signed change in `unit` (heading deg + = right, altitude ft + = "
                                    "climb, speed kt + = faster, 0 for resume)")
     unit: str
 
@@ -253,9 +253,9 @@ class ModeOut(BaseModel):
     aircraft: int
     flight_id: str
     action_type: str
-    value: Optional[float]
+    value: float | None
     unit: str
-    probability: Optional[float] = Field(description="P(act) x the mode's share of the sampled actions")
+    probability: float | None = Field(description="P(act) x the mode's share of the sampled actions")
     probability_given_act: float
 
 
@@ -285,8 +285,8 @@ class DetectResponse(BaseModel):
 class ModelInfo(BaseModel):
     uri: str
     name: str
-    version: Optional[str] = None
-    spec_hash: Optional[str]
+    version: str | None = None
+    spec_hash: str | None
     history_steps: int
     step_s: float
     exact_log_prob: bool
@@ -297,7 +297,7 @@ class ModelInfo(BaseModel):
 
 class Health(BaseModel):
     status: str
-    detail: Optional[str] = None
+    detail: str | None = None
 
 
 class ErrorItem(BaseModel):

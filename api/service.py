@@ -11,20 +11,18 @@ from __future__ import annotations
 import logging
 import math
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
 
 from atc_il.errors import ConfigError, DataError, ModelError
-from atc_il.schemas import ACTION_UNITS, action_id
+from atc_il.schemas import ACTION_SCHEMA, ACTION_UNITS, TRACK_SCHEMA, action_id
 
 log = logging.getLogger("atc_il.api")
-TRACK_COLUMNS = ["time", "flight_id", "callsign", "lat_deg", "lon_deg", "alt_ft", "gs_kt", "trk_deg", "vs_fpm",
-                 "cfl_ft"]
+TRACK_COLUMNS = [c for c in TRACK_SCHEMA.names if c != "source"]   # the track contract's columns a request carries
 RUNTIMES = ("auto", "torch", "onnx")   # where the context network runs (models/onnx_context.py)
-ACTION_COLUMNS = ["action_id", "time", "flight_id", "action_type", "value", "unit", "target_value", "waypoint",
-                  "source", "confidence"]
+ACTION_COLUMNS = list(ACTION_SCHEMA.names)     # the action contract's columns (atc_il/schemas.py)
 
 
 class ItemError(DataError):
@@ -39,7 +37,7 @@ def check_feature_spec(spec: dict, expect_spec_hash: str | None = None) -> str:
     """The policy's feature spec must be exactly what this service's feature builder produces for the
     policy's own data-set configuration (shapes, features, units, label coding); returns its hash."""
     from atc_il.config import DatasetConfig
-    from pipelines.dataset import feature_spec
+    from pipelines.features import feature_spec
     from pipelines.shards import spec_hash
 
     missing = [k for k in ("tensors", "labels", "config", "step_s", "spec_hash", "normalisation") if not spec.get(k)]
@@ -86,7 +84,7 @@ def _num(x) -> float | None:
     return v if math.isfinite(v) else None
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 
 
@@ -138,6 +136,7 @@ class ModelService:
 
     def load(self) -> None:
         import torch
+
         from models.serving import Predictor
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
@@ -159,7 +158,7 @@ class ModelService:
         except Exception as exc:   # noqa: BLE001
             raise ModelError(f"the model failed its batched warm-up: {type(exc).__name__}: {exc}") from None
         meta = pred.metadata()
-        self.info = {**meta, "version": model_version(self.uri), "loaded_at": datetime.now(timezone.utc)}
+        self.info = {**meta, "version": model_version(self.uri), "loaded_at": datetime.now(UTC)}
         self.predictor = pred
         log.info("model %s loaded (spec_hash %s, %d history steps, context network on %s)", self.uri,
                  meta["spec_hash"], meta["history_steps"], meta["runtime"])

@@ -6,12 +6,14 @@ Unknown keys are errors (a typo must not silently fall back to a default).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from atc_il.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class Section(BaseModel):
@@ -117,7 +119,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def validate(model: type[BaseModel], data: dict[str, Any], source: str = "config"):
+def validate(model: type[M], data: dict[str, Any], source: str = "config") -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -16,7 +16,7 @@ class DataError(AtcIlError):
 class ReadError(AtcIlError):
     """A file cannot be read at all."""
 
-    def __init__(self, path, cause: str):
+    def __init__(self, path: object, cause: str) -> None:
         self.path = str(path)
         self.cause = cause
         super().__init__(f"{self.path}: {cause}")

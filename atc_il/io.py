@@ -6,8 +6,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,7 +22,7 @@ from atc_il.schemas import to_table
 MARKER = "_SUCCESS"
 
 
-def atomic_write_table(table: pa.Table, path: str | Path, compression: str = "zstd", **write_options) -> Path:
+def atomic_write_table(table: pa.Table, path: str | Path, compression: str = "zstd", **write_options: Any) -> Path:
     """Write a parquet file atomically: a temporary file in the same folder, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,7 +47,7 @@ def atomic_write_text(text: str, path: str | Path) -> Path:
     return path
 
 
-def write_json(obj, path: str | Path) -> Path:
+def write_json(obj: Any, path: str | Path) -> Path:
     return atomic_write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", path)
 
 
@@ -107,7 +108,7 @@ def parquet_files(root: str | Path) -> list[Path]:
 
 
 def read_table(root: str | Path, schema: pa.Schema, columns: list[str] | None = None,
-               filter=None) -> pd.DataFrame:
+               filter: Any = None) -> pd.DataFrame:
     """Read a canonical (possibly partitioned) parquet data set into pandas with the contract types."""
     files = parquet_files(root)
     if not files:

@@ -6,8 +6,10 @@ Times are UTC timestamps with nanosecond resolution. Units are in column names.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -132,7 +134,20 @@ ACTION_LINK_SCHEMA = pa.schema(
 )
 
 
-def action_id(flight_id, time, action_type) -> str:
+# decisions: the policy's answer for a conflict at a decision time (batch prediction's rows, the service's
+# and the closed loop's decisions): P(act now), and the most likely action given that the controller acts
+DECISION_SCHEMA = pa.schema(
+    [pa.field("time", TIME, nullable=False), pa.field("flight_id_1", pa.string(), nullable=False),
+     pa.field("flight_id_2", pa.string(), nullable=False), pa.field("tcpa_s", pa.float64()),
+     pa.field("dcpa_nm", pa.float64()), pa.field("act", pa.bool_()), pa.field("p_act", pa.float64()),
+     pa.field("aircraft", pa.int8()),          # 0 = flight_id_1, 1 = flight_id_2 (the one the action is for)
+     pa.field("flight_id", pa.string()), pa.field("action_type", pa.string()),
+     pa.field("value", pa.float64()), pa.field("unit", pa.string())],
+    metadata={"contract": "atc-il/decision/1"})
+DECISION_COLUMNS = tuple(DECISION_SCHEMA.names)
+
+
+def action_id(flight_id: object, time: object, action_type: object) -> str:
     """Stable identifier of an action."""
     import pandas as _pd
     return f"{flight_id}@{_pd.Timestamp(time).isoformat()}#{action_type}"
@@ -203,9 +218,8 @@ def check_columns(df: pd.DataFrame, required: Iterable[str], what: str) -> None:
         raise DataError(f"{what}: missing required column(s) {missing}; have {list(df.columns)}")
 
 
-def to_ns(times) -> "np.ndarray":
+def to_ns(times: Any) -> np.ndarray:
     """UTC nanoseconds since the epoch (int64) from a Series, index, array or list of timestamps."""
-    import numpy as np
     idx = pd.DatetimeIndex(times)
     if idx.tz is None:
         idx = idx.tz_localize("UTC")

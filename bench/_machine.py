@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 def describe() -> str:
@@ -26,7 +26,7 @@ def describe() -> str:
         pass
     import numpy
     import pandas
-    return (f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {cpu}, {os.cpu_count()} cores{mem}; "
+    return (f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {cpu}, {os.cpu_count()} cores{mem}; "
             f"Python {platform.python_version()}, numpy {numpy.__version__}, pandas {pandas.__version__}")
 
 

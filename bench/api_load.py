@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import json
 import os
 import secrets
 import signal
@@ -30,8 +31,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-import json
 
 import numpy as np
 
@@ -53,7 +52,8 @@ def build_model(work: Path, epochs: int) -> Path:
     from atc_il.config import PipelineConfig
     from models.config import load_model_config
     from models.train import train
-    from pipelines import actions as act, conflicts as con
+    from pipelines import actions as act
+    from pipelines import conflicts as con
     from pipelines.dataset import build
     from pipelines.ingest import ingest
     from pipelines.sample import SampleSpec, make_sample
@@ -100,7 +100,9 @@ def in_process_peer(model: Path, bodies: list[dict], n: int, runtime: str = "aut
     """Latency (ms) of the service's own work called in-process on the same requests, one thread, no HTTP:
     request validation, features, one forward pass, the response dict."""
     import gc
+
     import torch
+
     from api import schemas as S
     from api.service import ModelService
     torch.set_num_threads(1)
@@ -133,7 +135,7 @@ class Service:
             self.port = s.getsockname()[1]
         self.key = secrets.token_urlsafe(24)
         env = {**os.environ, "ATC_IL_API_KEYS": self.key, "ATC_IL_PROGRESS": "0"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "atc_il.cli", "serve", "--model", str(model),
+        self.proc = subprocess.Popen([sys.executable, "-m", "atc_il_cli.cli", "serve", "--model", str(model),
                                       "--port", str(self.port), "--workers", str(workers), "--max-batch",
                                       str(max_batch), "--runtime", runtime, "--log-level", "warning"], cwd=ROOT,
                                      env=env)

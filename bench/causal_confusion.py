@@ -50,12 +50,12 @@ SCENARIO = {"duration_s": 1800, "density": 4.0, "conflicts": 8}
 
 
 def sampled_controller(n_alternatives: int = 32) -> None:
-    """Register ``model-sampled:PATH``: :class:`models.controller.ModelController` (which acts on a conflict with
+    """Register ``model-sampled:PATH``: :class:`simulator_adapters.model_controller.ModelController` (which acts on a conflict with
     probability P(act), drawn from its session-seeded generator) whose clearance (aircraft, type, value) is drawn
     from the policy too: from ``n_alternatives`` samples grouped into modes by the prediction function, a mode
     picked with its probability, instead of the most likely clearance given acting."""
-    from models.controller import ModelController
-    from simulator_adapters.controllers import _REGISTRY, register
+    from simulator_adapters.controller_registry import known, register
+    from simulator_adapters.model_controller import ModelController
 
     class SampledModelController(ModelController):
         def __init__(self, uri: str):
@@ -75,8 +75,8 @@ def sampled_controller(n_alternatives: int = 32) -> None:
                 return dec, alts
             self.predictor.predict_samples = sampled
 
-    if "model-sampled" not in _REGISTRY:
-        register("model-sampled")(SampledModelController)
+    if "model-sampled" not in known():
+        register("model-sampled", SampledModelController)
 
 
 def action_stats(actions, window_s: float = 120.0) -> dict:
@@ -107,8 +107,9 @@ def closed_loop(controllers: list, n: int, seed: int, scenario_kwargs: dict, out
     """simeval's loop (every controller on the same scenarios; simulator_adapters.evaluation's metrics and
     agreement with the expert), keeping each run's clearances for :func:`action_stats`."""
     import pandas as pd
+
     from simulator_adapters.bluesky_sim import BlueSkySim
-    from simulator_adapters.controllers import make_controller
+    from simulator_adapters.controller_registry import make_controller
     from simulator_adapters.evaluation import agreement, rollout_metrics
     from simulator_adapters.rollout import rollout
     from simulator_adapters.scenarios import scenario_set
@@ -138,7 +139,8 @@ def closed_loop(controllers: list, n: int, seed: int, scenario_kwargs: dict, out
 def simulate_data(ws: Path, scenarios: int, seed: int) -> Path:
     """The expert's demonstrations -> conflicts, episodes, actions (the clearance log) in ``ws``."""
     from atc_il.config import PipelineConfig
-    from pipelines import actions as act, conflicts as con
+    from pipelines import actions as act
+    from pipelines import conflicts as con
     from simulator_adapters.demonstrations import simulate
     rep = simulate(ws, scenarios, "atco", seed=seed, workers=2, scenario_kwargs=SCENARIO, progress=False)
     print(f"simulated: {rep['scenarios']} scenarios, {rep['clearances']} clearances, "
@@ -178,7 +180,7 @@ def p_act(policy, obs) -> np.ndarray:
 
 def manoeuvring_groups(data_nuis: Path) -> tuple[np.ndarray, np.ndarray, list]:
     """Test split of the nuisance variant: (either aircraft manoeuvring at decision time, act label, sample ids)."""
-    from pipelines.dataset import GEOM
+    from pipelines.features import GEOM
     from pipelines.shards import load_split, read_spec
     spec = read_spec(data_nuis)
     names = [f["name"] for f in spec["tensors"]["geometry"]["features"]]

@@ -13,7 +13,6 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -56,7 +55,7 @@ def run_stage(stage: str, work: Path, *extra) -> dict:
                           capture_output=True, text=True)
     if proc.returncode:
         sys.exit(f"stage {stage} failed:\n{proc.stderr[-3000:]}")
-    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
+    line = [s for s in proc.stdout.splitlines() if s.startswith("RESULT ")][-1]
     return json.loads(line[7:])
 
 

@@ -40,7 +40,8 @@ MIN_DALT_FT, MIN_SIN = 500.0, 0.1
 def make_data(ws: Path, scenarios: int, seed: int) -> tuple[Path, Path]:
     """Simulate, then conflicts -> actions -> observation histories twice (goal off: dataset/, on: dataset_goal/)."""
     from atc_il.config import PipelineConfig
-    from pipelines import actions as act, conflicts as con
+    from pipelines import actions as act
+    from pipelines import conflicts as con
     from pipelines.dataset import build
     from simulator_adapters.demonstrations import simulate
     t = time.perf_counter()
@@ -117,7 +118,7 @@ def closed_loop(policies: dict[str, Path], n: int, seed: int) -> pd.DataFrame:
     altitude and heading clearances issued (exit level/side as seen at the time of the clearance)."""
     from atc_il.geometry import kwik_qdr_dist_nm
     from simulator_adapters.bluesky_sim import BlueSkySim
-    from simulator_adapters.controllers import make_controller
+    from simulator_adapters.controller_registry import make_controller
     from simulator_adapters.evaluation import agreement, rollout_metrics
     from simulator_adapters.rollout import rollout
     from simulator_adapters.scenarios import scenario_set

@@ -61,7 +61,8 @@ NLL_KIND = {"deterministic": "fixed-var", "mdn": "exact", "autoregressive": "exa
 
 def make_data(ws: Path, scenarios: int, seed: int) -> Path:
     from atc_il.config import PipelineConfig
-    from pipelines import actions as act, conflicts as con
+    from pipelines import actions as act
+    from pipelines import conflicts as con
     from pipelines.dataset import build
     from simulator_adapters.demonstrations import simulate
     rep = simulate(ws, scenarios, "atco", seed=seed, workers=2,
@@ -103,6 +104,7 @@ def code_style_all_splits(policy, data: Path) -> dict:
     """Code-style NMI of a discrete-code cvae over train + val + test together (more scenarios, hence more
     styles, than the test split alone; the train split is what the code was fitted on)."""
     import pandas as pd
+
     from models.ceiling import load_truth
     from models.data import load_data
     from models.evaluate import code_style_nmi
@@ -124,6 +126,7 @@ def closed_loop(models: dict[str, Path], n: int, seed: int, duration_s: float, o
     """simeval (the API behind ``atc-il simeval``) with the references and every model (``model:DIR``) on the
     same ``n`` generated scenarios; per controller label: its aggregate row plus summed rollout wall time."""
     import pandas as pd
+
     from simulator_adapters.evaluation import simeval
     specs = {"expert (atco)": "atco", "MVP": "mvp", "none": "none", **{k: f"model:{v}" for k, v in models.items()}}
     kw = {"duration_s": duration_s, "density": 4.0, "conflicts": 8}

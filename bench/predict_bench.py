@@ -6,7 +6,7 @@ single-thread worker processes, side by side in one run on the same dense traffi
 
 Setup (cached in --workdir, not timed): a small sample trains the model (``--config``, one short epoch:
 throughput does not depend on the weights), then dense synthetic traffic is sampled and ingested into
-day partitions (``--by-hour``: hour partitions). Both engines run ``pipelines.predict.run`` end to end
+day partitions (``--by-hour``: hour partitions). Both engines run ``models.batch_predict.run`` end to end
 (partition discovery, reads with history, detection, features, the policy, atomic writes), the Dask
 one including its cluster start-up. Appends a table to bench/RESULTS.md.
 """
@@ -96,7 +96,8 @@ def main() -> None:
 
     import pandas as pd
     import torch
-    from pipelines.predict import run
+
+    from models.batch_predict import run
     results = {}
     for name, kw in (("in-process", {"engine": "local"}), (f"Dask LocalCluster, {args.workers} workers",
                                                           {"engine": "dask", "workers": args.workers})):
@@ -127,7 +128,7 @@ def main() -> None:
             f"{args.background} --conflicts {args.conflicts} --config {args.config}{' --by-hour' if args.by_hour else ''}`: "
             f"{data['points']:,} grid points (5 s) of dense synthetic traffic in {loc['partitions']} "
             f"{'hour' if args.by_hour else 'day'} partitions, model `{args.config}` (CPU), clearance log as features. "
-            f"Wall time is `pipelines.predict.run` end to end (the Dask row includes starting the cluster); "
+            f"Wall time is `models.batch_predict.run` end to end (the Dask row includes starting the cluster); "
             f"partition-busy is the sum of the per-partition task times. In-process torch uses "
             f"{torch.get_num_threads()} intra-op threads, each Dask worker 1. Same decisions from both engines: "
             f"{'yes' if same else 'NO'} (max |p_act| difference {dp:.1e}).\n\n" + "\n".join(lines))

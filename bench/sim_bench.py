@@ -24,7 +24,7 @@ from _machine import append_results  # noqa: E402
 def dense_scenario(n: int, duration_s: float, seed: int):
     """n aircraft all present from the start (spawned at t = 0) in a box sized for en-route density,
     with about n/10 injected conflict pairs."""
-    from simulator_adapters.scenarios import Scenario, ScenarioSpec, _Builder, Sector
+    from simulator_adapters.scenarios import Scenario, ScenarioSpec, Sector, _Builder
     half = max(40.0, 8.0 * np.sqrt(n))
     spec = ScenarioSpec(name=f"bench{n}", seed=seed, half_size_nm=half, duration_s=duration_s, density=0,
                         conflicts=0)
@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     from simulator_adapters.bluesky_sim import BlueSkySim
-    from simulator_adapters.controllers import make_controller
+    from simulator_adapters.controller_registry import make_controller
     from simulator_adapters.rollout import rollout
 
     rows = []

@@ -22,14 +22,17 @@ runs the encoder once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 from torch import nn
 
 from atc_il.errors import ModelError
 from atc_il.schemas import ACTION_TYPES
+
+T = TypeVar("T", bound=Callable)
 
 OBS_KEYS = ("pair", "neighbours", "geometry", "clearances")
 N_TYPES = len(ACTION_TYPES)
@@ -45,7 +48,7 @@ class Observations:
     geometry: torch.Tensor
     clearances: torch.Tensor
 
-    def to(self, device, non_blocking: bool = False) -> "Observations":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Observations:
         return Observations(*(getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)))
 
     @property
@@ -53,7 +56,7 @@ class Observations:
         return self.pair.shape[0]
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Observations":
+    def from_dict(cls, d: dict) -> Observations:
         missing = [k for k in OBS_KEYS if k not in d]
         if missing:
             raise ModelError(f"observations lack {missing}")
@@ -67,11 +70,11 @@ class Decisions:
     type: torch.Tensor
     value: torch.Tensor
 
-    def to(self, device, non_blocking: bool = False) -> "Decisions":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Decisions:
         return Decisions(*(getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)))
 
     @classmethod
-    def from_labels(cls, d: dict) -> "Decisions":
+    def from_labels(cls, d: dict) -> Decisions:
         """From data-set label columns (label_act, label_aircraft, label_type, label_value)."""
         return cls(torch.as_tensor(d["label_act"]).long(), torch.as_tensor(d["label_aircraft"]).long(),
                    torch.as_tensor(d["label_type"]).long(), torch.as_tensor(d["label_value"]).float())
@@ -84,8 +87,8 @@ class Registry:
         self.kind = kind
         self._items: dict[str, Callable] = {}
 
-    def register(self, name: str):
-        def deco(obj):
+    def register(self, name: str) -> Callable[[T], T]:
+        def deco(obj: T) -> T:
             if name in self._items:
                 raise ModelError(f"{self.kind} {name!r} registered twice")
             self._items[name] = obj
@@ -113,7 +116,7 @@ class Context:
     def batch_size(self) -> int:
         return self.tensor.shape[0]
 
-    def __getitem__(self, rows: slice) -> "Context":
+    def __getitem__(self, rows: slice) -> Context:
         return Context(self.tensor[rows])
 
 

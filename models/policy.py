@@ -181,7 +181,7 @@ class Policy(nn.Module):
         """The context network alone: (pair, neighbours, geometry, clearances) -> (B, C), for export."""
         return _ContextNet(self)
 
-    def compile_encoder(self, **kwargs) -> "Policy":
+    def compile_encoder(self, **kwargs) -> Policy:
         """Compile the encoder in place with torch.compile (state-dict keys stay the same)."""
         self.encoder.compile(**kwargs)
         return self

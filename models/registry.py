@@ -122,7 +122,7 @@ def save_loss_curve(history: list[dict], path: str | Path) -> Path:
     return path
 
 
-def predict_frame(policy, model_input) -> "Any":
+def predict_frame(policy, model_input) -> Any:
     """The policy's most likely decisions as a DataFrame (act, aircraft, type, value)."""
     import numpy as np
     import pandas as pd

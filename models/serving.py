@@ -17,14 +17,13 @@ import torch
 
 from atc_il.config import ConflictConfig, DatasetConfig
 from atc_il.errors import DataError
-from atc_il.schemas import ACTION_SCHEMA, ACTION_TYPES, ACTION_UNITS, TRACK_SCHEMA, conform
+from atc_il.schemas import ACTION_SCHEMA, ACTION_TYPES, ACTION_UNITS, DECISION_SCHEMA, TRACK_SCHEMA, conform
 from models.ceiling import MODE_TOLERANCE
 from models.interface import Observations, PolicyInterface
-from pipelines.dataset import Samples, TrackIndex, build_features
+from pipelines.features import Samples, TrackIndex, build_features
 from pipelines.picture import Picture
 
-DECISION_COLUMNS = ["time", "flight_id_1", "flight_id_2", "tcpa_s", "dcpa_nm", "act", "p_act", "aircraft",
-                    "flight_id", "action_type", "value", "unit"]
+DECISION_COLUMNS = list(DECISION_SCHEMA.names)     # the decision contract's columns (atc_il/schemas.py)
 
 
 @dataclass
@@ -50,7 +49,7 @@ class Predictor:
         return why
 
     @classmethod
-    def from_uri(cls, uri: str, **kwargs) -> "Predictor":
+    def from_uri(cls, uri: str, **kwargs) -> Predictor:
         from models.registry import load_policy_uri
         return cls(load_policy_uri(uri), uri=str(uri), **kwargs)
 
@@ -86,7 +85,7 @@ class Predictor:
     # ------------------------------------------------------------------ prediction
     def prepare(self, tracks, at=None, clearances=None, n_alternatives: int = 0,
                 pairs: list[tuple[str, str]] | None = None, seed: int = 0,
-                flight_plans: pd.DataFrame | None = None) -> "Prepared":
+                flight_plans: pd.DataFrame | None = None) -> Prepared:
         """The CPU part of :meth:`detect_and_predict`: the conflicts at ``at`` (default: the latest grid time),
         or ``pairs`` (in conflict or not), and their feature tensors. ``tracks``: canonical track points
         (DataFrame) or a :class:`Picture`."""
@@ -104,7 +103,7 @@ class Predictor:
         return build_features(samples, index, acts, self.dcfg, flight_plans)
 
     @torch.inference_mode()
-    def infer(self, items: list["Prepared"]) -> list[tuple[dict, list]]:
+    def infer(self, items: list[Prepared]) -> list[tuple[dict, list]]:
         """One forward pass for the conflicts of all ``items`` (requests): per item, its decisions as arrays
         (:data:`DECISION_COLUMNS`) and, when it asked for alternatives, their modes per conflict (sampled
         with the item's own seed, so an item's answer does not depend on what it was batched with)."""

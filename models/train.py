@@ -16,8 +16,8 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -199,7 +199,8 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path | None 
     per process. Resuming applies changed epochs, max_steps and patience; the optimiser keeps its saved state.
     """
     from models.policy import build_policy
-    from models.registry import Tracker, tracking_uri as default_uri
+    from models.registry import Tracker
+    from models.registry import tracking_uri as default_uri
 
     tc = config.train
     if register_as and tracking_uri is False:

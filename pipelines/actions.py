@@ -28,8 +28,19 @@ from atc_il.config import ActionConfig, load_yaml
 from atc_il.errors import ConfigError, DataError, ReadError
 from atc_il.geometry import bearing_deg, wrap180
 from atc_il.io import read_table, reset_dir, write_json, write_partitioned
-from atc_il.schemas import (ACTION_LINK_SCHEMA, ACTION_SCHEMA, ACTION_SOURCES, ACTION_TYPES, ACTION_UNITS,
-                            EPISODE_SCHEMA, FLIGHT_PLAN_SCHEMA, TRACK_SCHEMA, action_id, conform, empty)
+from atc_il.schemas import (
+    ACTION_LINK_SCHEMA,
+    ACTION_SCHEMA,
+    ACTION_SOURCES,
+    ACTION_TYPES,
+    ACTION_UNITS,
+    EPISODE_SCHEMA,
+    FLIGHT_PLAN_SCHEMA,
+    TRACK_SCHEMA,
+    action_id,
+    conform,
+    empty,
+)
 from atc_il.units import factor
 from pipelines.manoeuvres import infer_actions
 

@@ -32,8 +32,8 @@ HISTORY = ([("since_clr_ac1_s", "s", True), ("since_clr_ac2_s", "s", True),
 
 
 def last_before(actions: pd.DataFrame, flight_ids: np.ndarray, t_ns: np.ndarray) -> np.ndarray:
-    """Time (ns) of each flight's last action strictly before ``t_ns`` (any shape, matching ``flight_ids``
-    broadcast against it); -1 where there is none. ``actions`` needs ``flight_id`` and ``time``."""
+    """Row (position in ``actions``) of each flight's last action strictly before ``t_ns`` (any shape, with
+    ``flight_ids`` broadcast against it); -1 where there is none. ``actions`` needs ``flight_id`` and ``time``."""
     out = np.full(t_ns.shape, -1, dtype=np.int64)
     if actions.empty or t_ns.size == 0:
         return out
@@ -48,13 +48,13 @@ def last_before(actions: pd.DataFrame, flight_ids: np.ndarray, t_ns: np.ndarray)
     r = int(rank.max()) + 1
     akey = ac_s.astype(np.int64) * r + rank[:len(at_s)]
     qrank = rank[len(at_s):].reshape(t_ns.shape)
-    q = np.broadcast_to(flights.get_indexer(np.asarray(flight_ids, dtype=object).ravel())
-                        .reshape(np.shape(flight_ids)), t_ns.shape)
+    ids = np.asarray(flight_ids, dtype=object)
+    q = np.broadcast_to(flights.get_indexer(ids.ravel()).reshape(ids.shape), t_ns.shape)
     pos = np.searchsorted(akey, np.maximum(q, 0) * r + qrank, side="left") - 1   # strictly before
     ok = (q >= 0) & (pos >= 0)
     pos = np.maximum(pos, 0)
     ok &= ac_s[pos] == q
-    out[ok] = at_s[pos][ok]
+    out[ok] = order[pos][ok]
     return out
 
 
@@ -67,13 +67,14 @@ def history_features(actions: pd.DataFrame, t_steps: np.ndarray, f1: np.ndarray,
     out[..., 0:2] = cap_s
     if n == 0 or actions.empty:
         return out
+    at = to_ns(actions["time"])
     for j, fids in enumerate((f1, f2)):
-        last = last_before(actions, np.asarray(fids, dtype=object)[:, None], t_steps)
-        has = last >= 0
+        row = last_before(actions, np.asarray(fids, dtype=object)[:, None], t_steps)
+        has = row >= 0
+        last = at[np.maximum(row, 0)]
         since = np.where(has, (t_steps - last) / 1e9, cap_s)
         out[..., j] = np.minimum(since, cap_s)
         out[..., 2 + j] = has & (last >= first_ns[:, None])
-    at = to_ns(actions["time"])
     kind = actions["action_type"].to_numpy(dtype=object)
     lo = t_steps - int(round(horizon_s * 1e9))
     for k, t in enumerate(STYLE_TYPES):

@@ -30,7 +30,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from rich.markup import escape
 
 from atc_il.config import PipelineConfig
@@ -39,8 +38,7 @@ from atc_il.io import write_frame, write_json, write_partitioned
 from atc_il.progress import console, track
 from atc_il.schemas import QUARANTINE_REASONS, TRACK_RANGES, TRACK_REQUIRED, TRACK_SCHEMA, conform
 from pipelines.clean import clean_and_resample
-from pipelines.readers import (FORMATS, UNPARSEABLE, ColumnMapping, load_mapping,  # noqa: F401 (re-exported)
-                               read_tracks)
+from pipelines.readers import FORMATS, UNPARSEABLE, ColumnMapping, load_mapping, read_tracks  # noqa: F401 (re-exported)
 
 QUARANTINE_SCHEMA = pa.schema(
     [f.with_nullable(True) for f in TRACK_SCHEMA]

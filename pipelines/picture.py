@@ -3,7 +3,7 @@
 A REST request or a closed-loop step carries a few aircraft with a few minutes of points each. Pushing
 them through the pandas stages costs ~20 ms of fixed overhead per call; a :class:`Picture` runs the very
 same array cores instead (:func:`pipelines.clean.kinematics`, :func:`pipelines.clean.resample_plan`,
-:func:`pipelines.conflicts.detect_arrays`, :meth:`pipelines.dataset.TrackIndex.from_arrays`), so its grid,
+:func:`pipelines.conflicts.detect_arrays`, :meth:`pipelines.features.TrackIndex.from_arrays`), so its grid,
 conflicts and features are those of the batch path for the same points (``tests/test_picture.py``).
 
 Semantics, as in the batch path: points are put on the grid of multiples of ``step_s`` (missing ground
@@ -24,7 +24,7 @@ from atc_il.config import ConflictConfig
 from atc_il.errors import DataError
 from pipelines.clean import interpolate, kinematics, resample_plan, segments
 from pipelines.conflicts import PAIR_COLUMNS, detect_arrays
-from pipelines.dataset import INDEX_COLUMNS, Samples, TrackIndex
+from pipelines.features import INDEX_COLUMNS, Samples, TrackIndex
 
 STATE = ("lat_deg", "lon_deg", "alt_ft", "gs_kt", "trk_deg", "vs_fpm")
 
@@ -32,7 +32,7 @@ STATE = ("lat_deg", "lon_deg", "alt_ft", "gs_kt", "trk_deg", "vs_fpm")
 @dataclass
 class Picture:
     """Grid points of a handful of flights: ``ns`` (grid times), ``codes`` into ``flights`` (sorted ids),
-    ``cols`` (the :data:`~pipelines.dataset.INDEX_COLUMNS`), and the :class:`TrackIndex` over them."""
+    ``cols`` (the :data:`~pipelines.features.INDEX_COLUMNS`), and the :class:`TrackIndex` over them."""
     flights: pd.Index
     ns: np.ndarray
     codes: np.ndarray
@@ -40,7 +40,7 @@ class Picture:
     index: TrackIndex
 
     @classmethod
-    def from_points(cls, flight_id, t_ns, cols: dict, step_s: float, max_gap_s: float = 60.0) -> "Picture":
+    def from_points(cls, flight_id, t_ns, cols: dict, step_s: float, max_gap_s: float = 60.0) -> Picture:
         """Raw points (any sampling) -> the grid. ``cols`` holds lat_deg, lon_deg, alt_ft and optionally
         gs_kt, trk_deg, vs_fpm, cfl_ft (NaN = unknown)."""
         t_ns = np.asarray(t_ns, dtype=np.int64)
@@ -73,7 +73,7 @@ class Picture:
         return cls(flights, grid, gcodes, out, TrackIndex.from_arrays(grid, gcodes, flights, out, step_s))
 
     @classmethod
-    def from_frame(cls, tracks: pd.DataFrame, step_s: float, max_gap_s: float = 60.0) -> "Picture":
+    def from_frame(cls, tracks: pd.DataFrame, step_s: float, max_gap_s: float = 60.0) -> Picture:
         """From canonical track points (a DataFrame with time, flight_id and the state columns)."""
         for c in ("time", "flight_id", "lat_deg", "lon_deg", "alt_ft"):
             if c not in tracks.columns:

@@ -25,9 +25,9 @@ Format flavours (``fmt="auto"`` detects them from the columns):
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd

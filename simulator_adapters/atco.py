@@ -39,13 +39,12 @@ exit level that waypoint's altitude, else the plan's ``exit_level_ft``, else its
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from atc_il.geometry import cpa, kwik_qdr_dist_nm, velocity_kt, wrap180
-from simulator_adapters.controllers import Clearance, Controller, Decision, Observation, register
+from simulator_adapters.controllers import Clearance, Controller, Decision, Observation
 
 STYLES = ("vertical_first", "vectoring_first", "speed_first")
 TYPES = ("heading", "altitude", "speed")
@@ -275,5 +274,3 @@ class SyntheticAtco(Controller):
                 "aircraft": k if acted else -1, "action_type": "resume" if acted else None,
                 "value": 0.0 if acted else float("nan"), "log_prob": math.log(p if acted else 1 - p)}
 
-
-register("atco")(SyntheticAtco)

@@ -31,9 +31,10 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -283,7 +284,7 @@ class BlueSkySim:
         if self._own_workdir and self.workdir.exists():
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "BlueSkySim":
+    def __enter__(self) -> BlueSkySim:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable
 
 import pandas as pd
-
-from atc_il.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -81,7 +78,7 @@ class Controller(ABC):
     #: BlueSky conflict-resolution method to enable in the simulator while this controller runs
     sim_resolution: str = "OFF"
 
-    def reset(self, scenario_name: str, seed: int) -> None:
+    def reset(self, scenario_name: str, seed: int) -> None:  # noqa: B027  (optional hook)
         """Start a controller session (one scenario)."""
 
     @abstractmethod
@@ -105,32 +102,3 @@ class MVPController(Controller):
 
     def decide(self, obs: Observation) -> Decision:
         return Decision()
-
-
-_REGISTRY: dict[str, Callable[..., Controller]] = {}
-
-
-def register(name: str):
-    def deco(factory):
-        _REGISTRY[name] = factory
-        return factory
-    return deco
-
-
-register("none")(NoController)
-register("mvp")(MVPController)
-
-
-def make_controller(spec: str, **kwargs) -> Controller:
-    """Build a controller from ``atco``, ``mvp``, ``none`` or ``model:URI`` (a plug point for learned models:
-    a factory registered under ``model`` receives the URI)."""
-    import simulator_adapters.atco  # noqa: F401  (registers "atco")
-    name, _, arg = spec.partition(":")
-    if name == "model" and "model" not in _REGISTRY:
-        try:
-            import models.controller  # noqa: F401  (registers "model": a learned policy in the loop)
-        except ImportError as exc:
-            raise ConfigError(f"controller {spec!r}: the models package cannot be loaded: {exc}") from exc
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown controller {spec!r}; known: {sorted(_REGISTRY)} (model:URI once a model package registers it)")
-    return _REGISTRY[name](arg, **kwargs) if arg else _REGISTRY[name](**kwargs)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time as _time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -38,7 +38,7 @@ class Job:
 def run_job(job: Job) -> dict:
     """One scenario under one expert in its own BlueSky process (picklable for process pools and Dask)."""
     from simulator_adapters.bluesky_sim import BlueSkySim
-    from simulator_adapters.controllers import make_controller
+    from simulator_adapters.controller_registry import make_controller
     from simulator_adapters.rollout import rollout
 
     sc = Scenario.from_json(job.scenario_json)
@@ -49,7 +49,7 @@ def run_job(job: Job) -> dict:
 
 def run_jobs_on(sim, jobs: list[Job]) -> list[dict]:
     """Several jobs on one open simulator (one BlueSky start for all of them)."""
-    from simulator_adapters.controllers import make_controller
+    from simulator_adapters.controller_registry import make_controller
     from simulator_adapters.rollout import rollout
     out = []
     for job in jobs:

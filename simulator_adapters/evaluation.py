@@ -12,7 +12,6 @@ clearance for each conflict pair it acted on.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +81,7 @@ def simeval(controllers: list[str], n_scenarios: int, seed: int, out: str | Path
     """Run each controller on the same scenarios; write results.json, results.md and plots; return the table."""
     from atc_il.progress import track
     from simulator_adapters.bluesky_sim import BlueSkySim
-    from simulator_adapters.controllers import make_controller
+    from simulator_adapters.controller_registry import make_controller
     from simulator_adapters.rollout import rollout
     from simulator_adapters.scenarios import scenario_set
 

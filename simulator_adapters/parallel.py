@@ -9,8 +9,9 @@ on a Dask cluster.
 from __future__ import annotations
 
 import multiprocessing as mp
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from atc_il.errors import SimulatorError
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -78,7 +77,7 @@ class Sector:
     center: tuple[float, float]
 
     @classmethod
-    def box(cls, lat0: float, lon0: float, half_nm: float) -> "Sector":
+    def box(cls, lat0: float, lon0: float, half_nm: float) -> Sector:
         corners = [(-half_nm, -half_nm), (half_nm, -half_nm), (half_nm, half_nm), (-half_nm, half_nm)]
         poly = tuple((float(la), float(lo)) for la, lo in (from_local_nm(x, y, lat0, lon0) for x, y in corners))
         return cls(poly, (lat0, lon0))
@@ -132,7 +131,7 @@ class Scenario:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Scenario":
+    def from_json(cls, text: str) -> Scenario:
         d = json.loads(text)
         sec = Sector(tuple(tuple(p) for p in d["sector"]["polygon"]), tuple(d["sector"]["center"]))
         flights = [FlightSpec(**{**f, "route": tuple(Waypoint(**w) for w in f["route"])}) for f in d["flights"]]
@@ -146,7 +145,7 @@ class Scenario:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Scenario":
+    def load(cls, path: str | Path) -> Scenario:
         return cls.from_json(Path(path).read_text())
 
 

@@ -17,3 +17,10 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict:
+    """A small feature spec with normalisation statistics (tests/helpers.py: model_spec)."""
+    from tests.helpers import model_spec
+    return model_spec()

@@ -211,6 +211,7 @@ def test_concurrent_requests_answer_as_sequential_ones(client, server, conflict,
 
 def test_micro_batcher_answers_the_requests_of_one_turn_together_and_skips_cancelled_ones():
     import asyncio
+
     from api.batching import MicroBatcher
     calls = []
 
@@ -408,12 +409,12 @@ def test_schemathesis_fuzz_finds_no_server_error(server):
                       phases=[Phase.explicit, Phase.generate],
                       suppress_health_check=list(HealthCheck), derandomize=True)
             def run(case):
-                if mode == "repaired":
+                if mode == "repaired":  # noqa: B023  (run() is called in the iteration)
                     case.body = _repair(case.body)
                 r = case.call(base_url=server, headers=H, timeout=30)
-                seen[(op.label, mode, r.status_code)] += 1
+                seen[(op.label, mode, r.status_code)] += 1  # noqa: B023  (run() is called in the iteration)
                 if r.status_code >= 500:
-                    failures.append((op.label, mode, r.status_code, r.text[:200], case.body))
+                    failures.append((op.label, mode, r.status_code, r.text[:200], case.body))  # noqa: B023  (run() is called in the iteration)
             run()
     assert sum(seen.values()) > 150 and not failures, failures[:3]
     reached = sum(v for (label, mode, status), v in seen.items() if mode == "repaired" and status == 200)
@@ -427,8 +428,8 @@ def test_refuses_to_start_without_a_key_or_with_a_foreign_model(model_ws, tmp_pa
     from typer.testing import CliRunner
 
     from api.service import ModelService
-    from atc_il.cli import app as cli
     from atc_il.errors import ConfigError, ModelError
+    from atc_il_cli.cli import app as cli
     best = model_ws / "run" / "best"
     with pytest.raises(ConfigError, match="no API key"):
         create_app(str(best), api_keys=[])
@@ -486,6 +487,7 @@ def test_the_multi_worker_listener_gives_keep_alive_connections_tcp_nodelay():
     ours keeps it: a connection accepted by asyncio on it has Nagle off."""
     import asyncio
     import socket as so
+
     from api.app import tcp_listener
 
     async def main():
@@ -518,7 +520,7 @@ def test_serve_with_two_workers_answers_and_stops(model_ws, conflict, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "ATC_IL_API_KEYS": KEY, "ATC_IL_PROGRESS": "0", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "atc_il.cli", "serve", "--model", str(model_ws / "run" / "best"),
+    proc = subprocess.Popen([sys.executable, "-m", "atc_il_cli.cli", "serve", "--model", str(model_ws / "run" / "best"),
                              "--port", str(port), "--workers", "2", "--log-level", "warning"], env=env)
     try:
         url = f"http://127.0.0.1:{port}"

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from simulator_adapters.atco import STYLES, SyntheticAtco, _PairState
-from simulator_adapters.controllers import Observation, make_controller
+from simulator_adapters.controller_registry import make_controller
+from simulator_adapters.controllers import Observation
 
 A = {"flight_id": "A", "lat_deg": 50.0, "lon_deg": 5.0, "alt_ft": 35000.0, "trk_deg": 0.0, "vs_fpm": 0.0, "gs_kt": 450.0}
 B = {"flight_id": "B", "lat_deg": 50.1, "lon_deg": 5.15, "alt_ft": 35000.0, "trk_deg": 270.0, "vs_fpm": 0.0, "gs_kt": 450.0}

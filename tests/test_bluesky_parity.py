@@ -44,7 +44,7 @@ def _worker(workdir: str, out: str) -> None:
     bs.init(mode="sim", detached=True, workdir=str(workdir), configfile=str(cfg))
     import bluesky.stack.simstack as ss
     from bluesky.tools import geo
-    from bluesky.tools.aero import ft, kts, fpm
+    from bluesky.tools.aero import fpm, ft, kts
     from bluesky.traffic.asas import cstatebased
     replies = []
     ss.echo = lambda text="", flags=0, to_group=b"": replies.append((flags, text))

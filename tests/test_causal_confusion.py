@@ -7,9 +7,10 @@ import pandas as pd
 
 from atc_il.config import DatasetConfig, PipelineConfig
 from atc_il.schemas import action_id
-from pipelines.dataset import GEOM, NUISANCE, TrackIndex, build, build_features, feature_spec
+from pipelines.dataset import build
+from pipelines.features import GEOM, NUISANCE, TrackIndex, build_features, feature_spec
 from pipelines.shards import load_split, read_spec, spec_hash
-from tests.test_dataset import FLIGHTS, STEP, _samples, _workspace, grid_tracks
+from tests.helpers import FLIGHTS, STEP, grid_tracks, pair_samples, workspace
 
 DEFAULT_SPEC_HASH = "4a2d333dba1553e7"      # the default feature spec's hash (see tests/test_goal.py)
 CFG = DatasetConfig(history_steps=6, neighbours=2, recent_clearances=0, nuisance=True, nuisance_window_s=120, controller_history=False)
@@ -38,7 +39,7 @@ def test_nuisance_off_leaves_the_feature_spec_unchanged():
 
 def test_nuisance_values_on_a_hand_made_log():
     tracks = grid_tracks("2024-01-01T10:00Z", FLIGHTS)
-    s = _samples(tracks, "2024-01-01T10:05:00Z", "2024-01-01T10:05:00Z")      # steps 10:04:35 .. 10:05:00
+    s = pair_samples(tracks, "2024-01-01T10:05:00Z", "2024-01-01T10:05:00Z")      # steps 10:04:35 .. 10:05:00
     log = _log([("2024-01-01T10:01:00Z", "B", "heading"),        # older than the window at every step
                 ("2024-01-01T10:04:00Z", "A", "heading"),        # A manoeuvring ...
                 ("2024-01-01T10:04:41Z", "A", "resume"),         # ... until it resumes (from 10:04:45 on)
@@ -50,12 +51,12 @@ def test_nuisance_values_on_a_hand_made_log():
     assert g[:, NG].tolist() == [1, 1, 0, 0, 0, 0]              # A: 10:04:35, :40 on; resumed at :41
     assert g[:, NG + 1].tolist() == [0, 0, 0, 0, 1, 1]          # B: from 10:04:55 (strictly after 10:04:50)
     # the window: 10:04:00 + 120 s; a sample two minutes later sees A's heading clearance expire
-    late = _samples(tracks, "2024-01-01T10:06:05Z", "2024-01-01T10:06:05Z")
+    late = pair_samples(tracks, "2024-01-01T10:06:05Z", "2024-01-01T10:06:05Z")
     only = _log([("2024-01-01T10:04:00Z", "A", "heading")])
     g2 = build_features(late, TrackIndex.build(tracks, STEP), only, CFG)["geometry"][0]
     assert g2[:, NG].tolist() == [1, 1, 1, 1, 1, 0]             # 10:06:00 is 120 s after: still; 10:06:05 not
     # padding steps (no track) carry no indicator; no clearances at all: zeros
-    early = _samples(tracks, "2024-01-01T10:00:10Z", "2024-01-01T10:00:10Z")
+    early = pair_samples(tracks, "2024-01-01T10:00:10Z", "2024-01-01T10:00:10Z")
     g3 = build_features(early, TrackIndex.build(tracks, STEP), _log([("2024-01-01T10:00:00Z", "A", "heading")]), CFG)
     assert g3["geometry"][0, :, -1].tolist() == [0, 0, 0, 1, 1, 1] and g3["geometry"][0, :, NG].tolist() == [0, 0, 0, 0, 1, 1]
     assert not build_features(s, TrackIndex.build(tracks, STEP), log.iloc[:0], CFG)["geometry"][..., NG:-1].any()
@@ -69,7 +70,7 @@ def test_nuisance_uses_only_the_past():
     """The leakage test with the nuisance on: every clearance at or after the decision time is invisible."""
     cfg = DatasetConfig(history_steps=12, neighbours=3, recent_clearances=4, nuisance=True, controller_history=False)
     tracks = grid_tracks("2024-01-01T10:00Z", FLIGHTS)
-    samples = _samples(tracks, "2024-01-01T10:03:00Z", "2024-01-01T10:05:00Z")
+    samples = pair_samples(tracks, "2024-01-01T10:03:00Z", "2024-01-01T10:05:00Z")
     t_dec = pd.Timestamp("2024-01-01T10:05:00Z")
     log = _log([("2024-01-01T10:02:00Z", "A", "heading"), ("2024-01-01T10:04:00Z", "A", "resume"),
                 ("2024-01-01T10:05:00Z", "B", "heading")])
@@ -91,10 +92,11 @@ def test_data_set_without_clearances_builds_loads_and_trains(tmp_path):
     """recent_clearances = 0: an empty tensor is not stored in the shards and loads as (N, 0, F) zeros; the
     mlp and gru encoders take it."""
     import torch
+
     from models.config import ModelConfig
     from models.data import load_data
     from models.policy import build_policy
-    ws = _workspace(tmp_path)
+    ws = workspace(tmp_path)
     build(ws, config=PipelineConfig(dataset=CFG.model_copy(update={"history_steps": 8})))
     spec = read_spec(ws / "dataset")
     assert spec["tensors"]["clearances"]["shape"] == [0, 13] and spec["tensors"]["geometry"]["shape"] == [8, len(GEOM) + 2]
@@ -113,13 +115,13 @@ def test_data_set_without_clearances_builds_loads_and_trains(tmp_path):
 
 def test_model_controller_feeds_its_own_clearances_to_the_nuisance(tmp_path):
     """In the closed loop the nuisance comes from the controller's own past clearances (``obs.cleared``)."""
-    from models.controller import ModelController
     from pipelines.conflicts import detect_snapshot
     from simulator_adapters.controllers import Observation
-    from tests._tiny import untrained_policy
+    from simulator_adapters.model_controller import ModelController
+    from tests.helpers import untrained_policy
 
     tracks = grid_tracks("2024-01-01T10:00Z", FLIGHTS, minutes=6)
-    feats = build_features(_samples(tracks, "2024-01-01T10:05:00Z", "2024-01-01T10:05:00Z"),
+    feats = build_features(pair_samples(tracks, "2024-01-01T10:05:00Z", "2024-01-01T10:05:00Z"),
                            TrackIndex.build(tracks, STEP), _log([]), CFG)
     untrained_policy(CFG, feats, STEP, name="nuis-tiny").save(tmp_path / "policy")
     ctl = ModelController(str(tmp_path / "policy"))

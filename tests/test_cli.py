@@ -8,7 +8,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from atc_il.cli import app
+from atc_il_cli.cli import app
 from pipelines.shards import load_split, read_spec
 
 runner = CliRunner()
@@ -25,7 +25,7 @@ def test_bad_config_is_one_line_error(tmp_path):
     cfg.write_text("conflicts: {rpz_nm: -5}\n")
     res = runner.invoke(app, ["conflicts", "-w", str(tmp_path), "--config", str(cfg)])
     assert res.exit_code == 2
-    lines = [l for l in res.output.splitlines() if l.strip()]
+    lines = [s for s in res.output.splitlines() if s.strip()]
     assert len(lines) == 1 and "conflicts.rpz_nm" in lines[0] and "Traceback" not in res.output
 
 
@@ -40,7 +40,7 @@ def test_unreadable_input_names_the_file(tmp_path):
 def test_quickstart_runs_the_whole_chain(tmp_path):
     ws = tmp_path / "ws"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}   # the embedded default store
-    proc = subprocess.run([sys.executable, "-m", "atc_il.cli", "quickstart", "-w", str(ws)],
+    proc = subprocess.run([sys.executable, "-m", "atc_il_cli.cli", "quickstart", "-w", str(ws)],
                           capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for what in ("radar tracks:", "simulated", "trained", "offline evaluation", "closed loop", "report", "atc-il serve"):

@@ -14,7 +14,7 @@ from models.config import ModelConfig
 from models.evaluate import code_style_nmi, codes, true_style
 from models.heads import RESUME
 from models.policy import build_policy
-from tests.test_models import make_dec, make_obs, spec  # noqa: F401  (spec: a fixture)
+from tests.helpers import make_dec, make_obs
 
 N = 10
 

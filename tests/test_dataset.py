@@ -5,55 +5,19 @@ import pandas as pd
 import pytest
 
 from atc_il.config import DatasetConfig, PipelineConfig
-from atc_il.geometry import from_local_nm
-from atc_il.io import write_partitioned
-from atc_il.schemas import ACTION_LINK_SCHEMA, ACTION_SCHEMA, CONFLICT_SCHEMA, EPISODE_SCHEMA, TRACK_SCHEMA, action_id
-from pipelines.dataset import TrackIndex, build, build_features
+from pipelines.dataset import build
+from pipelines.features import TrackIndex, build_features
 from pipelines.shards import load_split, read_spec
-
-STEP = 5.0
-
-
-def grid_tracks(t0: str, flights: dict, minutes: float = 20) -> pd.DataFrame:
-    """Straight flights on a 5 s grid: {fid: (x0_nm, y0_nm, trk_deg, gs_kt, alt_ft)}."""
-    times = pd.date_range(t0, periods=int(minutes * 60 / STEP), freq=f"{int(STEP)}s", tz="UTC")
-    sec = (times - times[0]).total_seconds().to_numpy()
-    rows = []
-    for fid, (x0, y0, trk, gs, alt) in flights.items():
-        x = x0 + gs * np.sin(np.radians(trk)) * sec / 3600
-        y = y0 + gs * np.cos(np.radians(trk)) * sec / 3600
-        lat, lon = from_local_nm(x, y, 50.0, 5.0)
-        rows.append(pd.DataFrame({"time": times, "flight_id": fid, "callsign": fid, "lat_deg": lat, "lon_deg": lon,
-                                  "alt_ft": float(alt), "gs_kt": float(gs), "trk_deg": float(trk), "vs_fpm": 0.0, "cfl_ft": np.nan,
-                                  "source": "test"}))
-    return pd.concat(rows, ignore_index=True)
-
-
-FLIGHTS = {"A": (0, -60, 0, 450, 35000), "B": (0, 60, 180, 450, 35000),
-           "N1": (20, -40, 0, 430, 35000), "N2": (-30, 0, 90, 400, 33000), "FAR": (300, 0, 90, 400, 35000)}
-
-
-def _samples(tracks, t_from, t_to):
-    times = pd.date_range(t_from, t_to, freq="5s", tz="UTC")
-    return pd.DataFrame({"time": times, "flight_id_1": "A", "flight_id_2": "B",
-                         "first_detection": times[0], "episode_id": "A|B|x"})
-
-
-def _actions(times_and_flights):
-    rows = [{"time": pd.Timestamp(t), "flight_id": f, "action_type": "heading", "value": v, "unit": "deg",
-             "source": "clearance_log", "confidence": 1.0} for t, f, v in times_and_flights]
-    df = pd.DataFrame(rows, columns=["time", "flight_id", "action_type", "value", "unit", "source", "confidence"])
-    df["action_id"] = [action_id(r.flight_id, r.time, r.action_type) for r in df.itertuples()]
-    return df.sort_values("time").reset_index(drop=True)
+from tests.helpers import FLIGHTS, STEP, actions_frame, grid_tracks, pair_samples, workspace
 
 
 def test_features_use_only_the_past():
     """Perturb every track point and action after the decision time: the sample's features must not change."""
     cfg = DatasetConfig(history_steps=12, neighbours=3, recent_clearances=4)
     tracks = grid_tracks("2024-01-01T10:00Z", FLIGHTS)
-    actions = _actions([("2024-01-01T10:02:00Z", "N1", 20.0), ("2024-01-01T10:05:00Z", "A", -30.0),
+    actions = actions_frame([("2024-01-01T10:02:00Z", "N1", 20.0), ("2024-01-01T10:05:00Z", "A", -30.0),
                         ("2024-01-01T10:06:00Z", "B", 25.0)])
-    samples = _samples(tracks, "2024-01-01T10:03:00Z", "2024-01-01T10:05:00Z")
+    samples = pair_samples(tracks, "2024-01-01T10:03:00Z", "2024-01-01T10:05:00Z")
     t_dec = pd.Timestamp("2024-01-01T10:05:00Z")
     base = build_features(samples, TrackIndex.build(tracks, STEP), actions, cfg)
 
@@ -67,7 +31,7 @@ def test_features_use_only_the_past():
     pert = pd.concat([pert, newcomer], ignore_index=True)
     pert_actions = actions.copy()
     pert_actions.loc[pert_actions["time"] >= t_dec, "value"] = 99.0          # the label's own action and later
-    pert_actions = pd.concat([pert_actions, _actions([("2024-01-01T10:05:30Z", "N2", 10.0)])], ignore_index=True)
+    pert_actions = pd.concat([pert_actions, actions_frame([("2024-01-01T10:05:30Z", "N2", 10.0)])], ignore_index=True)
     after = build_features(samples, TrackIndex.build(pert, STEP), pert_actions.sort_values("time"), cfg)
     for name in base:
         np.testing.assert_array_equal(base[name], after[name], err_msg=name)
@@ -82,8 +46,8 @@ def test_features_use_only_the_past():
 def test_frame_relative_to_pair_and_neighbours():
     cfg = DatasetConfig(history_steps=6, neighbours=3, recent_clearances=2, neighbour_range_nm=80)
     tracks = grid_tracks("2024-01-01T10:00Z", FLIGHTS)
-    samples = _samples(tracks, "2024-01-01T10:05:00Z", "2024-01-01T10:05:00Z")
-    f = build_features(samples, TrackIndex.build(tracks, STEP), _actions([]).iloc[:0], cfg)
+    samples = pair_samples(tracks, "2024-01-01T10:05:00Z", "2024-01-01T10:05:00Z")
+    f = build_features(samples, TrackIndex.build(tracks, STEP), actions_frame([]).iloc[:0], cfg)
     pair = f["pair"][0]                     # (H, 2, F)
     assert pair.shape == (6, 2, 10)
     last = pair[-1]
@@ -98,43 +62,8 @@ def test_frame_relative_to_pair_and_neighbours():
     assert geom[5] == pytest.approx(900, rel=1e-3)                  # closure 900 kt
 
 
-def _workspace(tmp_path, days=3):
-    tr, co, ep, ac, li = [], [], [], [], []
-    for d in range(days):
-        day = f"2024-01-0{d + 1}"
-        tracks = grid_tracks(f"{day}T10:00Z", FLIGHTS)
-        tr.append(tracks)
-        times = pd.date_range(f"{day}T10:03:00Z", f"{day}T10:05:00Z", freq="5s", tz="UTC")
-        eid = f"A|B|{day}"
-        cpa_t = pd.Timestamp(f"{day}T10:08:00Z")
-        co.append(pd.DataFrame({"time": times, "flight_id_1": "A", "flight_id_2": "B", "dist_nm": 10.0,
-                                "dalt_ft": 0.0, "tcpa_s": (cpa_t - times).total_seconds(), "dcpa_nm": 0.0,
-                                "tin_s": 1.0, "qdr_deg": 0.0, "conflict": True, "los": False, "episode_id": eid}))
-        ep.append(pd.DataFrame([{"episode_id": eid, "flight_id_1": "A", "flight_id_2": "B",
-                                 "first_detection": times[0], "last_detection": times[-1],
-                                 "predicted_cpa_time": cpa_t, "predicted_tcpa_s": 300.0, "predicted_dcpa_nm": 0.0,
-                                 "min_dist_nm": 0.0, "min_dist_time": cpa_t, "dalt_at_min_ft": 0.0, "los": True,
-                                 "los_duration_s": 10.0, "n_steps": len(times), "n_actions": 1}]))
-        act = _actions([(f"{day}T10:04:02Z", "B", 30.0)])
-        ac.append(act)
-        li.append(pd.DataFrame({"episode_id": eid, "action_id": act["action_id"], "time": act["time"],
-                                "flight_id": "B", "aircraft": 2, "action_type": "heading", "value": 30.0,
-                                "unit": "deg", "source": "clearance_log", "confidence": 1.0,
-                                "time_to_cpa_s": 238.0}))
-    for name, frames, schema in [("tracks", tr, TRACK_SCHEMA), ("conflicts", co, CONFLICT_SCHEMA),
-                                 ("episodes", ep, EPISODE_SCHEMA), ("actions", ac, ACTION_SCHEMA),
-                                 ("action_links", li, ACTION_LINK_SCHEMA)]:
-        df = pd.concat(frames, ignore_index=True)
-        if name == "episodes":
-            df["time"] = df["first_detection"]
-            write_partitioned(df, schema, tmp_path / name)
-        else:
-            write_partitioned(df, schema, tmp_path / name)
-    return tmp_path
-
-
 def test_build_shards_labels_splits_and_stats(tmp_path):
-    ws = _workspace(tmp_path)
+    ws = workspace(tmp_path)
     cfg = PipelineConfig(dataset=DatasetConfig(history_steps=8, neighbours=2, recent_clearances=3))
     summary = build(ws, config=cfg)
     assert summary["samples"] == 3 * 25 and summary["labels"] == 3 and summary["positive samples"] == 3

@@ -21,7 +21,7 @@ from models.heads.diffusion_schedule import NoiseScheduler, cosine_betas
 from models.heads.generative import kde_log_prob
 from models.interface import Decisions
 from models.policy import build_policy, load_policy
-from tests.test_models import B, check_policy_interface, make_dec, make_obs, spec  # noqa: F401  (spec: a fixture)
+from tests.helpers import B, check_policy_interface, make_dec, make_obs
 
 VARIANTS = {"cvae": {"name": "cvae"}, "cvae_discrete": {"name": "cvae", "latent": "discrete"},
             "diffusion": {"name": "diffusion"}}

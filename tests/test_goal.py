@@ -8,10 +8,10 @@ import pytest
 from atc_il.config import DatasetConfig
 from atc_il.errors import DataError
 from atc_il.geometry import from_local_nm
-from pipelines.dataset import TrackIndex, build_features, feature_spec
+from pipelines.features import TrackIndex, build_features, feature_spec
 from pipelines.goal import GOAL, exits
 from pipelines.shards import spec_hash
-from tests.test_dataset import FLIGHTS, STEP, _actions, _samples, grid_tracks
+from tests.helpers import FLIGHTS, STEP, actions_frame, grid_tracks, pair_samples
 
 GOAL_CFG = DatasetConfig(history_steps=4, neighbours=2, recent_clearances=2, goal=True, controller_history=False)
 # the default feature spec's hash before goal conditioning existed (commit 1885fbc): off must keep it
@@ -35,8 +35,8 @@ def _goal_of(geometry: np.ndarray, ac: int) -> dict:
 
 def test_goal_features_for_a_hand_made_case():
     tracks = grid_tracks("2024-01-01T10:00Z", FLIGHTS)
-    s = _samples(tracks, "2024-01-01T10:05:00Z", "2024-01-01T10:05:00Z")
-    g = build_features(s, TrackIndex.build(tracks, STEP), _actions([]).iloc[:0], GOAL_CFG, _plans())["geometry"]
+    s = pair_samples(tracks, "2024-01-01T10:05:00Z", "2024-01-01T10:05:00Z")
+    g = build_features(s, TrackIndex.build(tracks, STEP), actions_frame([]).iloc[:0], GOAL_CFG, _plans())["geometry"]
     spec = feature_spec(GOAL_CFG, STEP)["tensors"]["geometry"]
     assert g.shape == (1, 4, 9 + len(GOAL) + 1) and spec["shape"] == [4, 26]
     assert [f["name"] for f in spec["features"]][-1] == "valid" and g[0, :, -1].tolist() == [1, 1, 1, 1]
@@ -52,9 +52,9 @@ def test_goal_features_for_a_hand_made_case():
     # earlier steps: the distance to the exit was longer by the distance flown (5 s at 450 kt per step)
     assert _goal_of(g[0, 0], 1)["y_nm"] - a["y_nm"] == pytest.approx(3 * 450 * 5 / 3600, abs=0.05)
     # a flight without a plan: goal unknown, zeros, not an error; no plans at all: the same
-    nop = build_features(s, TrackIndex.build(tracks, STEP), _actions([]).iloc[:0], GOAL_CFG, _plans().iloc[2:])
+    nop = build_features(s, TrackIndex.build(tracks, STEP), actions_frame([]).iloc[:0], GOAL_CFG, _plans().iloc[2:])
     assert set(_goal_of(nop["geometry"][0, -1], 1).values()) == {0.0}
-    none = build_features(s, TrackIndex.build(tracks, STEP), _actions([]).iloc[:0], GOAL_CFG, None)
+    none = build_features(s, TrackIndex.build(tracks, STEP), actions_frame([]).iloc[:0], GOAL_CFG, None)
     assert not none["geometry"][0, :, 9:-1].any()
     with pytest.raises(DataError, match="lon_deg"):
         exits(_plans().drop(columns="lon_deg"), "plans.csv")
@@ -74,20 +74,20 @@ def test_goal_features_use_only_the_past():
     """The leakage test of test_dataset with goal on: perturb everything after the decision time."""
     cfg = DatasetConfig(history_steps=12, neighbours=3, recent_clearances=4, goal=True, controller_history=False)
     tracks = grid_tracks("2024-01-01T10:00Z", FLIGHTS)
-    samples = _samples(tracks, "2024-01-01T10:03:00Z", "2024-01-01T10:05:00Z")
+    samples = pair_samples(tracks, "2024-01-01T10:03:00Z", "2024-01-01T10:05:00Z")
     t_dec = pd.Timestamp("2024-01-01T10:05:00Z")
-    base = build_features(samples, TrackIndex.build(tracks, STEP), _actions([]).iloc[:0], cfg, _plans())
+    base = build_features(samples, TrackIndex.build(tracks, STEP), actions_frame([]).iloc[:0], cfg, _plans())
     assert base["geometry"][:, :, 9:-1].any()
     pert = tracks.copy()
     later = pert["time"] > t_dec
     rng = np.random.default_rng(1)
     for col in ("lat_deg", "lon_deg", "alt_ft", "gs_kt", "trk_deg", "vs_fpm"):
         pert.loc[later, col] = pert.loc[later, col] + rng.normal(0, 1, later.sum())
-    after = build_features(samples, TrackIndex.build(pert, STEP), _actions([]).iloc[:0], cfg, _plans())
+    after = build_features(samples, TrackIndex.build(pert, STEP), actions_frame([]).iloc[:0], cfg, _plans())
     for name in base:
         np.testing.assert_array_equal(base[name], after[name], err_msg=name)
     pert.loc[pert["time"] == t_dec, "alt_ft"] += 500        # the check can fail: the decision step matters
-    moved = build_features(samples, TrackIndex.build(pert, STEP), _actions([]).iloc[:0], cfg, _plans())
+    moved = build_features(samples, TrackIndex.build(pert, STEP), actions_frame([]).iloc[:0], cfg, _plans())
     assert not np.array_equal(base["geometry"][-1], moved["geometry"][-1])
 
 
@@ -126,14 +126,14 @@ def test_expert_goal_term_and_scenario_exit_levels():
 def test_model_controller_passes_flight_plans(tmp_path):
     """A goal-conditioned policy (untrained, real) in the controller: the observation's flight plans reach
     the feature builder as contract rows, and change the features."""
-    from models.controller import ModelController
     from pipelines.conflicts import detect_snapshot
     from simulator_adapters.controllers import Observation
-    from tests._tiny import untrained_policy
+    from simulator_adapters.model_controller import ModelController
+    from tests.helpers import untrained_policy
 
     tracks = grid_tracks("2024-01-01T10:00Z", FLIGHTS, minutes=6)
-    samples = _samples(tracks, "2024-01-01T10:05:00Z", "2024-01-01T10:05:00Z")
-    feats = build_features(samples, TrackIndex.build(tracks, STEP), _actions([]).iloc[:0], GOAL_CFG, _plans())
+    samples = pair_samples(tracks, "2024-01-01T10:05:00Z", "2024-01-01T10:05:00Z")
+    feats = build_features(samples, TrackIndex.build(tracks, STEP), actions_frame([]).iloc[:0], GOAL_CFG, _plans())
     untrained_policy(GOAL_CFG, feats, STEP, encoder="gru", name="goal-tiny").save(tmp_path / "policy")
     ctl = ModelController(str(tmp_path / "policy"))
     seen = []
@@ -165,9 +165,9 @@ def test_build_reads_flight_plans_when_goal_is_on(tmp_path):
     from pipelines.shards import load_split, read_spec
     from simulator_adapters.demonstrations import flight_plans
     from simulator_adapters.scenarios import generate
-    from tests.test_dataset import _workspace
+    from tests.helpers import workspace
 
-    ws = _workspace(tmp_path)
+    ws = workspace(tmp_path)
     cfg = PipelineConfig(dataset=DatasetConfig(history_steps=4, neighbours=2, recent_clearances=2, goal=True, controller_history=False))
     with pytest.raises(DataError, match="flight_plans.parquet"):
         build(ws, config=cfg)

@@ -5,9 +5,9 @@ import torch
 
 from atc_il.config import DatasetConfig
 from models.interface import Observations
-from pipelines.dataset import feature_spec
+from pipelines.features import feature_spec
 from pipelines.history import HISTORY
-from tests._tiny import untrained_policy
+from tests.helpers import untrained_policy
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from atc_il.config import DatasetConfig
-from pipelines.dataset import TrackIndex, build_features
-from tests._tiny import untrained_policy
-from tests.test_dataset import FLIGHTS, STEP, _actions, _samples, grid_tracks
+from atc_il.schemas import ACTION_TYPES
+from pipelines.features import TrackIndex, build_features
+from tests.helpers import FLIGHTS, STEP, actions_frame, grid_tracks, pair_samples, untrained_policy
 
 CFG = DatasetConfig(history_steps=4, neighbours=2, recent_clearances=2)
 
@@ -18,10 +18,12 @@ CFG = DatasetConfig(history_steps=4, neighbours=2, recent_clearances=2)
 def policy_dir(tmp_path_factory):
     """A real, untrained tiny policy (P(act) near 1/2: both behaviours show in a few steps)."""
     tracks = grid_tracks("2024-01-01T10:00Z", FLIGHTS, minutes=6)
-    feats = build_features(_samples(tracks, "2024-01-01T10:05:00Z", "2024-01-01T10:05:00Z"),
-                           TrackIndex.build(tracks, STEP), _actions([]).iloc[:0], CFG)
+    feats = build_features(pair_samples(tracks, "2024-01-01T10:05:00Z", "2024-01-01T10:05:00Z"),
+                           TrackIndex.build(tracks, STEP), actions_frame([]).iloc[:0], CFG)
     root = tmp_path_factory.mktemp("ctl")
     pol = untrained_policy(CFG, feats, STEP, name="ctl-tiny")
+    with torch.no_grad():                            # no direct_to (the controller skips it: no waypoint to give)
+        pol.head.type_net[-1].bias[ACTION_TYPES.index("direct_to")] -= 20.0
     pol.save(root / "neutral")
     with torch.no_grad():
         pol.head.act_out.bias[1] += 6.0              # P(act) near 1: acting is the most likely decision
@@ -30,9 +32,9 @@ def policy_dir(tmp_path_factory):
 
 
 def _run(policy_dir, act: str, seed: int, which: str = "neutral"):
-    from models.controller import ModelController
     from pipelines.conflicts import detect_snapshot
     from simulator_adapters.controllers import Observation
+    from simulator_adapters.model_controller import ModelController
     root, tracks = policy_dir
     ctl = ModelController(str(root / which), act=act)
     decisions, issued = [], []
@@ -73,6 +75,6 @@ def test_argmax_acts_only_where_acting_is_most_likely(policy_dir):
 
 
 def test_unknown_act_mode_is_refused(policy_dir):
-    from models.controller import ModelController
+    from simulator_adapters.model_controller import ModelController
     with pytest.raises(ValueError, match="act must be"):
         ModelController(str(policy_dir[0] / "neutral"), act="sometimes")

@@ -12,62 +12,22 @@ import torch
 from scipy.special import logsumexp
 from scipy.stats import norm
 
-from atc_il.config import DatasetConfig
 from atc_il.errors import ConfigError, ModelError
 from atc_il.schemas import ACTION_TYPES
 from models.config import ModelConfig, VAEConfig, load_model_config
 from models.encoders import MLPEncoder  # noqa: F401  (registers the encoders)
 from models.heads import HEADS, RESUME, head_config
-from models.interface import ENCODERS, Decisions, Observations, PolicyInterface
+from models.interface import ENCODERS, Decisions
 from models.normalizer import Normalizer
 from models.policy import build_policy, load_policy
 from models.vae import HistoryVAE
-from pipelines.dataset import feature_spec
+from tests.helpers import NAN, B, H, check_policy_interface, make_dec, make_obs
 
-H, K, M, B = 6, 2, 3, 10
 ENC_NAMES = ["markov", "mlp", "gru", "transformer"]
 HEAD_NAMES = ["deterministic", "mdn", "autoregressive"]
-NAN = float("nan")
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def spec() -> dict:
-    s = feature_spec(DatasetConfig(history_steps=H, neighbours=K, recent_clearances=M), 5.0)
-    g = torch.Generator().manual_seed(0)
-    s["normalisation"] = {}
-    for name, t in s["tensors"].items():
-        keep = torch.tensor([f["normalise"] for f in t["features"]])
-        mean = torch.where(keep, torch.randn(len(keep), generator=g) * 3, 0.0)
-        std = torch.where(keep, torch.rand(len(keep), generator=g) * 4 + 0.5, 1.0)
-        s["normalisation"][name] = {"mean": mean.tolist(), "std": std.tolist(), "count": 100}
-    return s
-
-
-def make_obs(spec: dict, b: int = B, seed: int = 0) -> Observations:
-    g = torch.Generator().manual_seed(seed)
-    d = {}
-    for name, t in spec["tensors"].items():
-        x = torch.randn(b, *t["shape"], generator=g) * 5
-        valid = (torch.rand(x.shape[:-1], generator=g) > 0.3).float()
-        x = torch.where(valid[..., None] > 0, x, torch.zeros(()))
-        x[..., -1] = valid
-        d[name] = x
-    d["pair"][:, -1, :, -1] = 1.0          # the pair is observed at decision time
-    d["neighbours"][0, :, :, -1] = 0.0     # a sample without neighbours
-    d["clearances"][1, :, -1] = 0.0        # and one without recent clearances
-    d["pair"][2, :3, :, -1] = 0.0          # and one whose history starts late
-    return Observations.from_dict(d)
-
-
-def make_dec(b: int = B) -> Decisions:
-    act = torch.tensor([0, 1, 1, 1, 1, 1, 0, 1, 1, 1])[:b]
-    aircraft = torch.tensor([-1, 0, 1, 0, 1, 0, -1, 1, 0, 1])[:b]
-    type_ = torch.tensor([-1, 0, 1, 2, 3, 4, -1, 0, 1, 2])[:b]
-    value = torch.tensor([NAN, 20.0, -1000.0, 10.0, 30.0, 0.0, NAN, -25.0, 2000.0, -15.0])[:b]
-    return Decisions(act, aircraft, type_, value)
 
 
 def config(enc: str = "gru", head: str = "mdn", vae: bool = True, **head_kw) -> ModelConfig:
@@ -126,42 +86,6 @@ def test_policy_losses_gradients_and_shapes(spec, enc, head):
     logs = check_policy_interface(policy, obs, dec)
     assert {"vae_recon", "vae_kl"} <= set(logs)
     assert policy.exact_log_prob == (head != "deterministic")
-
-
-def check_policy_interface(policy, obs, dec) -> dict:
-    """The policy interface every head must honour: a finite scalar loss with its logs, a gradient for every
-    parameter, and (in eval mode) samples, log-probs and predictions of the right shapes and decision coding.
-    Returns the loss logs; leaves the policy in eval mode."""
-    assert isinstance(policy, PolicyInterface)
-    loss, logs = policy.loss(obs, dec)
-    assert torch.isfinite(loss) and loss.ndim == 0
-    assert {"loss", "nll", "nll_act", "nll_aircraft", "nll_type", "nll_value"} <= set(logs)
-    assert all(isinstance(v, float) and math.isfinite(v) for v in logs.values())
-    loss.backward()
-    dead = [n for n, p in policy.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    assert not dead, f"parameters without gradient: {dead}"
-    assert all(torch.isfinite(p.grad).all() for p in policy.parameters())
-
-    policy.eval()
-    s = policy.sample(obs, 7, generator=torch.Generator().manual_seed(3))
-    for x in (s.act, s.aircraft, s.type, s.value):
-        assert x.shape == (B, 7)
-    idle = s.act == 0
-    assert (s.aircraft[idle] == -1).all() and (s.type[idle] == -1).all() and s.value[idle].isnan().all()
-    assert (s.value[s.type == RESUME] == 0).all() and torch.isfinite(s.value[~idle]).all()
-    lp = policy.log_prob(obs, dec)
-    assert lp.shape == (B,) and torch.isfinite(lp).all() and lp.dtype == torch.float32
-    torch.testing.assert_close(lp, policy.log_prob(obs, dec))            # estimates use fixed draws
-    p = policy.predict(obs)
-    for x in (p.act, p.aircraft, p.type, p.value):
-        assert x.shape == (B,)
-    p_act = policy.p_act(obs)
-    assert p_act.shape == (B,) and p_act.dtype == torch.float32 and ((p_act >= 0) & (p_act <= 1)).all()
-    ctx = policy.encode(obs)
-    torch.testing.assert_close(policy.p_act(ctx), p_act)              # a Context stands for its observations
-    a = policy.predict_action(ctx)
-    assert (a.act == 1).all() and (a.type >= 0).all()
-    return logs
 
 
 def test_act_zero_counts_only_the_act_term(spec):

@@ -2,12 +2,11 @@
 URI and predict -> the model as a controller in BlueSky."""
 
 import json
-import os
 
 import pytest
 from typer.testing import CliRunner
 
-from atc_il.cli import app
+from atc_il_cli.cli import app
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -16,7 +15,8 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     from atc_il.config import PipelineConfig
-    from pipelines import actions as act, conflicts as con
+    from pipelines import actions as act
+    from pipelines import conflicts as con
     from pipelines.dataset import build
     from simulator_adapters.demonstrations import simulate
     ws = tmp_path_factory.mktemp("e2e") / "sim"

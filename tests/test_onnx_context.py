@@ -7,8 +7,8 @@ import torch
 from atc_il.config import DatasetConfig
 from models.interface import OBS_KEYS, Observations
 from models.onnx_context import onnx_context
-from pipelines.dataset import feature_spec
-from tests._tiny import untrained_policy
+from pipelines.features import feature_spec
+from tests.helpers import untrained_policy
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 STEP = 5.0

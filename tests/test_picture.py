@@ -13,7 +13,7 @@ from atc_il.errors import DataError
 from atc_il.schemas import ACTION_SCHEMA, TRACK_SCHEMA, conform
 from models.serving import Predictor
 from pipelines.clean import derive_kinematics, resample_tracks
-from pipelines.dataset import TrackIndex, build_features
+from pipelines.features import TrackIndex, build_features
 from pipelines.picture import Picture
 
 STEP = 5.0
@@ -103,7 +103,7 @@ def test_requested_pairs_in_conflict_or_not():
 
 def test_flight_codes_of_a_few_ids_equal_the_index_lookup():
     """codes_of binary-searches a request's few ids and uses the hash lookup for many: both give the same codes."""
-    from pipelines.dataset import TrackIndex
+    from pipelines.features import TrackIndex
     idx = TrackIndex.build(_pandas_grid(_points(0)), STEP)
     names = list(idx.flights)
     ids = names[::2] + ["NOPE", "", names[-1] + "Z"] + names[1::3]

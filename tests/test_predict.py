@@ -1,4 +1,4 @@
-"""Batch prediction (pipelines/predict.py, `atc-il predict`): coverage, engines, loads, restarts, failures,
+"""Batch prediction (models/batch_predict.py, `atc-il predict`): coverage, engines, loads, restarts, failures,
 and decisions across a day boundary."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 from atc_il.io import MARKER, read_table, write_partitioned
 from atc_il.schemas import ACTION_SCHEMA, TRACK_SCHEMA
-from pipelines import predict as P
+from models import batch_predict as P
 
 KEYS = ["time", "flight_id_1", "flight_id_2"]
 
@@ -126,7 +126,7 @@ def test_rerun_skips_finished_and_redoes_broken(ws, uri, tmp_path):
 def test_corrupt_partition_is_reported_and_the_others_complete(ws, uri, tmp_path):
     from typer.testing import CliRunner
 
-    from atc_il.cli import app
+    from atc_il_cli.cli import app
     tracks = tmp_path / "tracks"
     shutil.copytree(ws / "tracks", tracks)
     last = sorted(tracks.glob("day=*"))[-1]

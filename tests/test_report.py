@@ -1,11 +1,11 @@
 """The report: plots and tables from whatever the workspace holds."""
 
 from pipelines.report import build_report
-from tests.test_dataset import _workspace
+from tests.helpers import workspace
 
 
 def test_report_from_a_workspace(tmp_path):
-    ws = _workspace(tmp_path)
+    ws = workspace(tmp_path)
     index = build_report(ws)
     text = index.read_text()
     assert "<h2>Conflicts</h2>" in text and "conflicts.png" in text

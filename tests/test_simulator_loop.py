@@ -4,12 +4,13 @@ import pandas as pd
 import pytest
 
 from atc_il.config import PipelineConfig
-from pipelines import actions as act, conflicts as con
+from pipelines import actions as act
+from pipelines import conflicts as con
 from pipelines.dataset import build
 from simulator_adapters.bluesky_sim import BlueSkySim
-from simulator_adapters.controllers import make_controller
+from simulator_adapters.controller_registry import make_controller
 from simulator_adapters.rollout import RolloutConfig, rollout
-from simulator_adapters.scenarios import Scenario, generate, scenario_set
+from simulator_adapters.scenarios import Scenario, generate
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,8 @@ from atc_il.errors import ModelError
 from models.config import ModelConfig
 from models.interface import Decisions, Observations, PolicyInterface
 from models.policy import build_policy
-from pipelines.dataset import feature_spec
-from tests._tiny import untrained_policy
+from pipelines.features import feature_spec
+from tests.helpers import untrained_policy
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -71,7 +71,7 @@ def test_loader_yields_observations_and_decisions(data):
 def test_cli_trains_registers_and_the_alias_loads_the_same_policy(data, tmp_path, monkeypatch):
     import mlflow
 
-    from atc_il.cli import app
+    from atc_il_cli.cli import app
     from models.interface import OBS_KEYS
     from models.policy import load_policy
     from models.registry import load_policy_uri, predict_frame
@@ -159,9 +159,9 @@ def test_invalid_config_names_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"train\.lr"):
         load_model_config(bad)
     bad.write_text("head: {compnents: 3}\n")
-    from atc_il.cli import app
+    from atc_il_cli.cli import app
     res = CliRunner().invoke(app, ["train", "-c", str(bad)])
-    lines = [l for l in res.output.splitlines() if l.strip()]
+    lines = [s for s in res.output.splitlines() if s.strip()]
     assert res.exit_code == 2 and len(lines) == 1 and "head.compnents" in lines[0]
 
 

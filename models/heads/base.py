@@ -35,7 +35,7 @@ HEADS = Registry("head")
 RESUME = ACTION_TYPES.index("resume")
 
 
-def draw(kind: str, shape: tuple, generator: torch.Generator | None, device) -> torch.Tensor:
+def draw(kind: str, shape: tuple, generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
     """Uniform (``rand``) or standard normal (``randn``) draws from ``generator``, moved to ``device``."""
     fn = torch.rand if kind == "rand" else torch.randn
     gdev = generator.device if generator is not None else device
@@ -98,7 +98,8 @@ class Head(nn.Module):
         """log-density of ``value`` in the type's unit."""
         raise NotImplementedError
 
-    def value_sample(self, params: torch.Tensor, type_: torch.Tensor, generator) -> torch.Tensor:
+    def value_sample(self, params: torch.Tensor, type_: torch.Tensor,
+                     generator: torch.Generator | None) -> torch.Tensor:
         raise NotImplementedError
 
     def value_mode(self, params: torch.Tensor, type_: torch.Tensor) -> torch.Tensor:
@@ -145,7 +146,7 @@ class Head(nn.Module):
         nll = {k: -v.mean() for k, v in t.items()}
         loss = act_weight * nll["act"] + nll["aircraft"] + nll["type"] + nll["value"]
         logs = {f"nll_{k}": v.detach() for k, v in nll.items()}
-        logs["nll"] = sum(nll.values()).detach()
+        logs["nll"] = (nll["act"] + nll["aircraft"] + nll["type"] + nll["value"]).detach()   # = sum(nll.values())
         return loss, logs
 
     def sample(self, ctx: torch.Tensor, n: int, generator: torch.Generator | None = None,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+
 import torch
 
 from models.heads.base import Head

@@ -1,5 +1,8 @@
 """Batch prediction: canonical track partitions in, conflicts and the model's decisions out.
 
+It lives in ``models`` because it runs a model (the serving :class:`~models.serving.Predictor`); the data
+side it needs (reading partitions, conflicts, the feature builder) comes from ``pipelines``.
+
 The work per partition is one pure function, :func:`predict_partition` (tracks -> decisions: detect at
 every grid time, keep the steps in conflict before CPA, ``Predictor.predict_samples`` in chunks), so the
 same code runs in-process, on a local Dask cluster or on a remote one (:func:`run`, ``atc-il predict``).
@@ -40,16 +43,11 @@ import pyarrow.compute as pc
 from atc_il.errors import ConfigError, DataError
 from atc_il.io import MARKER, atomic_write_table, is_complete, mark_complete, parquet_files, read_table, write_json
 from atc_il.progress import track
-from atc_il.schemas import ACTION_SCHEMA, TIME, TRACK_SCHEMA, conform, to_ns, to_table
+from atc_il.schemas import ACTION_SCHEMA, DECISION_SCHEMA, TIME, TRACK_SCHEMA, conform, to_ns, to_table
+from models.serving import Predictor
 
-PREDICTION_SCHEMA = pa.schema(
-    [pa.field("time", TIME, nullable=False), pa.field("flight_id_1", pa.string(), nullable=False),
-     pa.field("flight_id_2", pa.string(), nullable=False), pa.field("tcpa_s", pa.float64()),
-     pa.field("dcpa_nm", pa.float64()), pa.field("act", pa.bool_()), pa.field("p_act", pa.float64()),
-     pa.field("aircraft", pa.int8()),          # 0 = flight_id_1, 1 = flight_id_2 (the one the action is for)
-     pa.field("flight_id", pa.string()), pa.field("action_type", pa.string()),
-     pa.field("value", pa.float64()), pa.field("unit", pa.string())],
-    metadata={"contract": "atc-il/decision/1"})
+PREDICTION_SCHEMA = DECISION_SCHEMA       # the decision contract, one row per conflict and decision time
+
 PART_FILE = "part-0.parquet"
 REPORT_FILE = "predict_report.json"
 MODEL_FILE = "predict_model.json"
@@ -64,7 +62,6 @@ LOADS = {"count": 0}
 def get_predictor(uri: str):
     """The :class:`models.serving.Predictor` for ``uri``, loaded on first use in this process."""
     if uri not in _PREDICTORS:
-        from models.serving import Predictor
         _PREDICTORS[uri] = Predictor.from_uri(uri)
         LOADS["count"] += 1
     return _PREDICTORS[uri]
@@ -103,7 +100,7 @@ def predict_partition(tracks: pd.DataFrame, predictor, clearances: pd.DataFrame 
     out.attrs["conflict_steps"] = 0
     if tracks.empty:
         return out
-    from pipelines.dataset import TrackIndex
+    from pipelines.features import TrackIndex
     grid = tracks if on_grid(tracks, predictor.step_s) else predictor.grid(tracks)
     grid = grid.reset_index(drop=True)
     conf = predictor.detect(grid)
@@ -348,6 +345,6 @@ def run(tracks_dir: str | Path, out_dir: str | Path, model_uri: str, *, engine: 
 
 
 def run_predict(model_uri: str, tracks_dir: str | Path, out_dir: str | Path, **kwargs) -> dict:
-    """:func:`run` with the model first (as ``atc_il.quickstart`` calls it); ``conflicts`` = conflict steps."""
+    """:func:`run` with the model first (as ``atc_il_cli.quickstart`` calls it); ``conflicts`` = conflict steps."""
     rep = run(tracks_dir, out_dir, model_uri, **kwargs)
     return {**rep, "conflicts": rep["conflict_steps"]}

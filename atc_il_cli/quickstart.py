@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def run(work: Path, say: Callable[[str], None] = print, *, scenarios: int = 6, duration_s: float = 1800.0,
         seed: int = 0, epochs: int = 8, sim_scenarios: int = 2, learn: bool = True) -> dict:
     from atc_il.config import PipelineConfig
-    from pipelines import actions as act, conflicts as con
+    from pipelines import actions as act
+    from pipelines import conflicts as con
     from pipelines.dataset import build
     from pipelines.sample import radar_chain
 
@@ -84,7 +85,7 @@ def run(work: Path, say: Callable[[str], None] = print, *, scenarios: int = 6, d
     out.update(model_uri=model_uri, act_accuracy=ev["act_accuracy"], nll=ev["nll"])
 
     try:
-        from pipelines.predict import run_predict
+        from models.batch_predict import run_predict
     except ImportError:
         run_predict = None
     if run_predict is not None:

@@ -40,7 +40,7 @@ def _guard(fn):
             if STATE["debug"]:
                 raise
             typer.secho(f"error: {exc}", fg="red", err=True)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
     return wrapper
 
 
@@ -132,7 +132,7 @@ def quickstart(work: Path = Work, seed: int = typer.Option(0),
     """The main job on the embedded default: radar-track chain (ingest -> conflicts -> actions -> histories),
     then BlueSky demonstrations -> histories -> train -> offline and closed-loop evaluation -> registered
     model -> batch prediction -> report. Each step prints what it did."""
-    from atc_il.quickstart import run
+    from atc_il_cli.quickstart import run
     out = run(work, typer.echo, seed=seed, learn=learn, scenarios=scenarios)
     _table("quickstart", out)
 
@@ -233,6 +233,7 @@ def evaluate(model: str = typer.Option(..., "--model", help="models:/NAME@alias,
     """Offline evaluation against the demonstrations (and the Bayes ceiling on synthetic data):
     metrics.json, metrics.md and values.png."""
     import os
+
     from models.evaluate import evaluate as run_eval
     from models.registry import load_policy_uri, tracking_uri
     os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri(workspace))
@@ -259,8 +260,9 @@ def predict(model: str = typer.Option(..., "--model", help="models:/NAME@alias, 
     """Batch prediction: conflicts and the model's decision at every conflict step before CPA, per
     partition (restartable: finished partitions are skipped, broken ones redone)."""
     import os
+
+    from models.batch_predict import run as run_predict
     from models.registry import tracking_uri
-    from pipelines.predict import run as run_predict
     os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri(workspace))
     rep = run_predict(tracks, out, model, engine=engine, workers=workers, scheduler=scheduler, clearances=clearances)
     _table(f"predict {model}", {

@@ -2,7 +2,7 @@
 
 At every decision step the controller keeps the last H radar pictures, turns each conflict on the
 current picture into an observation history with the data set's own feature builder
-(:func:`pipelines.dataset.build_features`, so features are computed exactly as in training), asks the
+(:func:`pipelines.features.build_features`, so features are computed exactly as in training), asks the
 policy for a decision and issues the clearances it decides (at most one per aircraft per step).
 
 Acting is a per-step decision with a small probability (a hazard: the controller acts once over many
@@ -23,14 +23,14 @@ from collections import deque
 import numpy as np
 import pandas as pd
 
-from simulator_adapters.controllers import Clearance, Controller, Decision, Observation, flight_plan_rows, register
+from models.serving import Predictor
+from simulator_adapters.controllers import Clearance, Controller, Decision, Observation, flight_plan_rows
 
 
 class ModelController(Controller):
     name = "model"
 
     def __init__(self, uri: str, act: str = "sample"):
-        from models.serving import Predictor
         if act not in ("sample", "argmax"):
             raise ValueError(f"act must be 'sample' or 'argmax', got {act!r}")
         self.uri, self.act = uri, act
@@ -82,8 +82,8 @@ class ModelController(Controller):
                 self.skipped += 1
                 continue
             used.add(r.flight_id)
-            out.append(Clearance(r.flight_id, r.action_type, 0.0 if r.action_type == "resume" else float(r.value)))
+            other = r.flight_id_2 if r.flight_id == r.flight_id_1 else r.flight_id_1
+            out.append(Clearance(r.flight_id, r.action_type, 0.0 if r.action_type == "resume" else float(r.value),
+                                 against=other))
         return Decision(out)
 
-
-register("model")(ModelController)
