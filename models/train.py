@@ -17,6 +17,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +26,31 @@ from torch import nn
 
 from atc_il.errors import ModelError
 from atc_il.progress import track
-from models.config import ModelConfig
+from models.config import ModelConfig, TrainConfig
 from models.data import BatchLoader, check_spec, load_data
 
 GRAD_CLIP = 1.0
 CHECKPOINT = "checkpoints/last.pt"
 FORMAT = 1
+
+
+@dataclass
+class TrainState:
+    """Where a training run stands: saved in every checkpoint (beside the weights, optimiser, scheduler and
+    RNG states) and restored on resume."""
+    epoch: int = 0
+    step: int = 0
+    best_val: float = math.inf
+    bad_epochs: int = 0
+    early_stopped: bool = False
+    history: list[dict] = field(default_factory=list)
+    run_id: str | None = None
+    train_seconds: float = 0.0
+    train_samples: int = 0
+
+    def finished(self, tc: TrainConfig) -> bool:
+        """Early stopped, or every epoch (or ``max_steps``) done."""
+        return self.early_stopped or self.epoch >= tc.epochs or (tc.max_steps is not None and self.step >= tc.max_steps)
 
 
 class _LossModule(nn.Module):
@@ -153,7 +173,7 @@ def evaluate(policy, loader, device, autocast, world: int = 1) -> dict:
     return _mean_logs(sums, n, "val_", world, device)
 
 
-def _train_epoch(model, policy, loader, optimizer, scheduler, st: dict, tc, device, autocast, world: int, show,
+def _train_epoch(model, policy, loader, optimizer, scheduler, st: TrainState, tc, device, autocast, world: int, show,
                  label: str) -> tuple[dict, float, int]:
     """One pass over the loader (or up to train.max_steps); returns (metrics, seconds, samples on this rank)."""
     policy.train()
@@ -169,20 +189,57 @@ def _train_epoch(model, policy, loader, optimizer, scheduler, st: dict, tc, devi
         grad += torch.nn.utils.clip_grad_norm_(policy.parameters(), GRAD_CLIP).detach()
         optimizer.step()
         scheduler.step()
-        st["step"] += 1
+        st.step += 1
         b = obs.batch_size
         n, nb = n + b, nb + 1
         for k, v in logs.items():
             sums[k] = sums.get(k, 0.0) + v * b
-        if tc.max_steps is not None and st["step"] >= tc.max_steps:
+        if tc.max_steps is not None and st.step >= tc.max_steps:
             break
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
-    rec = {"step": st["step"], "lr": scheduler.get_last_lr()[0], **_mean_logs(sums, n, "train_", world, device),
+    rec = {"step": st.step, "lr": scheduler.get_last_lr()[0], **_mean_logs(sums, n, "train_", world, device),
            "grad_norm": float(grad) / max(nb, 1),     # before clipping; equal on every rank under DDP
            "samples_per_s": n * world / max(seconds, 1e-9)}
     return rec, seconds, n
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------
+def _checkpoint(path: Path, policy, optimizer, scheduler, config: ModelConfig, spec: dict, st: TrainState) -> None:
+    """Save everything a resume needs (plain tensors and dicts: loadable with ``weights_only=True``)."""
+    _save_checkpoint(path, {
+        "format": FORMAT, "model": {k: v.detach().cpu() for k, v in policy.state_dict().items()},
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state(),
+        "model_config": _model_sections(config), "spec_hash": spec["spec_hash"],
+        "tensors": {k: {"shape": v["shape"]} for k, v in spec["tensors"].items()}, **asdict(st)})
+
+
+def _resume(path: Path, policy, optimizer, scheduler, config: ModelConfig, spec: dict, total_steps: int,
+            data_dir: Path) -> TrainState:
+    """Restore the weights, optimiser, scheduler and RNG states saved at ``path``; returns the saved state.
+    A changed number of epochs or ``max_steps`` re-stretches the cosine schedule over the new length."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        if ck.get("format") != FORMAT:
+            raise ValueError(f"format {ck.get('format')}, expected {FORMAT}")
+    except Exception as exc:
+        raise ModelError(f"{path}: not a readable atc-il checkpoint ({type(exc).__name__}: {str(exc)[:160]!r}); "
+                         "start over with resume=False (--no-resume) or another --out folder") from None
+    check_spec(spec, {"spec_hash": ck["spec_hash"], "tensors": ck["tensors"]}, f"{data_dir} (resuming {path})")
+    if ck["model_config"] != _model_sections(config):
+        raise ModelError(f"{path} was trained with a different model configuration; "
+                         "train into a new --out folder or start over with resume=False (--no-resume)")
+    policy.load_state_dict(ck["model"])
+    optimizer.load_state_dict(ck["optimizer"])
+    scheduler.load_state_dict(ck["scheduler"])
+    if scheduler.T_max != max(total_steps, 1):     # epochs or max_steps changed: the cosine over the new length
+        scheduler.T_max = max(total_steps, 1)
+        t = min(scheduler.last_epoch, scheduler.T_max) / scheduler.T_max
+        for g, base in zip(optimizer.param_groups, scheduler.base_lrs):
+            g["lr"] = scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * t)) / 2
+    _set_rng_state(ck["rng"])
+    return TrainState(**{f.name: ck[f.name] for f in fields(TrainState)})
 
 
 # -- the entry point --------------------------------------------------------------------------------
@@ -225,33 +282,10 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path | None 
             total_steps = min(total_steps, tc.max_steps)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1),
                                                                eta_min=tc.lr * 0.01)
-        st = {"epoch": 0, "step": 0, "best_val": math.inf, "bad_epochs": 0, "early_stopped": False,
-              "history": [], "run_id": None, "train_seconds": 0.0, "train_samples": 0}
         ckpt_path = out_dir / CHECKPOINT
-        resumed = False
+        st, resumed = TrainState(), False
         if resume and ckpt_path.exists():
-            try:
-                ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-                if ck.get("format") != FORMAT:
-                    raise ValueError(f"format {ck.get('format')}, expected {FORMAT}")
-            except Exception as exc:
-                raise ModelError(f"{ckpt_path}: not a readable atc-il checkpoint ({type(exc).__name__}: {str(exc)[:160]!r}); "
-                                 "start over with resume=False (--no-resume) or another --out folder") from None
-            check_spec(spec, {"spec_hash": ck["spec_hash"], "tensors": ck["tensors"]},
-                       f"{data_dir} (resuming {ckpt_path})")
-            if ck["model_config"] != _model_sections(config):
-                raise ModelError(f"{ckpt_path} was trained with a different model configuration; "
-                                 "train into a new --out folder or start over with resume=False (--no-resume)")
-            policy.load_state_dict(ck["model"])
-            optimizer.load_state_dict(ck["optimizer"])
-            scheduler.load_state_dict(ck["scheduler"])
-            if scheduler.T_max != max(total_steps, 1):     # epochs or max_steps changed: the cosine over the new length
-                scheduler.T_max = max(total_steps, 1)
-                t = min(scheduler.last_epoch, scheduler.T_max) / scheduler.T_max
-                for g, base in zip(optimizer.param_groups, scheduler.base_lrs):
-                    g["lr"] = scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * t)) / 2
-            _set_rng_state(ck["rng"])
-            st.update({k: ck[k] for k in st})
+            st = _resume(ckpt_path, policy, optimizer, scheduler, config, spec, total_steps, data_dir)
             resumed = True
         bf16 = cuda and tc.bf16
         compiled = cuda and tc.compile
@@ -266,18 +300,17 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path | None 
         if world > 1:
             from torch.nn.parallel import DistributedDataParallel
             model = DistributedDataParallel(model, device_ids=[local_rank] if cuda else None)
-        finished = st["early_stopped"] or st["epoch"] >= tc.epochs or (
-            tc.max_steps is not None and st["step"] >= tc.max_steps)
+        finished = st.finished(tc)
         if resumed and finished and (out_dir / "summary.json").exists():  # nothing left: no second model version
             return {**json.loads((out_dir / "summary.json").read_text()), "resumed": True, "rank": rank}
         tracker = None
         if rank == 0 and tracking_uri is not False:
             tracker = Tracker(tracking_uri or default_uri(data_dir.parent))
-            st["run_id"] = tracker.start(config, spec, st["run_id"])
+            st.run_id = tracker.start(config, spec, st.run_id)
         show = progress if rank == 0 else False
         status = "FAILED"
         try:
-            epoch, done = st["epoch"], finished
+            epoch, done = st.epoch, finished
             while not done:
                 loader.set_epoch(epoch)
                 rec, seconds, n = _train_epoch(model, policy, loader, optimizer, scheduler, st, tc, device, autocast,
@@ -288,42 +321,37 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path | None 
                 if not math.isfinite(rec.get("train_loss", math.nan)):
                     raise ModelError(f"training diverged: the train loss is {rec.get('train_loss')} at epoch {epoch}; "
                                      "lower train.lr or check the data")
-                st["train_seconds"] += seconds
-                st["train_samples"] += n * world
-                if rec["val_loss"] < st["best_val"]:
-                    st["best_val"], st["bad_epochs"] = rec["val_loss"], 0
+                st.train_seconds += seconds
+                st.train_samples += n * world
+                if rec["val_loss"] < st.best_val:
+                    st.best_val, st.bad_epochs = rec["val_loss"], 0
                     if rank == 0:
                         _save_best(policy, out_dir)
                 else:
-                    st["bad_epochs"] += 1
-                st["early_stopped"] = st["bad_epochs"] >= tc.patience
-                done = st["early_stopped"] or epoch >= tc.epochs or (
-                    tc.max_steps is not None and st["step"] >= tc.max_steps)
-                st["history"].append(rec)
-                st["epoch"] = epoch
+                    st.bad_epochs += 1
+                st.early_stopped = st.bad_epochs >= tc.patience
+                st.history.append(rec)
+                st.epoch = epoch
+                done = st.finished(tc)
                 if rank == 0:
-                    _save_checkpoint(ckpt_path, {
-                        "format": FORMAT, "model": {k: v.detach().cpu() for k, v in policy.state_dict().items()},
-                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state(),
-                        "model_config": _model_sections(config), "spec_hash": spec["spec_hash"],
-                        "tensors": {k: {"shape": v["shape"]} for k, v in spec["tensors"].items()}, **st})
+                    _checkpoint(ckpt_path, policy, optimizer, scheduler, config, spec, st)
                     if tracker:
                         tracker.log_epoch(rec)
                     if callback:
                         callback(rec)
-            summary = {"name": config.name, "epochs": st["epoch"], "steps": st["step"],
-                       "best_val_loss": st["best_val"], "early_stopped": st["early_stopped"],
-                       "samples_per_s": st["train_samples"] / max(st["train_seconds"], 1e-9),
+            summary = {"name": config.name, "epochs": st.epoch, "steps": st.step,
+                       "best_val_loss": st.best_val, "early_stopped": st.early_stopped,
+                       "samples_per_s": st.train_samples / max(st.train_seconds, 1e-9),
                        "device": str(device), "world_size": world, "rank": rank, "bf16": bf16, "compiled": compiled,
                        "resumed": resumed, "train_samples": len(train_data), "val_samples": len(val_data),
-                       "out_dir": str(out_dir), "best_dir": str(out_dir / "best"), "run_id": st["run_id"],
+                       "out_dir": str(out_dir), "best_dir": str(out_dir / "best"), "run_id": st.run_id,
                        "model_uri": None, "tracking_uri": tracker.uri if tracker else None,
-                       "history": st["history"]}
+                       "history": st.history}
             if rank == 0:
                 if not (out_dir / "best").exists():
                     raise ModelError(f"{out_dir}: no epoch finished, there is no best policy to log")
                 if tracker:
-                    summary.update(tracker.finish(st["history"], out_dir / "best", out_dir, spec, register_as, alias))
+                    summary.update(tracker.finish(st.history, out_dir / "best", out_dir, spec, register_as, alias))
                 (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
             status = "FINISHED"
             return summary

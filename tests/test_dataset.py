@@ -89,3 +89,14 @@ def test_build_shards_labels_splits_and_stats(tmp_path):
     mean = spec["normalisation"]["pair"]["mean"]
     assert mean[0] == pytest.approx(x[:, 0].mean(), abs=1e-3) and mean[1] == pytest.approx(x[:, 1].mean(), abs=1e-3)
     assert spec["normalisation"]["pair"]["std"][-1] == 1.0      # flags are not normalised
+
+
+def test_default_feature_spec_hash_is_unchanged():
+    """A model's feature spec hash pins its features; moving or retyping the spec must not change it
+    (trained policies and served models check it on load)."""
+    from atc_il.config import DatasetConfig
+    from pipelines.features import feature_spec
+    from pipelines.shards import spec_hash
+    assert spec_hash(feature_spec(DatasetConfig(), 5.0)) == "4a2d333dba1553e7"
+    assert spec_hash(feature_spec(DatasetConfig(goal=True), 5.0)) == "567091ca0f6852bb"
+    assert spec_hash(feature_spec(DatasetConfig(nuisance=True), 5.0)) == "b697eea56e027bb7"
