@@ -53,7 +53,8 @@ SCENARIO_KW = {"duration_s": 1800, "density": 4.0, "conflicts": 8}
 def make_data(cache: Path, n: int, n_test: int, n_val: int, seed: int, workers: int) -> Path:
     """Simulated demonstrations and their data set in ``cache`` (reused when complete)."""
     from atc_il.config import PipelineConfig
-    from pipelines import actions as act, conflicts as con
+    from pipelines import actions as act
+    from pipelines import conflicts as con
     from pipelines.dataset import build
     from simulator_adapters.demonstrations import simulate
     sim = cache / "sim"
@@ -78,6 +79,7 @@ def subset(data: Path, n_train: int, root: Path) -> Path:
     val and test are the full splits (linked), the expert's truth beside it."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
+
     from atc_il.io import mark_complete
     out = root / f"train{n_train}"
     ds = out / "dataset"
@@ -123,6 +125,7 @@ def model_config(name: str, hidden: int, epochs: int, patience: int, seed: int):
 
 def run_one(name: str, data: Path, out: Path, args, seed: int) -> dict:
     import torch
+
     from models.evaluate import evaluate
     from models.policy import load_policy
     from models.train import train

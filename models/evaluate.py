@@ -40,8 +40,7 @@ import torch
 
 from atc_il.io import write_json
 from atc_il.schemas import ACTION_TYPES
-from models.ceiling import (MODE_TOLERANCE, achievable, ceiling_metrics, expert_distributions, load_truth,
-                            mode_coverage)
+from models.ceiling import MODE_TOLERANCE, achievable, ceiling_metrics, expert_distributions, load_truth, mode_coverage
 from models.data import load_data
 from models.interface import Decisions, Observations, PolicyInterface
 from pipelines.shards import load_split

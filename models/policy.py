@@ -26,13 +26,13 @@ import models.encoders  # noqa: F401  (registers the encoders)
 from atc_il.config import validate
 from atc_il.errors import AtcIlError, ModelError
 from atc_il.io import atomic_write_text
+from models import style as style_mix
 from models.config import ModelConfig
 from models.heads import HEADS, drop_other_heads_fields
 from models.interface import ENCODERS, Context, Decisions, Observations
 from models.normalizer import Normalizer
-from models.vae import HistoryVAE
-from models import style as style_mix
 from models.style import StyleCode
+from models.vae import HistoryVAE
 
 WEIGHTS_FILE, CONFIG_FILE, SPEC_FILE = "weights.pt", "config.yaml", "feature_spec.json"
 

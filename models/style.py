@@ -23,14 +23,14 @@ rule (act; aircraft given act; type given both; value given all three), exact an
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from atc_il.config import Section
 from atc_il.errors import ModelError
-from models.heads.base import Head, finish, sample_index, draw
+from models.heads.base import Head, draw, finish, sample_index
 from models.interface import Decisions
 from models.layers import mlp
-from pydantic import Field
 
 SESSION_PREFIX = "session_"
 TERMS = ("act", "aircraft", "type", "value")

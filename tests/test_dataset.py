@@ -97,6 +97,8 @@ def test_default_feature_spec_hash_is_unchanged():
     from atc_il.config import DatasetConfig
     from pipelines.features import feature_spec
     from pipelines.shards import spec_hash
-    assert spec_hash(feature_spec(DatasetConfig(), 5.0)) == "4a2d333dba1553e7"
-    assert spec_hash(feature_spec(DatasetConfig(goal=True), 5.0)) == "567091ca0f6852bb"
-    assert spec_hash(feature_spec(DatasetConfig(nuisance=True), 5.0)) == "b697eea56e027bb7"
+    off = {"controller_history": False}             # the specs from before the controller-history features
+    assert spec_hash(feature_spec(DatasetConfig(**off), 5.0)) == "4a2d333dba1553e7"
+    assert spec_hash(feature_spec(DatasetConfig(goal=True, **off), 5.0)) == "567091ca0f6852bb"
+    assert spec_hash(feature_spec(DatasetConfig(nuisance=True, **off), 5.0)) == "b697eea56e027bb7"
+    assert spec_hash(feature_spec(DatasetConfig(), 5.0)) == "cdf2d645866c77dc"   # the default since then
