@@ -128,12 +128,14 @@ def sample(out: Path = typer.Option(Path("workspace/raw"), help="where to write 
 @_guard
 def quickstart(work: Path = Work, seed: int = typer.Option(0),
                learn: bool = typer.Option(True, "--learn/--data-only", help="after the radar-track chain, also simulate, train, evaluate, predict and report"),
-               scenarios: int = typer.Option(6, min=3, help="simulated scenarios for the demonstrations")):
+               scenarios: int = typer.Option(32, min=3, help="simulated scenarios for the demonstrations"),
+               loop_scenarios: int = typer.Option(8, min=1, help="new scenarios for the closed-loop evaluation"),
+               epochs: int = typer.Option(15, min=1, help="training epochs at most (early stopping on validation)")):
     """The main job on the embedded default: radar-track chain (ingest -> conflicts -> actions -> histories),
     then BlueSky demonstrations -> histories -> train -> offline and closed-loop evaluation -> registered
     model -> batch prediction -> report. Each step prints what it did."""
     from atc_il_cli.quickstart import run
-    out = run(work, typer.echo, seed=seed, learn=learn, scenarios=scenarios)
+    out = run(work, typer.echo, seed=seed, learn=learn, scenarios=scenarios, sim_scenarios=loop_scenarios, epochs=epochs)
     _table("quickstart", out)
 
 

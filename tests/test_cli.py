@@ -40,7 +40,10 @@ def test_unreadable_input_names_the_file(tmp_path):
 def test_quickstart_runs_the_whole_chain(tmp_path):
     ws = tmp_path / "ws"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}   # the embedded default store
-    proc = subprocess.run([sys.executable, "-m", "atc_il_cli.cli", "quickstart", "-w", str(ws)],
+    # fewer scenarios and epochs than the default (the suite's time): the chain, not the model's quality
+    # (that is measured by bench/fidelity.py and the quickstart figures in bench/RESULTS.md)
+    proc = subprocess.run([sys.executable, "-m", "atc_il_cli.cli", "quickstart", "-w", str(ws), "--scenarios", "6",
+                           "--loop-scenarios", "2", "--epochs", "4"],
                           capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for what in ("radar tracks:", "simulated", "trained", "offline evaluation", "closed loop", "report", "atc-il serve"):
