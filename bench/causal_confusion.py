@@ -42,9 +42,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import append_results  # noqa: E402
 
-VARIANTS = {"none": {"recent_clearances": 0, "nuisance": False},
-            "nuisance": {"recent_clearances": 0, "nuisance": True},
-            "clearances": {"nuisance": False}}
+# the controller-history features (dataset.controller_history, default on) are a channel of past decisions too:
+# off in every variant, so that each variant's channel is the one it names (as when this study was designed)
+VARIANTS = {"none": {"recent_clearances": 0, "nuisance": False, "controller_history": False},
+            "nuisance": {"recent_clearances": 0, "nuisance": True, "controller_history": False},
+            "clearances": {"nuisance": False, "controller_history": False}}
 ENCODERS = ("mlp", "gru")
 SCENARIO = {"duration_s": 1800, "density": 4.0, "conflicts": 8}
 
