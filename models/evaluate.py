@@ -40,7 +40,13 @@ import torch
 
 from atc_il.io import write_json
 from atc_il.schemas import ACTION_TYPES
-from models.ceiling import MODE_TOLERANCE, achievable, ceiling_metrics, expert_distributions, load_truth, mode_coverage
+from models.ceiling import (
+    MODE_TOLERANCE,
+    ceiling_metrics,
+    expert_distributions,
+    mode_coverage,
+    truth_and_achievable,
+)
 from models.data import load_data
 from models.interface import Decisions, Observations, PolicyInterface
 from pipelines.shards import load_split
@@ -215,8 +221,8 @@ def evaluate(policy: PolicyInterface, dataset_dir: str | Path, split: str = "tes
                                          obs.geometry[:, -1, geom.index("time_in_conflict_s")].numpy())
     truth = Path(truth) if truth else dataset_dir.parent / "expert_truth.parquet"
     if truth.exists():
-        t = load_truth(truth)
-        m.update(_ceilings(t, meta, y_act, y_ac, y_ty, m, r))
+        t, t_achievable = truth_and_achievable(truth)
+        m.update(_ceilings(t, t_achievable, meta, y_act, y_ac, y_ty, m, r))
         if "z" in r:
             m["latent_style_accuracy"], m["latent_style_majority"] = _style_probe(r["z"], meta, t)
         if _has_discrete_code(policy):
@@ -227,14 +233,15 @@ def evaluate(policy: PolicyInterface, dataset_dir: str | Path, split: str = "tes
     return m
 
 
-def _ceilings(truth: pd.DataFrame, meta: pd.DataFrame, y_act, y_ac, y_ty, m: dict, r: dict) -> dict:
+def _ceilings(truth: pd.DataFrame, truth_achievable: pd.DataFrame | None, meta: pd.DataFrame, y_act, y_ac, y_ty,
+              m: dict, r: dict) -> dict:
     """Both ceilings (models/ceiling.py) on the split's labels, the model's gaps to the achievable one (to the
     oracle where the truth predates per-style records), and mode coverage against the expert's modes."""
     pos = y_act == 1
     out: dict = {}
     kinds = {"oracle": truth}
-    if "by_style" in truth:
-        kinds["achievable"] = achievable(truth)
+    if truth_achievable is not None:
+        kinds["achievable"] = truth_achievable
     dists = {k: expert_distributions(meta["time"].to_numpy(), meta["flight_id_1"], meta["flight_id_2"], t)
              for k, t in kinds.items()}
     ceil = {k: ceiling_metrics(d, y_act, y_ac, y_ty) for k, d in dists.items()}
