@@ -1,0 +1,143 @@
+"""Nothing lost when a run is mistyped or killed: staged outputs, run-level completion records,
+downstream refusal of interrupted output, and reruns identical to uninterrupted runs (atc_il/runs.py).
+
+A stage is killed for real: a child process runs `atc-il <stage>` with ATC_IL_KILL_AT=<stage>:<n>, which
+makes it SIGKILL itself at its n-th checkpoint (after a file, a bucket, an output folder or a shard)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from atc_il.config import PipelineConfig
+from atc_il.errors import ConfigError, DataError
+from atc_il.runs import RUN_RECORD
+from pipelines import actions, conflicts
+from pipelines.dataset import build
+from pipelines.ingest import ingest
+from pipelines.sample import SampleSpec, make_sample
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = SampleSpec(days=2, hours_per_day=0.5, background_per_hour=8, conflicts_per_hour=8)
+
+
+def _cli(args: list[str], kill_at: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ATC_IL_KILL_AT": kill_at} if kill_at else {k: v for k, v in os.environ.items()
+                                                                      if k != "ATC_IL_KILL_AT"}
+    return subprocess.run([sys.executable, "-m", "atc_il.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          env=env, timeout=120)
+
+
+def _tables(folder: Path) -> dict[str, pd.DataFrame]:
+    """Every parquet file under ``folder`` by relative path (the bytes' content, not their timing)."""
+    return {p.relative_to(folder).as_posix(): pd.read_parquet(p) for p in sorted(folder.rglob("*.parquet"))}
+
+
+def _assert_same_output(a: Path, b: Path) -> None:
+    ta, tb = _tables(a), _tables(b)
+    assert sorted(ta) == sorted(tb)
+    for k in ta:
+        pd.testing.assert_frame_equal(ta[k], tb[k], check_like=False)
+
+
+def _stages(ws: Path, raw: dict, upto: str) -> None:
+    cfg = PipelineConfig()
+    ingest([Path(p) for p in raw["track_files"]], ws, fmt="opensky", progress=False)
+    if upto == "ingest":
+        return
+    conflicts.run(ws / "tracks", ws, cfg.conflicts, progress=False)
+    if upto == "conflicts":
+        return
+    actions.run(ws / "tracks", ws, cfg.actions, log=Path(raw["clearance_log"]), episodes_dir=ws / "episodes")
+    if upto == "actions":
+        return
+    build(ws, None, cfg, progress=False)
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory) -> dict:
+    return make_sample(tmp_path_factory.mktemp("raw"), SPEC)
+
+
+@pytest.fixture(scope="module")
+def reference(raw, tmp_path_factory) -> Path:
+    ws = tmp_path_factory.mktemp("reference")
+    _stages(ws, raw, "dataset")
+    return ws
+
+
+def _args(stage: str, ws: Path, raw: dict) -> list[str]:
+    return {"ingest": ["ingest", *raw["track_files"], "-w", str(ws), "--format", "opensky"],
+            "conflicts": ["conflicts", "-w", str(ws)],
+            "actions": ["actions", "-w", str(ws), "--log", raw["clearance_log"]],
+            "dataset": ["dataset", "-w", str(ws)]}[stage]
+
+
+DOWNSTREAM = {"ingest": lambda ws: conflicts.run(ws / "tracks", ws),
+              "conflicts": lambda ws: actions.run(ws / "tracks", ws, episodes_dir=ws / "episodes"),
+              "actions": lambda ws: build(ws, None, PipelineConfig(), progress=False),
+              "dataset": lambda ws: __import__("pipelines.shards", fromlist=["x"]).read_spec(ws / "dataset")}
+OUTPUTS = {"ingest": ["tracks", "quarantine"], "conflicts": ["conflicts", "episodes"],
+           "actions": ["actions", "action_links"], "dataset": ["dataset"]}
+RERUN = {"ingest": lambda ws, raw: ingest(raw["track_files"], ws, fmt="opensky", progress=False),
+         "conflicts": lambda ws, raw: conflicts.run(ws / "tracks", ws),
+         "actions": lambda ws, raw: actions.run(ws / "tracks", ws, log=Path(raw["clearance_log"]),
+                                                episodes_dir=ws / "episodes"),
+         "dataset": lambda ws, raw: build(ws, None, PipelineConfig(), progress=False)}
+BEFORE = {"ingest": None, "conflicts": "ingest", "actions": "conflicts", "dataset": "actions"}
+
+
+@pytest.mark.parametrize("stage,at,previous", [("ingest", 1, False), ("ingest", 3, True), ("conflicts", 1, True),
+                                               ("conflicts", 2, False), ("actions", 1, False), ("dataset", 1, True)])
+def test_killed_stage_is_refused_downstream_and_a_rerun_equals_an_uninterrupted_run(
+        stage, at, previous, raw, reference, tmp_path):
+    ws = tmp_path / "ws"
+    if BEFORE[stage] or previous:
+        _stages(ws, raw, stage if previous else BEFORE[stage])
+    before = {n: _tables(ws / n) for n in OUTPUTS[stage] if (ws / n).exists()}
+    proc = _cli(_args(stage, ws, raw), kill_at=f"{stage}:{at}")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert list(ws.glob(f".staging-{stage}-*"))                        # the killed run's leftovers
+    for n, tables in before.items():                                    # the previous complete output is intact
+        assert sorted(_tables(ws / n)) == sorted(tables)
+    if not previous:
+        assert not any((ws / n).exists() for n in OUTPUTS[stage])       # nothing that looks complete
+    with pytest.raises(DataError, match=f"interrupted.*rerun `atc-il {stage}`"):
+        DOWNSTREAM[stage](ws)
+    RERUN[stage](ws, raw)
+    assert not list(ws.glob(".staging-*")) and not list(ws.glob(".old-*"))
+    for n in OUTPUTS[stage]:
+        assert (ws / n / RUN_RECORD).exists()
+        _assert_same_output(ws / n, reference / n)
+
+
+def test_cli_refuses_downstream_of_an_interrupted_stage_in_one_line(raw, tmp_path):
+    ws = tmp_path / "ws"
+    _stages(ws, raw, "ingest")
+    assert _cli(_args("conflicts", ws, raw), kill_at="conflicts:1").returncode == -signal.SIGKILL
+    proc = _cli(_args("actions", ws, raw))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and "interrupted" in lines[0] and "atc-il conflicts" in lines[0]
+
+
+def test_mistyped_input_and_inputs_inside_the_output_leave_the_workspace_untouched(raw, reference, tmp_path):
+    ws = tmp_path / "ws"
+    shutil.copytree(reference, ws)
+    tracks = _tables(ws / "tracks")
+    with pytest.raises(DataError, match="none of the 1 input"):
+        ingest([tmp_path / "typo.csv"], ws, progress=False)
+    assert sorted(_tables(ws / "tracks")) == sorted(tracks) and (ws / "tracks" / RUN_RECORD).exists()
+    for inside in (ws / "tracks", next((ws / "tracks").rglob("*.parquet")), ws / "quarantine"):
+        with pytest.raises(ConfigError, match="inside ingest's own output"):
+            ingest([inside], ws, progress=False)
+    assert sorted(_tables(ws / "tracks")) == sorted(tracks)
+    proc = _cli(["ingest", str(tmp_path / "typo.csv"), "-w", str(ws)])
+    assert proc.returncode != 0 and "typo.csv" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
