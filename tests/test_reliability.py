@@ -141,3 +141,85 @@ def test_mistyped_input_and_inputs_inside_the_output_leave_the_workspace_untouch
     assert sorted(_tables(ws / "tracks")) == sorted(tracks)
     proc = _cli(["ingest", str(tmp_path / "typo.csv"), "-w", str(ws)])
     assert proc.returncode != 0 and "typo.csv" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------ bad bytes, loose checks, exit codes
+def _opensky_rows(n=30, t0=1709280000, fid="abc123") -> list[str]:
+    rows = ["time,icao24,lat,lon,baroaltitude,velocity,heading,vertrate,callsign"]
+    rows += [f"{t0 + i * 5},{fid},{50 + i * 0.001},{4 + i * 0.001},10000,200,90,0,KLM{i}" for i in range(n)]
+    return rows
+
+
+def test_undecodable_bytes_quarantine_the_row_not_the_file_and_a_bom_is_harmless(tmp_path):
+    data = "\n".join(_opensky_rows()).encode().replace(b"KLM5", b"KL\xff\xfe5")
+    (tmp_path / "x.csv").write_bytes(b"\xef\xbb\xbf" + data + b"\n")
+    rep = ingest([tmp_path / "x.csv"], tmp_path / "ws", progress=False)
+    assert rep.rows_in == 30 == rep.rows_kept + rep.rows_quarantined and rep.rows_quarantined == 1
+    q = pd.read_parquet(tmp_path / "ws" / "quarantine")
+    assert q["reason"].tolist() == ["unparseable"]
+    assert "data row 6" in q["detail"][0] and "field callsign" in q["detail"][0] and r"\xff\xfe" in q["detail"][0]
+    assert q["file"][0] == str(tmp_path / "x.csv")
+
+
+def test_implausible_times_and_tracks_are_quarantined_with_their_reason(tmp_path):
+    rows = _opensky_rows()
+    rows[3] = rows[3].replace("1709280010", "0", 1)                        # 1970
+    rows[4] = rows[4].replace("1709280015", "4102444800", 1)               # 2100
+    rows[8] = rows[8].replace(",90,0,", ",720,0,")
+    rows[9] = rows[9].replace(",90,0,", ",-90,0,")                          # a sign convention: wrapped to 270
+    (tmp_path / "x.csv").write_text("\n".join(rows) + "\n")
+    rep = ingest([tmp_path / "x.csv"], tmp_path / "ws", progress=False, resample=False)
+    assert rep.quarantined_by_reason["implausible_time"] == 2 and rep.quarantined_by_reason["out_of_range"] == 1
+    q = pd.read_parquet(tmp_path / "ws" / "quarantine").set_index("reason")
+    assert "1970-01-01" in q.loc["implausible_time", "detail"].iloc[0]
+    assert "trk_deg=720" in q.loc["out_of_range", "detail"]
+    assert not list((tmp_path / "ws" / "tracks").glob("day=1970*")) and not list((tmp_path / "ws" / "tracks").glob("day=2100*"))
+
+
+def test_exit_code_is_non_zero_when_every_row_is_quarantined_or_a_file_failed(tmp_path):
+    rows = [r.replace(",10000,", ",999999,") for r in _opensky_rows()]
+    (tmp_path / "bad.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "good.csv").write_text("\n".join(_opensky_rows(fid="def456")) + "\n")
+    proc = _cli(["ingest", str(tmp_path / "bad.csv"), "-w", str(tmp_path / "ws")])
+    assert proc.returncode == 1 and "every row was quarantined" in proc.stderr and "out_of_range" in proc.stderr
+    proc = _cli(["ingest", str(tmp_path / "good.csv"), str(tmp_path / "missing.csv"), "-w", str(tmp_path / "ws")])
+    assert proc.returncode == 1 and "1 of 2 input file(s) could not be read" in proc.stderr
+    assert "missing.csv" in proc.stdout + proc.stderr and "Traceback" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("opt", [["--step-s", "1e-9"], ["--max-gap-s", "1e12"], ["--step-s", "nan"]])
+def test_insane_parameters_are_one_line_errors(opt, tmp_path):
+    (tmp_path / "x.csv").write_text("\n".join(_opensky_rows()) + "\n")
+    proc = _cli(["ingest", str(tmp_path / "x.csv"), "-w", str(tmp_path / "ws"), *opt])
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert opt[0].lstrip("-").replace("-", "_") in lines[0]
+    assert not (tmp_path / "ws" / "tracks").exists()
+
+
+def test_corrupt_files_are_one_line_errors_naming_the_file(reference, tmp_path):
+    from models.policy import load_policy
+    from pipelines.shards import read_spec
+    ds = tmp_path / "dataset"
+    shutil.copytree(reference / "dataset", ds)
+    (ds / "feature_spec.json").write_text('{"tensors": ')
+    with pytest.raises(Exception, match="feature_spec.json: corrupt feature spec") as exc:
+        read_spec(ds)
+    assert "\n" not in str(exc.value)
+    proc = _cli(["train", "--config", "tiny", "--data", str(ds), "-w", str(tmp_path), "--no-register"])
+    assert proc.returncode == 2 and "feature_spec.json" in proc.stderr and "Traceback" not in proc.stderr
+    import numpy as np
+
+    from atc_il.config import DatasetConfig
+    from pipelines.dataset import feature_spec
+    from tests._tiny import untrained_policy
+    dcfg = DatasetConfig(history_steps=4)
+    feats = {k: np.random.default_rng(0).normal(size=(4, *t["shape"]))
+             for k, t in feature_spec(dcfg, 5.0)["tensors"].items()}
+    pol = tmp_path / "policy"
+    untrained_policy(dcfg, feats, 5.0).save(pol)
+    (pol / "weights.pt").write_bytes(b"\x80\x04garbage that is not a torch file")
+    from atc_il.errors import ModelError
+    with pytest.raises(ModelError, match="weights.pt: not a readable weights file") as exc:
+        load_policy(pol)
+    assert "weights_only=False" not in str(exc.value)
