@@ -306,6 +306,8 @@ def serve(model: str = typer.Option(..., "--model", help="models:/NAME@alias, ru
           max_body_bytes: int = typer.Option(2 * 2**20, min=1, help="larger request bodies are refused (413)"),
           max_batch: int = typer.Option(64, min=1, help="most conflicts in one /v1/predict/batch request"),
           n_alternatives_max: int = typer.Option(64, min=0, max=1024, help="most sampled alternatives per conflict"),
+          max_conflicts: int = typer.Option(256, min=1, max=100_000, help="most conflicts one /v1/detect request may create (422 beyond)"),
+          max_alternative_samples: int = typer.Option(4096, min=1, help="most sampled alternatives in one request, all conflicts together"),
           workspace: Path = typer.Option(Path("workspace"), "--workspace", "-w", help="where the MLflow store is"),
           runtime: str = typer.Option("auto", help="context network on onnx (ONNX Runtime, ~4x faster per request), "
                                                    "torch, or auto (onnx when it reproduces torch, else torch)"),
@@ -326,6 +328,7 @@ def serve(model: str = typer.Option(..., "--model", help="models:/NAME@alias, ru
         raise ConfigError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     keys = load_api_keys(api_key_file)   # refuses to start without a key
     opts = {"max_body_bytes": max_body_bytes, "max_batch": max_batch, "n_alternatives_max": n_alternatives_max,
+            "max_conflicts": max_conflicts, "max_alternative_samples": max_alternative_samples,
             "expect_spec_hash": expect_spec_hash, "runtime": runtime}
     if workers == 1:
         from api.app import create_app

@@ -264,8 +264,10 @@ def _iter_raw(path: Path, container: str, names: list[str], skip: int, usecols: 
         bad.append(f"malformed line: {row.actual_columns} fields, expected {row.expected_columns}: {row.text[:200]!r}")
         return "skip"
 
+    latin1 = not _is_utf8(path)   # pyarrow cannot report a malformed line holding non-UTF-8 bytes: read as latin-1
     reader = pacsv.open_csv(
-        path, read_options=pacsv.ReadOptions(skip_rows=skip, column_names=names, block_size=1 << 22),
+        path, read_options=pacsv.ReadOptions(skip_rows=skip, column_names=names, block_size=1 << 22,
+                                             encoding="latin-1" if latin1 else "utf8"),
         parse_options=pacsv.ParseOptions(invalid_row_handler=on_bad),
         convert_options=pacsv.ConvertOptions(column_types={n: pa.binary() for n in names}, include_columns=usecols,
                                              strings_can_be_null=True))
@@ -280,10 +282,14 @@ def _iter_raw(path: Path, container: str, names: list[str], skip: int, usecols: 
         for name in table.column_names:
             col = table.column(name)
             try:
+                if latin1:
+                    raise UnicodeDecodeError("utf-8", b"", 0, 1, "read as latin-1")
                 cols[name] = col.cast(pa.string())
             except (pa.ArrowInvalid, UnicodeDecodeError):
                 vals = []
                 for i, b in enumerate(col.to_pylist()):
+                    if latin1 and b is not None:
+                        b = b.decode("utf-8").encode("latin-1")      # the file's own bytes again
                     try:
                         vals.append(None if b is None else b.decode("utf-8"))
                     except UnicodeDecodeError:
@@ -322,6 +328,20 @@ def _iter_raw(path: Path, container: str, names: list[str], skip: int, usecols: 
     extra = flush_bad()
     if extra is not None:
         yield extra
+
+
+def _is_utf8(path: Path) -> bool:
+    """Whether the whole (decompressed) file is UTF-8 text; a linear pass at C speed."""
+    import codecs
+    dec = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with pa.input_stream(str(path), compression="detect") as fh:
+            while chunk := fh.read(1 << 24):
+                dec.decode(chunk)
+        dec.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------- conversion

@@ -223,3 +223,13 @@ def test_corrupt_files_are_one_line_errors_naming_the_file(reference, tmp_path):
     with pytest.raises(ModelError, match="weights.pt: not a readable weights file") as exc:
         load_policy(pol)
     assert "weights_only=False" not in str(exc.value)
+
+
+def test_a_malformed_line_with_undecodable_bytes_is_quarantined_not_the_file(tmp_path):
+    rows = _opensky_rows(12)
+    data = "\n".join(rows).encode().replace(b"KLM4", b"KLM4,\xff\xfe,extra")     # wrong field count and bad bytes
+    (tmp_path / "x.csv").write_bytes(data + b"\n")
+    rep = ingest([tmp_path / "x.csv"], tmp_path / "ws", progress=False, resample=False)
+    assert not rep.files_failed and rep.rows_in == 12 == rep.rows_kept + rep.rows_quarantined
+    q = pd.read_parquet(tmp_path / "ws" / "quarantine")
+    assert q["reason"].tolist() == ["unparseable"] and "malformed line" in q["detail"][0]
