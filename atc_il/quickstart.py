@@ -97,7 +97,6 @@ def run(work: Path, say: Callable[[str], None] = print, *, scenarios: int = 6, d
     step(f"report with plots: {index}")
     keys = work / "api_keys.txt"      # a random key the service accepts (16+ characters), readable by the owner only
     if not keys.exists():
-        import os
         import secrets
         fd = os.open(keys, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:

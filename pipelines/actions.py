@@ -28,7 +28,7 @@ from atc_il.config import ActionConfig, load_yaml
 from atc_il.errors import ConfigError, DataError, ReadError
 from atc_il.geometry import bearing_deg, wrap180
 from atc_il.io import read_table, write_json, write_partitioned
-from atc_il.runs import StagedRun, checkpoint, require_complete
+from atc_il.runs import StagedRun, checkpoint, inside, require_complete
 from atc_il.schemas import (ACTION_LINK_SCHEMA, ACTION_SCHEMA, ACTION_SOURCES, ACTION_TYPES, ACTION_UNITS,
                             EPISODE_SCHEMA, FLIGHT_PLAN_SCHEMA, TRACK_SCHEMA, action_id, conform, empty)
 from atc_il.units import factor
@@ -355,7 +355,13 @@ def run(tracks_dir, out_dir, cfg: ActionConfig = ActionConfig(), *, log=None, lo
     out_dir = Path(out_dir)
     require_complete(tracks_dir, "ingest")
     require_complete(episodes_dir if episodes_dir is not None else out_dir / "episodes", "conflicts", out_dir)
-    staged = StagedRun(out_dir, "actions", ["actions"] + (["action_links"] if episodes_dir is not None else []))
+    names = ["actions"] + (["action_links"] if episodes_dir is not None else [])
+    for given in (log, flight_plans):
+        hit = inside(given, [out_dir / n for n in names]) if isinstance(given, (str, Path)) else None
+        if hit is not None:
+            raise ConfigError(f"input {given} lies inside the actions stage's own output folder {hit}, which a run "
+                              f"replaces; copy it elsewhere first (nothing was changed)")
+    staged = StagedRun(out_dir, "actions", names)
     try:
         summary = _run(tracks_dir, staged, cfg, log, log_mapping, flight_plans, episodes_dir, infer, progress)
         staged.commit({"tracks": str(tracks_dir), "log": str(log) if log is not None else None,

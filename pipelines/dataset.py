@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from atc_il.config import DatasetConfig, PipelineConfig
-from atc_il.errors import DataError
+from atc_il.errors import ConfigError, DataError
 from atc_il.geometry import cpa, kwik_qdr_dist_nm, to_local_nm, velocity_kt
 from atc_il.io import mark_complete, read_table, write_json
-from atc_il.runs import StagedRun, checkpoint, require_complete
+from atc_il.runs import StagedRun, checkpoint, inside, require_complete
 from atc_il.progress import track
 from atc_il.schemas import (ACTION_LINK_SCHEMA, ACTION_SCHEMA, ACTION_TYPES, CONFLICT_SCHEMA, EPISODE_SCHEMA,
                             TRACK_SCHEMA, to_ns)
@@ -449,6 +449,9 @@ def build(work: str | Path, out: str | Path | None = None, config: PipelineConfi
     for name, stage in (("tracks", "ingest"), ("conflicts", "conflicts"), ("episodes", "conflicts"),
                         ("actions", "actions"), ("action_links", "actions")):
         require_complete(work / name, stage, work)
+    if flight_plans is not None and inside(flight_plans, [final]) is not None:
+        raise ConfigError(f"flight plans {flight_plans} lie inside the data set folder {final}, which a run replaces; "
+                          f"copy them elsewhere first (nothing was changed)")
     staged = StagedRun(final.parent, "dataset", [final.name])
     try:
         summary = _build(work, staged.path(final.name), config, progress, flight_plans, t_start)

@@ -230,6 +230,9 @@ def ingest(inputs: list[str | Path], out: str | Path, *, fmt: str = "auto",
         if hit is not None:
             raise ConfigError(f"input {p} lies inside ingest's own output folder {hit}; "
                               f"copy it elsewhere first (nothing was changed)")
+        if Path(p).is_dir() and inside(out / "tracks", [p]) is not None:
+            raise ConfigError(f"input folder {p} holds ingest's own output {out / 'tracks'}; "
+                              f"name the input files or a folder beside it (nothing was changed)")
     paths = _expand(given)
     mapping = load_mapping(mapping)
     report = IngestReport(out=str(out))

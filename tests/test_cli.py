@@ -55,6 +55,10 @@ def test_quickstart_runs_the_whole_chain(tmp_path):
     assert (ws / "mlflow.db").exists() and (ws / "eval" / "metrics.json").exists()
     assert json.loads((ws / "simeval" / "results.json").read_text())["results"]
     assert "Closed loop" in (ws / "report" / "index.html").read_text()
+    from api.security import check_keys, load_api_keys
+    hint = next(line for line in proc.stdout.splitlines() if "atc-il serve" in line)
+    assert "change-me" not in hint and f"--api-key-file {ws / 'api_keys.txt'}" in hint
+    assert check_keys(load_api_keys(ws / "api_keys.txt", env={}))    # the service accepts the key the hint names
 
 
 def _all_commands(group, path=()):

@@ -138,6 +138,8 @@ def test_mistyped_input_and_inputs_inside_the_output_leave_the_workspace_untouch
     for inside in (ws / "tracks", next((ws / "tracks").rglob("*.parquet")), ws / "quarantine"):
         with pytest.raises(ConfigError, match="inside ingest's own output"):
             ingest([inside], ws, progress=False)
+    with pytest.raises(ConfigError, match="holds ingest's own output"):
+        ingest([ws], ws, progress=False)
     assert sorted(_tables(ws / "tracks")) == sorted(tracks)
     proc = _cli(["ingest", str(tmp_path / "typo.csv"), "-w", str(ws)])
     assert proc.returncode != 0 and "typo.csv" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
@@ -233,3 +235,13 @@ def test_a_malformed_line_with_undecodable_bytes_is_quarantined_not_the_file(tmp
     assert not rep.files_failed and rep.rows_in == 12 == rep.rows_kept + rep.rows_quarantined
     q = pd.read_parquet(tmp_path / "ws" / "quarantine")
     assert q["reason"].tolist() == ["unparseable"] and "malformed line" in q["detail"][0]
+
+
+def test_an_actions_log_inside_the_actions_output_is_refused(raw, reference, tmp_path):
+    ws = tmp_path / "ws"
+    shutil.copytree(reference, ws)
+    log = ws / "actions" / "clearances.csv"
+    shutil.copy(raw["clearance_log"], log)
+    with pytest.raises(ConfigError, match="inside the actions stage's own output"):
+        actions.run(ws / "tracks", ws, log=log, episodes_dir=ws / "episodes")
+    assert log.exists() and (ws / "actions" / RUN_RECORD).exists()
