@@ -62,7 +62,7 @@ class MetricsMiddleware:
         route = scope.get("route")
         if route is not None and getattr(route, "path", None):
             return route.path
-        for r in self.routes:   # answered before routing (401, 413): find the template, no raw paths as labels
+        for r in _flat(self.routes):   # answered before routing (401, 413): find the template, no raw paths as labels
             try:
                 if r.matches(scope)[0] != Match.NONE:
                     return r.path
@@ -92,3 +92,13 @@ class MetricsMiddleware:
             self.m.latency.labels(method, route).observe(time.perf_counter() - t0)
             if status[0] >= 400:
                 self.m.errors.labels(route, code).inc()
+
+
+def _flat(routes):
+    """The routes themselves, also those of included routers (FastAPI includes an APIRouter as one entry)."""
+    for r in routes:
+        inner = getattr(r, "original_router", None)
+        if inner is not None:
+            yield from _flat(inner.routes)
+        else:
+            yield r

@@ -148,8 +148,8 @@ class Clearance(Strict):
     def _unit(cls, v, info: ValidationInfo):
         kind = info.data.get("action_type")
         if v is not None and kind is not None and v != ACTION_UNITS[kind]:
-            raise PydanticCustomError("unit", "{kind} is in {want!r}, got {v!r}",
-                                      {"kind": kind, "want": ACTION_UNITS[kind], "v": v})
+            msg = f"{kind} is in {ACTION_UNITS[kind]!r}, got {v!r}"     # formatted here: no template left in it
+            raise PydanticCustomError("unit", msg.replace("{", "(").replace("}", ")"))
         return v
 
 

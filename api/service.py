@@ -97,7 +97,7 @@ def clearances_frame(clearances) -> pd.DataFrame | None:
         return None
     rows = [(c.action_id or action_id(c.flight_id, c.time, c.action_type), c.time, c.flight_id, c.action_type,
              float(c.value), ACTION_UNITS[c.action_type] if c.unit is None else c.unit, c.target_value, c.waypoint,
-             c.source, float(c.confidence)) for c in clearances]
+             c.source, float(c.confidence), None) for c in clearances]      # against_flight_id: not asked for
     df = pd.DataFrame(rows, columns=ACTION_COLUMNS)
     df["time"] = pd.to_datetime(df["time"], utc=True)
     df["target_value"] = pd.to_numeric(df["target_value"], errors="coerce").astype(float)
@@ -120,13 +120,14 @@ class ModelService:
     """The loaded predictor; ``load`` once at start (it raises :class:`ModelError` on a model it refuses)."""
 
     def __init__(self, uri: str, expect_spec_hash: str | None = None, torch_threads: int | None = None,
-                 runtime: str = "auto"):
+                 runtime: str = "auto", max_conflicts: int | None = None, max_alternative_samples: int | None = None):
         if runtime not in RUNTIMES:
             raise ConfigError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         self.uri = str(uri)
         self.expect_spec_hash = expect_spec_hash
         self.torch_threads = torch_threads
         self.runtime = runtime
+        self.max_conflicts, self.max_alternative_samples = max_conflicts, max_alternative_samples
         self.predictor = None
         self.info: dict | None = None
 
@@ -199,11 +200,20 @@ class ModelService:
                 raise ItemError(index, exc) from None
             raise
 
+    def conflict_limit(self, n_alternatives: int) -> int | None:
+        """Most conflicts one request may create: ``max_conflicts``, and fewer when each asks for alternatives
+        (``max_alternative_samples`` sampled decisions in all)."""
+        limits = [x for x in (self.max_conflicts,
+                              self.max_alternative_samples // n_alternatives
+                              if self.max_alternative_samples and n_alternatives else None) if x is not None]
+        return min(limits) if limits else None
+
     def prepare_detect(self, req):
         return self.predictor.prepare(self.picture(req.aircraft), at=req.at,
                                       clearances=clearances_frame(req.clearances),
                                       n_alternatives=req.n_alternatives, seed=req.seed,
-                                      flight_plans=flight_plans_frame(req.flight_plans))
+                                      flight_plans=flight_plans_frame(req.flight_plans),
+                                      max_conflicts=self.conflict_limit(req.n_alternatives))
 
     def infer(self, items: list) -> list:
         """One forward pass for the prepared requests (see :meth:`models.serving.Predictor.infer`)."""

@@ -21,21 +21,21 @@ class Section(BaseModel):
 
 
 class CleanConfig(Section):
-    max_gs_kt: float = Field(1000.0, gt=0, description="position jumps implying a faster ground speed are glitches")
-    max_vs_fpm: float = Field(12000.0, gt=0, description="altitude jumps implying a faster climb/descent are spikes")
-    max_gap_s: float = Field(60.0, gt=0, description="a gap longer than this splits a flight into segments")
-    min_segment_points: int = Field(3, ge=2, description="segments with fewer raw points are quarantined")
+    max_gs_kt: float = Field(1000.0, gt=0, le=5000, description="position jumps implying a faster ground speed are glitches")
+    max_vs_fpm: float = Field(12000.0, gt=0, le=100_000, description="altitude jumps implying a faster climb/descent are spikes")
+    max_gap_s: float = Field(60.0, gt=0, le=3600, description="a gap longer than this splits a flight into segments (at most an hour: no interpolation bridges more)")
+    min_segment_points: int = Field(3, ge=2, le=100_000, description="segments with fewer raw points are quarantined")
 
 
 class ResampleConfig(Section):
-    step_s: float = Field(5.0, gt=0, description="regular grid step")
+    step_s: float = Field(5.0, ge=0.1, le=600, description="regular grid step (0.1 s to 10 min)")
 
 
 class ConflictConfig(Section):
-    rpz_nm: float = Field(5.0, gt=0, description="protected radius (horizontal separation minimum)")
-    hpz_ft: float = Field(1000.0, gt=0, description="protected height (vertical separation minimum)")
-    lookahead_s: float = Field(600.0, gt=0, description="look-ahead time")
-    max_episode_gap_s: float = Field(30.0, ge=0, description="detections of a pair closer in time join one episode")
+    rpz_nm: float = Field(5.0, gt=0, le=100, description="protected radius (horizontal separation minimum)")
+    hpz_ft: float = Field(1000.0, gt=0, le=20_000, description="protected height (vertical separation minimum)")
+    lookahead_s: float = Field(600.0, gt=0, le=7200, description="look-ahead time")
+    max_episode_gap_s: float = Field(30.0, ge=0, le=3600, description="detections of a pair closer in time join one episode")
     min_alt_ft: float = Field(-1e9, description="ignore aircraft below this altitude (e.g. on ground)")
 
 
@@ -52,16 +52,16 @@ class ActionConfig(Section):
 
 
 class DatasetConfig(Section):
-    history_steps: int = Field(24, ge=1, description="H: grid steps of history per sample (24 x 5 s = 2 min)")
-    neighbours: int = Field(4, ge=0, description="K nearest other aircraft, padded and masked")
-    recent_clearances: int = Field(8, ge=0, description="M most recent clearances in the airspace")
+    history_steps: int = Field(24, ge=1, le=2000, description="H: grid steps of history per sample (24 x 5 s = 2 min)")
+    neighbours: int = Field(4, ge=0, le=128, description="K nearest other aircraft, padded and masked")
+    recent_clearances: int = Field(8, ge=0, le=1024, description="M most recent clearances in the airspace")
     clearance_horizon_s: float = Field(1800.0, gt=0, description="older clearances are not recent")
     neighbour_range_nm: float = Field(80.0, gt=0, description="aircraft further away are not neighbours")
     split: str = Field("day", pattern="^(day|scenario)$", description="split unit: by day or by scenario")
     val_fraction: float = Field(0.15, ge=0, lt=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)
     seed: int = 0
-    shard_rows: int = Field(20_000, ge=1, description="samples per shard (bounds memory while building)")
+    shard_rows: int = Field(20_000, ge=1, le=10_000_000, description="samples per shard (bounds memory while building)")
     goal: bool = Field(False, description="goal conditioning: append each aircraft's flight-plan exit point and "
                        "level to the geometry tensor (needs flight plans; off leaves the feature spec unchanged)")
     nuisance: bool = Field(False, description="causal-confusion study: append to the geometry tensor, per history "

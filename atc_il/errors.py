@@ -13,6 +13,14 @@ class DataError(AtcIlError):
     """Data does not satisfy a contract (missing column, wrong type, impossible value)."""
 
 
+class LimitError(DataError):
+    """A valid request or input would need more work than the configured limit ``limit`` allows."""
+
+    def __init__(self, limit: str, message: str):
+        self.limit = limit
+        super().__init__(message)
+
+
 class ReadError(AtcIlError):
     """A file cannot be read at all."""
 

@@ -51,6 +51,17 @@ def write_json(obj: Any, path: str | Path) -> Path:
     return atomic_write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", path)
 
 
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    """A JSON document, or a one-line ReadError naming the file (missing, unreadable, corrupt)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise ReadError(path, f"no such {what}") from None
+    except (ValueError, OSError) as exc:
+        raise ReadError(path, f"corrupt {what} ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})") from None
+
+
 def write_frame(df: pd.DataFrame, schema: pa.Schema, path: str | Path, what: str = "table") -> Path:
     return atomic_write_table(to_table(df, schema, what), path)
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+import click
 import typer
 
 from atc_il.errors import AtcIlError, ConfigError
@@ -41,6 +42,16 @@ def _guard(fn):
                 raise
             typer.secho(f"error: {exc}", fg="red", err=True)
             raise typer.Exit(2) from None
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort,
+                KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:   # noqa: BLE001 - an operator gets one line; --debug shows the traceback
+            if STATE["debug"]:
+                raise
+            text = " ".join(str(exc).split())[:300]
+            typer.secho(f"error: {type(exc).__name__}: {text} (unexpected; rerun with --debug for the traceback)",
+                        fg="red", err=True)
+            raise typer.Exit(3) from None
     return wrapper
 
 
@@ -69,7 +80,13 @@ def ingest(inputs: List[Path] = typer.Argument(..., help="track files or folders
     cfg = _config(config, resample={"step_s": step_s}, clean={"max_gap_s": max_gap_s})
     report = run_ingest(inputs, work, fmt=fmt, mapping=mapping, config=cfg, resample=resample, chunk_rows=chunk_rows)
     _table("ingest", report.to_dict())
-    if report.files_failed and not report.files_ok:
+    if report.files_failed:
+        typer.secho(f"error: {len(report.files_failed)} of {len(report.files_failed) + len(report.files_ok)} input "
+                    f"file(s) could not be read (named above); the others were ingested", fg="red", err=True)
+        raise typer.Exit(1)
+    if report.rows_in and not report.rows_kept:
+        reasons = ", ".join(f"{k} {v:,}" for k, v in report.quarantined_by_reason.items() if v)
+        typer.secho(f"error: every row was quarantined ({reasons}); see {work / 'quarantine'}", fg="red", err=True)
         raise typer.Exit(1)
 
 
@@ -116,11 +133,12 @@ def dataset(work: Path = Work, config: Optional[Path] = ConfigOpt,
 
 @app.command()
 @_guard
-def sample(out: Path = typer.Option(Path("workspace/raw"), help="where to write the sample"),
-           days: int = typer.Option(3, min=1), seed: int = typer.Option(0)):
-    """Write the embedded synthetic sample (OpenSky-format tracks, clearance log, flight plans)."""
+def sample(work: Path = Work,
+           out: Optional[Path] = typer.Option(None, help="where to write the sample (default WORK/raw)"),
+           days: int = typer.Option(3, min=1, max=366), seed: int = typer.Option(0)):
+    """Write the embedded synthetic sample (OpenSky-format tracks, clearance log, flight plans) in WORK/raw."""
     from pipelines.sample import SampleSpec, make_sample
-    info = make_sample(out, SampleSpec(days=days, seed=seed))
+    info = make_sample(out or work / "raw", SampleSpec(days=days, seed=seed))
     _table("sample", info)
 
 
@@ -252,7 +270,7 @@ def evaluate(model: str = typer.Option(..., "--model", help="models:/NAME@alias,
 @app.command()
 @_guard
 def predict(model: str = typer.Option(..., "--model", help="models:/NAME@alias, runs:/ID/model or a policy folder"),
-            tracks: Path = typer.Option(..., "--tracks", help="canonical tracks: the day=...[/hour=...] folders of atc-il ingest"),
+            tracks: Path = typer.Option(..., "--tracks", help="canonical tracks: the day=... (or day=.../hour=...) folders of atc-il ingest"),
             out: Path = typer.Option(..., "--out", help="output folder: OUT/day=.../part-0.parquet, predict_report.json"),
             engine: Optional[str] = typer.Option(None, help="local (in-process) or dask; default local for 1 worker, else dask"),
             workers: int = typer.Option(1, min=1, help="Dask LocalCluster of N single-thread worker processes"),
@@ -292,6 +310,8 @@ def serve(model: str = typer.Option(..., "--model", help="models:/NAME@alias, ru
           max_body_bytes: int = typer.Option(2 * 2**20, min=1, help="larger request bodies are refused (413)"),
           max_batch: int = typer.Option(64, min=1, help="most conflicts in one /v1/predict/batch request"),
           n_alternatives_max: int = typer.Option(64, min=0, max=1024, help="most sampled alternatives per conflict"),
+          max_conflicts: int = typer.Option(256, min=1, max=100_000, help="most conflicts one /v1/detect request may create (422 beyond)"),
+          max_alternative_samples: int = typer.Option(4096, min=1, help="most sampled alternatives in one request, all conflicts together"),
           workspace: Path = typer.Option(Path("workspace"), "--workspace", "-w", help="where the MLflow store is"),
           runtime: str = typer.Option("auto", help="context network on onnx (ONNX Runtime, ~4x faster per request), "
                                                    "torch, or auto (onnx when it reproduces torch, else torch)"),
@@ -312,6 +332,7 @@ def serve(model: str = typer.Option(..., "--model", help="models:/NAME@alias, ru
         raise ConfigError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     keys = load_api_keys(api_key_file)   # refuses to start without a key
     opts = {"max_body_bytes": max_body_bytes, "max_batch": max_batch, "n_alternatives_max": n_alternatives_max,
+            "max_conflicts": max_conflicts, "max_alternative_samples": max_alternative_samples,
             "expect_spec_hash": expect_spec_hash, "runtime": runtime}
     if workers == 1:
         from api.app import create_app

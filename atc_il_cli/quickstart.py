@@ -100,8 +100,14 @@ def run(work: Path, say: Callable[[str], None] = print, *, scenarios: int = 32, 
     from pipelines.report import build_report
     index = build_report(sim, work / "eval", work / "simeval", title="atc-il quickstart", out=work / "report")
     step(f"report with plots: {index}")
-    say(f"serve the model: ATC_IL_API_KEYS=change-me MLFLOW_TRACKING_URI={uri_store} "
-        f"atc-il serve --model {model_uri}")
+    keys = work / "api_keys.txt"      # a random key the service accepts (16+ characters), readable by the owner only
+    if not keys.exists():
+        import secrets
+        fd = os.open(keys, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(24) + "\n")
+    say(f"serve the model: MLFLOW_TRACKING_URI={uri_store} atc-il serve --model {model_uri} --api-key-file {keys} "
+        f"(send the key in {keys} as the X-API-Key header)")
     say(f"see the runs: mlflow ui --backend-store-uri {uri_store}")
     out["report"] = str(index)
     return out

@@ -39,10 +39,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from atc_il.errors import ConfigError, DataError
 from atc_il.io import MARKER, atomic_write_table, is_complete, mark_complete, parquet_files, read_table, write_json
 from atc_il.progress import track
+from atc_il.runs import RUN_RECORD, checkpoint, require_complete
 from atc_il.schemas import ACTION_SCHEMA, DECISION_SCHEMA, TIME, TRACK_SCHEMA, conform, to_ns, to_table
 from models.serving import Predictor
 
@@ -50,6 +52,7 @@ PREDICTION_SCHEMA = DECISION_SCHEMA       # the decision contract, one row per c
 
 PART_FILE = "part-0.parquet"
 REPORT_FILE = "predict_report.json"
+STATS_FILE = "_stats.json"      # per partition: its counts, so predict_report.json's cumulative totals survive restarts
 MODEL_FILE = "predict_model.json"
 CHUNK_SAMPLES = 8192          # samples per predict_samples call (bounds the feature tensors' memory)
 _KEY = re.compile(r"(?:^|/)day=(\d{4}-\d{2}-\d{2})(?:/hour=(\d{2}))?$")
@@ -210,7 +213,7 @@ def read_context(part: dict, previous: list[dict], predictor) -> tuple[pd.DataFr
 # ------------------------------------------------------------------ one task
 def _clear(folder: Path) -> None:
     """Remove this stage's files (output, marker, temporaries) from an incomplete output folder."""
-    for f in (folder / PART_FILE, folder / MARKER, *folder.glob(".tmp-*")):
+    for f in (folder / PART_FILE, folder / MARKER, folder / STATS_FILE, *folder.glob(".tmp-*")):
         if f.exists():
             f.unlink()
 
@@ -237,8 +240,9 @@ def process_partition(job: dict) -> dict:
         tracks, res["points"] = read_context(job["part"], job["previous"], predictor)
         dec = predict_partition(tracks, predictor, job.get("clearances"), start=job["part"]["start"])
         atomic_write_table(to_table(dec, PREDICTION_SCHEMA, "decisions"), folder / PART_FILE)
+        res.update(conflict_steps=int(dec.attrs.get("conflict_steps", 0)), predictions=len(dec))
+        write_json({k: res[k] for k in ("key", "points", "conflict_steps", "predictions")}, folder / STATS_FILE)
         mark_complete(folder, [PART_FILE])
-        res.update(conflict_steps=dec.attrs.get("conflict_steps", 0), predictions=len(dec))
     except Exception as exc:     # reported per partition; the others go on
         msg = " ".join(str(exc).split()) or type(exc).__name__
         res.update(status="failed", error=f"{type(exc).__name__}: {msg}"[:2000])
@@ -288,7 +292,11 @@ def _check_model(out: Path, predictor) -> None:
 
 def _execute(jobs: list[dict], engine: str, workers: int, scheduler: str | None, progress) -> list[dict]:
     if engine == "local":
-        return [process_partition(j) for j in track(jobs, "predict", show=progress)]
+        results = []
+        for j in track(jobs, "predict", show=progress):
+            results.append(process_partition(j))
+            checkpoint("predict")
+        return results
     import logging
 
     from distributed import Client, LocalCluster, as_completed
@@ -318,10 +326,12 @@ def run(tracks_dir: str | Path, out_dir: str | Path, model_uri: str, *, engine: 
     engine = engine or ("dask" if workers > 1 or scheduler else "local")
     if engine not in ("local", "dask"):
         raise ConfigError(f"unknown engine {engine!r}; choose local or dask")
+    require_complete(tracks_dir, "ingest")
     predictor = get_predictor(str(model_uri))        # fails early on a bad URI; reused by the local engine
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     _check_model(out, predictor)
+    (out / RUN_RECORD).unlink(missing_ok=True)        # written again when every partition is done
     acts = clearances if isinstance(clearances, pd.DataFrame) or clearances is None else read_clearances(clearances)
     if acts is not None:
         acts = conform(acts, ACTION_SCHEMA, "clearances").sort_values("time", kind="stable").reset_index(drop=True)
@@ -340,8 +350,28 @@ def run(tracks_dir: str | Path, out_dir: str | Path, model_uri: str, *, engine: 
         "predictions": sum(r["predictions"] for r in done), "seconds": round(seconds, 3),
         "points_per_s": round(points / seconds, 1) if seconds > 0 else 0.0, "failed": failed,
         "per_partition": sorted(results, key=lambda r: r["key"]), "out": str(out)}
+    report["cumulative"] = _cumulate(jobs)
     write_json(report, out / REPORT_FILE)
+    if not failed:
+        write_json({"stage": "predict", "model": str(model_uri), "tracks": str(tracks_dir),
+                    "files": sorted(f"{j['key']}/{PART_FILE}" if j["key"] != "." else PART_FILE for j in jobs),
+                    "predictions": report["cumulative"]["predictions"]}, out / RUN_RECORD)
     return report
+
+
+def _cumulate(jobs: list[dict]) -> dict:
+    """Totals over every finished partition of the output, whichever run (before a restart or now) did it."""
+    parts = {}
+    for j in jobs:
+        if finished(j["out"]):
+            try:
+                parts[j["key"]] = json.loads((Path(j["out"]) / STATS_FILE).read_text())
+            except (OSError, ValueError):   # finished by a version without the stats file
+                parts[j["key"]] = {"key": j["key"], "points": 0, "conflict_steps": 0,
+                                   "predictions": pq.ParquetFile(Path(j["out"]) / PART_FILE).metadata.num_rows}
+    return {"partitions_done": len(parts), "partitions": len(jobs),
+            "track_points": sum(int(v.get("points", 0)) for v in parts.values()),
+            **{k: sum(int(v.get(k, 0)) for v in parts.values()) for k in ("conflict_steps", "predictions")}}
 
 
 def run_predict(model_uri: str, tracks_dir: str | Path, out_dir: str | Path, **kwargs) -> dict:

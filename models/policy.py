@@ -234,7 +234,12 @@ def load_policy(path_dir: str | Path, map_location="cpu") -> Policy:
         raise ModelError(f"{path_dir}/{SPEC_FILE} has no normalisation statistics; the policy cannot normalise "
                          "its inputs (save it from a policy built on a data set's feature spec)")
     policy = build_policy(config, spec)
-    state = torch.load(path_dir / WEIGHTS_FILE, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path_dir / WEIGHTS_FILE, map_location=map_location, weights_only=True)
+    except Exception as exc:   # noqa: BLE001 - corrupt, truncated or a pickle that is not plain weights
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise ModelError(f"{path_dir / WEIGHTS_FILE}: not a readable weights file ({type(exc).__name__}: {first}); "
+                         "it was not loaded: save the policy again (Policy.save) or retrain") from None
     try:
         policy.load_state_dict(state)
     except RuntimeError as exc:

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from atc_il.config import ConflictConfig, DatasetConfig
-from atc_il.errors import DataError
+from atc_il.errors import DataError, LimitError
 from atc_il.schemas import ACTION_SCHEMA, ACTION_TYPES, ACTION_UNITS, DECISION_SCHEMA, TRACK_SCHEMA, conform
 from models.ceiling import MODE_TOLERANCE
 from models.interface import Observations, PolicyInterface
@@ -85,7 +85,7 @@ class Predictor:
     # ------------------------------------------------------------------ prediction
     def prepare(self, tracks, at=None, clearances=None, n_alternatives: int = 0,
                 pairs: list[tuple[str, str]] | None = None, seed: int = 0,
-                flight_plans: pd.DataFrame | None = None) -> Prepared:
+                flight_plans: pd.DataFrame | None = None, max_conflicts: int | None = None) -> Prepared:
         """The CPU part of :meth:`detect_and_predict`: the conflicts at ``at`` (default: the latest grid time),
         or ``pairs`` (in conflict or not), and their feature tensors. ``tracks``: canonical track points
         (DataFrame) or a :class:`Picture`."""
@@ -93,6 +93,12 @@ class Predictor:
         step_ns = int(round(self.step_s * 1e9))
         at_ns = pic.last_ns if at is None else pd.Timestamp(at).tz_convert("UTC").value // step_ns * step_ns
         samples = pic.samples(at_ns, self.conflicts, pairs)
+        if max_conflicts is not None and len(samples) > max_conflicts:    # before the features: the costly part
+            raise LimitError("max_conflicts", f"the picture holds {len(samples):,} conflicts at "
+                             f"{pd.Timestamp(at_ns, tz='UTC').isoformat()}, more than one request may ask for "
+                             f"(max_conflicts={max_conflicts}"
+                             + (f" with n_alternatives={n_alternatives}" if n_alternatives else "")
+                             + "); send a smaller picture (split the airspace) or fewer alternatives")
         feats = self.features(samples, pic.index, clearances, flight_plans) if len(samples) else None
         return Prepared(samples, feats, int(n_alternatives), int(seed))
 

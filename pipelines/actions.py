@@ -27,7 +27,8 @@ import pandas as pd
 from atc_il.config import ActionConfig, load_yaml
 from atc_il.errors import ConfigError, DataError, ReadError
 from atc_il.geometry import bearing_deg, wrap180
-from atc_il.io import read_table, reset_dir, write_json, write_partitioned
+from atc_il.io import read_table, write_json, write_partitioned
+from atc_il.runs import StagedRun, checkpoint, inside, require_complete
 from atc_il.schemas import (
     ACTION_LINK_SCHEMA,
     ACTION_SCHEMA,
@@ -370,6 +371,28 @@ def run(tracks_dir, out_dir, cfg: ActionConfig = ActionConfig(), *, log=None, lo
     """Actions stage: clearance log + inferred actions -> out_dir/actions/, links -> out_dir/action_links/."""
     t0 = _time.perf_counter()
     out_dir = Path(out_dir)
+    require_complete(tracks_dir, "ingest")
+    require_complete(episodes_dir if episodes_dir is not None else out_dir / "episodes", "conflicts", out_dir)
+    names = ["actions"] + (["action_links"] if episodes_dir is not None else [])
+    for given in (log, flight_plans):
+        hit = inside(given, [out_dir / n for n in names]) if isinstance(given, (str, Path)) else None
+        if hit is not None:
+            raise ConfigError(f"input {given} lies inside the actions stage's own output folder {hit}, which a run "
+                              f"replaces; copy it elsewhere first (nothing was changed)")
+    staged = StagedRun(out_dir, "actions", names)
+    try:
+        summary = _run(tracks_dir, staged, cfg, log, log_mapping, flight_plans, episodes_dir, infer, progress)
+        staged.commit({"tracks": str(tracks_dir), "log": str(log) if log is not None else None,
+                       "actions": summary["actions"], "links": summary.get("links")})
+    except BaseException:
+        staged.abort()
+        raise
+    summary["seconds"] = round(_time.perf_counter() - t0, 3)
+    write_json(summary, out_dir / "actions_summary.json")
+    return summary
+
+
+def _run(tracks_dir, staged: StagedRun, cfg, log, log_mapping, flight_plans, episodes_dir, infer, progress) -> dict:
     tracks = read_table(tracks_dir, TRACK_SCHEMA)
     plans = flight_plans if isinstance(flight_plans, pd.DataFrame) or flight_plans is None \
         else read_flight_plans(flight_plans)
@@ -380,7 +403,8 @@ def run(tracks_dir, out_dir, cfg: ActionConfig = ActionConfig(), *, log=None, lo
     parts = [p for p in (logged, inferred) if len(p)]
     actions = (pd.concat(parts, ignore_index=True).sort_values(["time", "flight_id"], ignore_index=True)
                if parts else empty(ACTION_SCHEMA))
-    write_partitioned(actions, ACTION_SCHEMA, reset_dir(out_dir / "actions"), what="actions")
+    write_partitioned(actions, ACTION_SCHEMA, staged.path("actions"), what="actions")
+    checkpoint("actions")
     summary = {
         "track_points": int(len(tracks)), "flights": int(tracks["flight_id"].nunique()),
         "logged_actions": int(len(logged)), "log_duplicate_rows": int(logged.attrs.get("duplicate_rows", 0)),
@@ -393,11 +417,10 @@ def run(tracks_dir, out_dir, cfg: ActionConfig = ActionConfig(), *, log=None, lo
     if episodes_dir is not None:
         episodes = read_table(episodes_dir, EPISODE_SCHEMA)
         links = link_actions(actions, episodes, cfg)
-        write_partitioned(links, ACTION_LINK_SCHEMA, reset_dir(out_dir / "action_links"), what="action links")
+        write_partitioned(links, ACTION_LINK_SCHEMA, staged.path("action_links"), what="action links")
+        checkpoint("actions")
         summary.update(episodes=int(len(episodes)), links=int(len(links)),
                        linked_actions=int(links["action_id"].nunique()),
                        episodes_with_action=int(links["episode_id"].nunique()),
                        links_by_type={k: int(v) for k, v in links["action_type"].value_counts().sort_index().items()})
-    summary["seconds"] = round(_time.perf_counter() - t0, 3)
-    write_json(summary, out_dir / "actions_summary.json")
     return summary

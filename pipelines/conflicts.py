@@ -38,8 +38,9 @@ import pandas as pd
 
 from atc_il.config import ConflictConfig
 from atc_il.errors import DataError
-from atc_il.io import read_table, reset_dir, write_partitioned
+from atc_il.io import read_table, write_partitioned
 from atc_il.progress import track
+from atc_il.runs import StagedRun, checkpoint, require_complete
 from atc_il.schemas import CONFLICT_SCHEMA, EPISODE_SCHEMA, TRACK_SCHEMA, conform, empty
 from atc_il.units import EARTH_RADIUS_M, FT_M, NM_M
 from pipelines.episodes import build_episodes
@@ -369,17 +370,25 @@ def detect_arrays(tns, codes, lat, lon, alt, gs, trk, vs, *, cfg: ConflictConfig
 def run(tracks_dir, out_dir, cfg: ConflictConfig = ConflictConfig(), progress: bool | None = None) -> dict:
     """Canonical tracks -> ``out_dir/conflicts/`` and ``out_dir/episodes/`` (parquet, by day); a summary."""
     t0 = _time.perf_counter()
-    tracks = read_table(tracks_dir, TRACK_SCHEMA)
-    conflicts = detect(tracks, cfg, progress)
-    t_detect = _time.perf_counter() - t0
-    counts = dict(conflicts.attrs)
-    episodes, conflicts = build_episodes(conflicts, tracks, cfg)
     out_dir = Path(out_dir)
-    for name, df, schema in (("conflicts", conflicts, CONFLICT_SCHEMA), ("episodes", episodes, EPISODE_SCHEMA)):
-        reset_dir(out_dir / name)
-        if name == "episodes":
-            df = df.assign(time=df["first_detection"])
-        write_partitioned(df, schema, out_dir / name, what=name)
+    require_complete(tracks_dir, "ingest")
+    staged = StagedRun(out_dir, "conflicts", ["conflicts", "episodes"])
+    try:
+        tracks = read_table(tracks_dir, TRACK_SCHEMA)
+        conflicts = detect(tracks, cfg, progress)
+        t_detect = _time.perf_counter() - t0
+        counts = dict(conflicts.attrs)
+        episodes, conflicts = build_episodes(conflicts, tracks, cfg)
+        for name, df, schema in (("conflicts", conflicts, CONFLICT_SCHEMA), ("episodes", episodes, EPISODE_SCHEMA)):
+            if name == "episodes":
+                df = df.assign(time=df["first_detection"])
+            write_partitioned(df, schema, staged.path(name), what=name)
+            checkpoint("conflicts")
+        staged.commit({"tracks": str(tracks_dir), "track_points": int(len(tracks)),
+                       "conflict_steps": int(len(conflicts)), "episodes": int(len(episodes))})
+    except BaseException:
+        staged.abort()
+        raise
     seconds = _time.perf_counter() - t0
     snapshots = counts.get("snapshots", 0)
     return {

@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 
 from atc_il.config import DatasetConfig, PipelineConfig
-from atc_il.errors import DataError
-from atc_il.io import mark_complete, read_table, reset_dir, write_json
+from atc_il.errors import ConfigError, DataError
+from atc_il.io import mark_complete, read_table, write_json
 from atc_il.progress import track
+from atc_il.runs import StagedRun, checkpoint, inside, require_complete
 from atc_il.schemas import (
     ACTION_LINK_SCHEMA,
     ACTION_SCHEMA,
@@ -116,7 +117,24 @@ def build(work: str | Path, out: str | Path | None = None, config: PipelineConfi
     flight-plan contract) or else ``WORK/flight_plans.parquet`` (written by ``atc-il simulate``)."""
     t_start = _time.perf_counter()
     work = Path(work)
-    out = reset_dir(Path(out) if out else work / "dataset")
+    final = Path(out) if out else work / "dataset"
+    for name, stage in (("tracks", "ingest"), ("conflicts", "conflicts"), ("episodes", "conflicts"),
+                        ("actions", "actions"), ("action_links", "actions")):
+        require_complete(work / name, stage, work)
+    if flight_plans is not None and inside(flight_plans, [final]) is not None:
+        raise ConfigError(f"flight plans {flight_plans} lie inside the data set folder {final}, which a run replaces; "
+                          f"copy them elsewhere first (nothing was changed)")
+    staged = StagedRun(final.parent, "dataset", [final.name])
+    try:
+        summary = _build(work, staged.path(final.name), config, progress, flight_plans, t_start)
+        staged.commit({"work": str(work), "samples": summary["samples"], "spec_hash": summary["spec_hash"]})
+    except BaseException:
+        staged.abort()
+        raise
+    return summary
+
+
+def _build(work: Path, out: Path, config: PipelineConfig, progress, flight_plans, t_start: float) -> dict:
     cfg = config.dataset
     tracks = read_table(work / "tracks", TRACK_SCHEMA)
     conflicts = read_table(work / "conflicts", CONFLICT_SCHEMA)
@@ -157,6 +175,7 @@ def build(work: str | Path, out: str | Path | None = None, config: PipelineConfi
                         labels.iloc[start:start + cfg.shard_rows][sel].reset_index(drop=True))
             files[s].append(path.name)
             counts[s] += int(sel.sum())
+        checkpoint("dataset")
     for s in SPLITS:
         if files[s]:
             mark_complete(out / f"split={s}", files[s])

@@ -13,7 +13,10 @@ Data flow for ``ingest(inputs, out)``:
 
 Also written: ``out/quarantine/ingest.parquet`` (validation) and ``out/quarantine/clean-NNN.parquet``
 (cleaning), both in QUARANTINE_SCHEMA (TRACK_SCHEMA columns, all nullable, + reason, detail,
-file), and ``out/ingest_report.json``. ``out/tracks`` and ``out/quarantine`` are replaced.
+file), and ``out/ingest_report.json``. The new ``tracks/`` and ``quarantine/`` are written in a
+staging folder beside the previous ones and swapped in, with their ``_RUN_COMPLETE.json``, only when
+the run is complete (``atc_il.runs``): a killed or failed run leaves the previous output in place.
+Input paths inside the stage's own output folders are refused before anything is touched.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import tempfile
 import time as _time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +38,7 @@ from atc_il.config import PipelineConfig
 from atc_il.errors import ConfigError, DataError, ReadError
 from atc_il.io import write_frame, write_json, write_partitioned
 from atc_il.progress import console, track
+from atc_il.runs import StagedRun, checkpoint, inside
 from atc_il.schemas import QUARANTINE_REASONS, TRACK_RANGES, TRACK_REQUIRED, TRACK_SCHEMA, conform
 from pipelines.clean import clean_and_resample
 from pipelines.readers import FORMATS, UNPARSEABLE, ColumnMapping, load_mapping, read_tracks  # noqa: F401 (re-exported)
@@ -45,6 +48,8 @@ QUARANTINE_SCHEMA = pa.schema(
     + [pa.field("reason", pa.string(), nullable=False), pa.field("detail", pa.string()), pa.field("file", pa.string())],
     metadata={"contract": "atc-il/track-quarantine/1"},
 )
+TIME_MIN = pd.Timestamp("1990-01-01", tz="UTC")     # earlier or later than now + TIME_AHEAD: implausible_time
+TIME_AHEAD = pd.Timedelta(days=2)
 STAGE_SCHEMA = TRACK_SCHEMA.append(pa.field("file", pa.string()))
 BUCKET_INPUT_BYTES = 32 << 20          # about this much input per bucket when `buckets` is not given
 MAX_BUCKETS = 512
@@ -65,9 +70,10 @@ def validate_chunk(df: pd.DataFrame, file: str) -> tuple[pd.DataFrame, pd.DataFr
     """Split a canonical chunk into (kept rows in TRACK_SCHEMA columns, quarantined rows).
 
     Each row gets one reason, the first that applies: unparseable (a raw value failed to parse;
-    the readers' ``_unparseable`` column), missing_required (time, flight_id, lat_deg, lon_deg or
-    alt_ft null), out_of_range (TRACK_RANGES, non-finite numbers). The detail lists every problem
-    of that kind in the row.
+    the readers' ``_unparseable`` column, undecodable bytes among them), missing_required (time,
+    flight_id, lat_deg, lon_deg or alt_ft null), out_of_range (TRACK_RANGES, non-finite numbers),
+    implausible_time (before TIME_MIN or later than now + TIME_AHEAD: a time of 0 is 1970, not a
+    flight). The detail lists every problem of that kind in the row.
     """
     cols = [f.name for f in TRACK_SCHEMA]
     df = df.reset_index(drop=True).reindex(columns=cols + [UNPARSEABLE])
@@ -81,10 +87,16 @@ def validate_chunk(df: pd.DataFrame, file: str) -> tuple[pd.DataFrame, pd.DataFr
         bad = ~np.isnan(v) & ~((v >= lo) & (v <= hi))
         range_parts.append((bad, [f"{c}={x:.6g} outside [{lo:g}, {hi:g}]" for x in v[bad]]))
     out_of_range = np.logical_or.reduce([m for m, _ in range_parts]) if n else np.zeros(0, bool)
+    t = pd.to_datetime(df["time"], utc=True, errors="coerce")
+    t_max = pd.Timestamp.now(tz="UTC") + TIME_AHEAD
+    implausible = (t.notna() & ((t < TIME_MIN) | (t > t_max))).to_numpy()
+    t_text = [f"time={x.isoformat()} outside [{TIME_MIN.date()}, now + {TIME_AHEAD.days} days]" for x in t[implausible]]
     reason = np.full(n, None, dtype=object)
     detail = np.full(n, None, dtype=object)
     unparse_text = ("could not parse " + df[UNPARSEABLE].fillna("").astype(str)).to_numpy(dtype=object)
-    for mask, name, text in ((out_of_range & ~missing & ~unparse, "out_of_range", lambda: _detail(n, range_parts)),
+    for mask, name, text in ((implausible & ~out_of_range & ~missing & ~unparse, "implausible_time",
+                              lambda: _detail(n, [(implausible, t_text)])),
+                             (out_of_range & ~missing & ~unparse, "out_of_range", lambda: _detail(n, range_parts)),
                              (missing & ~unparse, "missing_required", lambda: _detail(n, missing_parts)),
                              (unparse, "unparseable", lambda: unparse_text)):
         if mask.any():
@@ -208,16 +220,26 @@ def ingest(inputs: list[str | Path], out: str | Path, *, fmt: str = "auto",
     if fmt not in FORMATS:
         raise ConfigError(f"unknown format {fmt!r}; choose one of {FORMATS}")
     out = Path(out)
-    paths = _expand([inputs] if isinstance(inputs, (str, Path)) else inputs)
+    given = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    own = [out / "tracks", out / "quarantine", *out.glob(".staging-*"), *out.glob(".old-*")]
+    for p in given:
+        hit = inside(p, own)
+        if hit is not None:
+            raise ConfigError(f"input {p} lies inside ingest's own output folder {hit}; "
+                              f"copy it elsewhere first (nothing was changed)")
+        if Path(p).is_dir() and inside(out / "tracks", [p]) is not None:
+            raise ConfigError(f"input folder {p} holds ingest's own output {out / 'tracks'}; "
+                              f"name the input files or a folder beside it (nothing was changed)")
+    paths = _expand(given)
     mapping = load_mapping(mapping)
     report = IngestReport(out=str(out))
-    for sub in ("tracks", "quarantine"):
-        shutil.rmtree(out / sub, ignore_errors=True)
-    (out / "quarantine").mkdir(parents=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    run = StagedRun(out, "ingest", ["tracks", "quarantine"])
+    qdir = run.path("quarantine")
     nb = int(buckets) if buckets else _default_buckets(paths)
-    stager, qwriter = _Stager(staging, nb), []
-    qtmp = out / "quarantine" / ".tmp-ingest.parquet"
+    stager, qwriter = _Stager(run.dir / "buckets", nb), []
+    stager.folder.mkdir()
+    qtmp = qdir / ".tmp-ingest.parquet"
+    ok = False
     try:
         for path in track(paths, "files", show=progress):
             rows_before = report.rows_in
@@ -230,30 +252,40 @@ def ingest(inputs: list[str | Path], out: str | Path, *, fmt: str = "auto",
                     cause += f" (after {report.rows_in - rows_before:,} rows, which were ingested)"
                 report.files_failed[str(path)] = cause
                 console.print(f"[red]error[/red] {escape(str(path))}: {escape(cause)}", highlight=False, soft_wrap=True)
+            checkpoint("ingest")
         for w in qwriter:
             w.close()
         if qwriter:
-            os.replace(qtmp, out / "quarantine" / "ingest.parquet")
+            os.replace(qtmp, qdir / "ingest.parquet")
+        if not report.files_ok:
+            raise DataError(f"ingest: none of the {len(paths)} input file(s) could be read; "
+                            f"the previous output in {out} is unchanged")
         for b in track(stager.close(), "clean buckets", show=progress):
             staged = pq.read_table(stager.path(b)).to_pandas()
             tracks, quarantined, stats = clean_and_resample(staged, config, resample)
-            write_partitioned(tracks, TRACK_SCHEMA, out / "tracks", part_name=f"part-{b:03d}", what="tracks")
+            write_partitioned(tracks, TRACK_SCHEMA, run.path("tracks"), part_name=f"part-{b:03d}", what="tracks")
             if len(quarantined):
-                write_frame(quarantined, QUARANTINE_SCHEMA, out / "quarantine" / f"clean-{b:03d}.parquet", "quarantine")
+                write_frame(quarantined, QUARANTINE_SCHEMA, qdir / f"clean-{b:03d}.parquet", "quarantine")
                 report.add_quarantine(quarantined["reason"])
             report.rows_kept += stats["rows_kept"]
             report.flights += stats["flights"]
             report.segments += stats["segments"]
             report.jumps_kept += stats["jumps_kept"]
             report.points_out += stats["points_out"]
+            checkpoint("ingest")
+        report.check()
+        shutil.rmtree(stager.folder, ignore_errors=True)
+        report.seconds = round(_time.perf_counter() - start, 3)
+        run.commit({"inputs": [str(p) for p in paths], "rows_in": report.rows_in, "rows_kept": report.rows_kept,
+                    "rows_quarantined": report.rows_quarantined, "files_failed": report.files_failed})
+        ok = True
     finally:
         for w in stager.writers.values():
             w.close()
-        shutil.rmtree(staging, ignore_errors=True)
-        if qtmp.exists():
-            qtmp.unlink()
-    report.seconds = round(_time.perf_counter() - start, 3)
+        for w in qwriter:
+            w.close()
+        if not ok:
+            run.abort()
     write_json(report.to_dict(), out / "ingest_report.json")
     console.print(f"ingest: {report.reconciliation}", highlight=False, soft_wrap=True, markup=False)
-    report.check()
     return report

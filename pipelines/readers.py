@@ -213,12 +213,9 @@ def _sniff_text(path: Path) -> tuple[list[str], int, bool]:
         head = fh.read(1 << 16)
     if b"\x00" in head:
         raise ReadError(path, "binary content, not a CSV/text file")
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        text = head.decode("utf-8", errors="ignore") if len(head) == (1 << 16) else None
-        if text is None:
-            raise ReadError(path, "not UTF-8 text (garbage bytes?)") from None
+    text = head.decode("utf-8", errors="replace").removeprefix("\ufeff")    # a BOM is not part of the header
+    if text.count("\ufffd") > max(8, len(text) // 20):
+        raise ReadError(path, "not UTF-8 text (garbage bytes?)")
     lines = text.splitlines()
     comments = 0
     while comments < len(lines) and lines[comments].startswith("#"):
@@ -229,6 +226,8 @@ def _sniff_text(path: Path) -> tuple[list[str], int, bool]:
             return names, comments, True
     if len(lines) <= comments or not lines[comments].strip():
         raise ReadError(path, "empty file, no header line")
+    if "\ufffd" in lines[comments]:
+        raise ReadError(path, f"header line {comments + 1} is not UTF-8 text: {lines[comments][:120]!r}")
     names = next(csv.reader([lines[comments]]))
     return [n.strip() for n in names], comments + 1, False
 
@@ -265,13 +264,45 @@ def _iter_raw(path: Path, container: str, names: list[str], skip: int, usecols: 
         bad.append(f"malformed line: {row.actual_columns} fields, expected {row.expected_columns}: {row.text[:200]!r}")
         return "skip"
 
+    latin1 = not _is_utf8(path)   # pyarrow cannot report a malformed line holding non-UTF-8 bytes: read as latin-1
     reader = pacsv.open_csv(
-        path, read_options=pacsv.ReadOptions(skip_rows=skip, column_names=names, block_size=1 << 22),
+        path, read_options=pacsv.ReadOptions(skip_rows=skip, column_names=names, block_size=1 << 22,
+                                             encoding="latin-1" if latin1 else "utf8"),
         parse_options=pacsv.ParseOptions(invalid_row_handler=on_bad),
-        convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, include_columns=usecols,
+        convert_options=pacsv.ConvertOptions(column_types={n: pa.binary() for n in names}, include_columns=usecols,
                                              strings_can_be_null=True))
     buffer: list[pa.RecordBatch] = []
     buffered = 0
+    rows_done = [0]
+
+    def decoded(table: pa.Table) -> pd.DataFrame:
+        """Binary columns as text; a value that is not UTF-8 becomes null and its row unparseable, named by
+        data row and field, with the raw bytes kept (escaped) in the reason."""
+        cols, problems = {}, {}
+        for name in table.column_names:
+            col = table.column(name)
+            try:
+                if latin1:
+                    raise UnicodeDecodeError("utf-8", b"", 0, 1, "read as latin-1")
+                cols[name] = col.cast(pa.string())
+            except (pa.ArrowInvalid, UnicodeDecodeError):
+                vals = []
+                for i, b in enumerate(col.to_pylist()):
+                    if latin1 and b is not None:
+                        b = b.decode("utf-8").encode("latin-1")      # the file's own bytes again
+                    try:
+                        vals.append(None if b is None else b.decode("utf-8"))
+                    except UnicodeDecodeError:
+                        vals.append(None)
+                        problems.setdefault(i, []).append(
+                            f"data row {rows_done[0] + i + 1}, field {name}: undecodable bytes (not UTF-8) {b[:80]!r}")
+                cols[name] = pa.array(vals, pa.string())
+        frame = pa.table(cols).to_pandas()
+        if problems:
+            frame[UNPARSEABLE] = pd.Series({i: "; ".join(p) for i, p in problems.items()}, dtype=object) \
+                .reindex(range(len(frame)))
+        rows_done[0] += len(frame)
+        return frame
 
     def flush_bad() -> pd.DataFrame | None:
         if not bad:
@@ -286,17 +317,31 @@ def _iter_raw(path: Path, container: str, names: list[str], skip: int, usecols: 
         buffered += batch.num_rows
         while buffered >= chunk_rows:
             table = pa.Table.from_batches(buffer)
-            yield table.slice(0, chunk_rows).to_pandas()
+            yield decoded(table.slice(0, chunk_rows))
             rest = table.slice(chunk_rows)
             buffer, buffered = rest.to_batches(), rest.num_rows
         extra = flush_bad()
         if extra is not None:
             yield extra
     if buffered:
-        yield pa.Table.from_batches(buffer).to_pandas()
+        yield decoded(pa.Table.from_batches(buffer))
     extra = flush_bad()
     if extra is not None:
         yield extra
+
+
+def _is_utf8(path: Path) -> bool:
+    """Whether the whole (decompressed) file is UTF-8 text; a linear pass at C speed."""
+    import codecs
+    dec = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with pa.input_stream(str(path), compression="detect") as fh:
+            while chunk := fh.read(1 << 24):
+                dec.decode(chunk)
+        dec.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------- conversion
@@ -382,11 +427,16 @@ def to_canonical(raw: pd.DataFrame, m: ColumnMapping, source: str) -> pd.DataFra
         num = _numeric(src)
         note(c, src, num)
         vals = num * factor(m.units.get(c, unit), unit)
-        out[c] = vals % 360.0 if c == "trk_deg" else vals
+        if c == "trk_deg":   # -180..180 and 360 are conventions: wrap; 720 is a corrupt value: out_of_range
+            vals = vals.where((vals < -360.0) | (vals > 360.0), vals % 360.0)
+        out[c] = vals
     frame = pd.DataFrame(out, index=raw.index)[CANONICAL]
     frame[UNPARSEABLE] = problems.where(problems != "", None).str.rstrip("; ")
     if UNPARSEABLE in raw:
+        both = frame[UNPARSEABLE].notna() & raw[UNPARSEABLE].notna()
         frame[UNPARSEABLE] = frame[UNPARSEABLE].fillna(raw[UNPARSEABLE])
+        if both.any():
+            frame.loc[both, UNPARSEABLE] = raw.loc[both, UNPARSEABLE] + "; " + frame.loc[both, UNPARSEABLE]
     return frame.reset_index(drop=True)
 
 

@@ -13,7 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from atc_il.errors import DataError
-from atc_il.io import atomic_write_table
+from atc_il.io import atomic_write_table, read_json
+from atc_il.runs import require_complete
 
 TENSORS = ("pair", "neighbours", "geometry", "clearances")
 SPEC_FILE = "feature_spec.json"
@@ -69,7 +70,11 @@ def read_spec(dataset_dir: str | Path) -> dict:
     path = Path(dataset_dir) / SPEC_FILE
     if not path.exists():
         raise DataError(f"{path}: no feature spec; build the data set with `atc-il dataset` first")
-    return json.loads(path.read_text())
+    require_complete(dataset_dir, "dataset")
+    spec = read_json(path, "feature spec")
+    if not isinstance(spec, dict) or "tensors" not in spec:
+        raise DataError(f"{path}: not a feature spec (no `tensors` section); rebuild the data set with `atc-il dataset`")
+    return spec
 
 
 def load_split(dataset_dir: str | Path, split: str, as_torch: bool = True, columns: list[str] | None = None) -> dict:

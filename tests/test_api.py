@@ -306,6 +306,9 @@ def test_bad_input_is_a_422_naming_the_field(client, conflict, path, value, loc,
     err = r.json()
     assert err["error"] == "validation_error" and err["message"].startswith(loc)
     assert any(".".join(map(str, d["loc"])) == loc and d["type"] == kind for d in err["detail"]), err
+    assert "{" not in err["message"] and "!r}" not in err["message"]          # a formatted message, not a template
+    if kind == "unit":
+        assert "heading is in 'deg', got 'ft'" in err["message"]
 
 
 def test_cross_field_mistakes_are_422_naming_the_field(client, conflict):

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -57,3 +58,48 @@ def test_quickstart_runs_the_whole_chain(tmp_path):
     assert (ws / "mlflow.db").exists() and (ws / "eval" / "metrics.json").exists()
     assert json.loads((ws / "simeval" / "results.json").read_text())["results"]
     assert "Closed loop" in (ws / "report" / "index.html").read_text()
+    from api.security import check_keys, load_api_keys
+    hint = next(line for line in proc.stdout.splitlines() if "atc-il serve" in line)
+    assert "change-me" not in hint and f"--api-key-file {ws / 'api_keys.txt'}" in hint
+    assert check_keys(load_api_keys(ws / "api_keys.txt", env={}))    # the service accepts the key the hint names
+
+
+def _all_commands(group, path=()):
+    import click
+    for name, cmd in sorted(group.commands.items()):
+        yield path + (name,)
+        if isinstance(cmd, click.Group):
+            yield from _all_commands(cmd, path + (name,))
+
+
+def test_help_of_every_command_and_subcommand():
+    import typer.main
+    root = typer.main.get_command(app)
+    commands = list(_all_commands(root))
+    assert {("predict",), ("serve",), ("ingest",)} <= set(commands)
+    for cmd in [()] + commands:
+        res = runner.invoke(app, [*cmd, "--help"])
+        assert res.exit_code == 0 and "Usage" in res.output and res.exception is None, (cmd, res.output[-500:])
+
+
+def _readme_pipeline_commands() -> list[str]:
+    import re
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## The pipeline, stage by stage", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    assert blocks, "the README's pipeline section has no bash block"
+    return [c.strip() for c in blocks[0].replace("\\\n", " ").splitlines() if c.strip()]
+
+
+def test_readme_pipeline_commands_run_as_written(tmp_path):
+    """The README's pipeline block, run by bash as written, on a one-day sample (the one substitution)."""
+    cmds = _readme_pipeline_commands()
+    assert [c.split()[1] for c in cmds] == ["sample", "ingest", "conflicts", "actions", "dataset"]
+    cmds[0] = cmds[0].replace(" -w workspace", " -w workspace --days 1", 1)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    for cmd in cmds:
+        proc = subprocess.run(["bash", "-c", f"set -e; {cmd}"], cwd=tmp_path, capture_output=True, text=True,
+                              env=env, timeout=300)
+        assert proc.returncode == 0, (cmd, proc.stderr[-2000:])
+    for out in ("tracks", "conflicts", "actions", "action_links", "dataset"):
+        assert (tmp_path / "workspace" / out / "_RUN_COMPLETE.json").exists(), out

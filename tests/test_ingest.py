@@ -158,6 +158,7 @@ def test_ingest_quarantine_and_reconciliation(tmp_path):
     df.loc[12, "alt_ft"] = "n/a?"                                       # unparseable
     df.loc[14, "lat"] = None                                            # missing_required
     df.loc[16, "alt_ft"] = 123456.0                                     # out_of_range (real glitches are > 100000 ft)
+    df.loc[18, "t"] = 0                                                 # implausible_time (1970)
     path = tmp_path / "mixed.csv"
     df.to_csv(path, index=False)
     mapping = "time=t:s,flight_id=icao24,lat=lat,lon=lon,trk=trk,vs=vs"

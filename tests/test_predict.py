@@ -191,3 +191,25 @@ def test_a_coarser_grid_is_not_the_model_grid(ws, uri):
     tracks = read_table(ws / "tracks" / sorted(p.name for p in (ws / "tracks").glob("day=*"))[0], TRACK_SCHEMA)
     assert P.on_grid(tracks, step)
     assert not P.on_grid(tracks[tracks["time"].dt.second % 10 == 0], step)
+
+
+def test_killed_predict_reruns_to_the_uninterrupted_output_with_cumulative_totals(ws, uri, local_out, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from atc_il.runs import RUN_RECORD
+    out = tmp_path / "out"
+    env = {**os.environ, "ATC_IL_KILL_AT": "predict:1"}
+    proc = subprocess.run([sys.executable, "-m", "atc_il_cli.cli", "predict", "--model", uri, "--tracks", str(ws / "tracks"),
+                           "--out", str(out), "--clearances", str(ws / "actions"), "-w", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert len(list(out.rglob("part-0.parquet"))) == 1 and not (out / RUN_RECORD).exists()   # not complete
+    rep = P.run(ws / "tracks", out, uri, clearances=ws / "actions")
+    assert (rep["partitions_skipped"], rep["partitions_done"]) == (1, 2)
+    assert (out / RUN_RECORD).exists()
+    _assert_same(_read(out), _read(local_out[0]))
+    cum = json.loads((out / P.REPORT_FILE).read_text())["cumulative"]
+    assert cum["predictions"] == local_out[1]["predictions"] == len(_read(out)) and cum["partitions_done"] == 3
+    assert cum["conflict_steps"] == local_out[1]["conflict_steps"]
