@@ -131,12 +131,18 @@ def run_one(name: str, data: Path, out: Path, args, seed: int) -> dict:
     from models.train import train
     torch.set_num_threads(1)
     cfg = model_config(name, args.hidden, args.epochs, args.patience, seed)
-    t = time.perf_counter()
-    s = train(cfg, data, out, resume=False, tracking_uri=False, progress=False)
-    secs = time.perf_counter() - t
+    ckpt = out / "checkpoints" / "last.pt"
+    if args.reuse and (out / "best").is_dir() and ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        s = {"best_dir": str(out / "best"), "epochs": state["epoch"]}
+        secs = float(state["train_seconds"])
+    else:
+        shutil.rmtree(out, ignore_errors=True)
+        t = time.perf_counter()
+        s = train(cfg, data, out, resume=False, tracking_uri=False, progress=False)
+        secs = time.perf_counter() - t
     m = evaluate(load_policy(s["best_dir"]), data, "test", n_samples=32)
-    m.update(model=name, seed=seed, train_s=secs, epochs=len(s.get("history", [])) or s.get("epochs"),
-             best_dir=s["best_dir"])
+    m.update(model=name, seed=seed, train_s=secs, epochs=s.get("epochs"), best_dir=s["best_dir"])
     return m
 
 
@@ -281,6 +287,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="sizes 25 50 100, seeds 0 1, four models, 12 epochs, "
                     "closed loop on 6 scenarios: a quick look, not the protocol")
     ap.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")
+    ap.add_argument("--reuse", action="store_true", help="evaluate the trained models already in --cache instead of "
+                    "training them again (their training time is read from their checkpoints)")
     args = ap.parse_args()
     if args.quick:
         args.sizes, args.seeds, args.epochs = [25, 50, 100], [0, 1], 12
@@ -298,7 +306,6 @@ def main() -> None:
         for name in models:
             for seed in args.seeds:
                 out = args.cache / "runs" / f"n{n}" / f"{name}-s{seed}"
-                shutil.rmtree(out, ignore_errors=True)
                 m = run_one(name, sub, out, args, seed)
                 full[(n, name, seed)] = m
                 r = _row(m)
