@@ -219,6 +219,7 @@ def plot(by_size: dict[int, list[dict]], ceil: dict, reliab: dict, times: dict, 
                 ax.errorbar(xs, mean, yerr=sd, marker="o", capsize=3, label=name, color=f"C{i % 10}")
         ax.set_xscale("log")
         ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("training scenarios", fontsize=9)
         ax.set_ylabel(label, fontsize=9)
         ax.axhline(0.03 if k == "gap_achievable" else 0.95, color="k", ls=":", lw=1, label="target")
