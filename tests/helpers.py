@@ -11,7 +11,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import socket
+import threading
+import time
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -195,3 +200,25 @@ def untrained_policy(dcfg: DatasetConfig, feats: dict, step_s: float, encoder: s
                       head={"name": "mdn", "hidden": 8, "components": 2})
     torch.manual_seed(seed)
     return build_policy(cfg, spec)
+
+
+@contextlib.contextmanager
+def served(app) -> Iterator[str]:
+    """``app`` under a real uvicorn on a free loopback port, in a background thread; yields its base URL and
+    stops the server afterwards."""
+    import uvicorn
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    t0 = time.time()
+    while not srv.started and th.is_alive() and time.time() - t0 < 60:
+        time.sleep(0.05)
+    assert srv.started, "the service did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        th.join(10)

@@ -5,16 +5,15 @@ served prediction equal to the offline prediction function's."""
 import copy
 import json
 import socket
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pandas as pd
 import pytest
-import uvicorn
 
 from api.app import create_app
+from tests.helpers import served
 
 KEY = "test-key-0123456789abcdef"
 H = {"X-API-Key": KEY}
@@ -41,19 +40,8 @@ def server(model_ws):
     """The real app under uvicorn on a free loopback port, in a background thread."""
     app = create_app(str(model_ws / "run" / "best"), api_keys=[KEY, "second-key-0123456789"], max_batch=MAX_BATCH,
                      max_body_bytes=MAX_BODY, n_alternatives_max=N_ALT_MAX)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    t0 = time.time()
-    while not srv.started and th.is_alive() and time.time() - t0 < 60:
-        time.sleep(0.05)
-    assert srv.started, "the service did not start"
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    th.join(10)
+    with served(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 every pair in conflict) is refused in bounded time and memory with a 422 naming the limit, the largest accepted
 picture is answered, and liveness and readiness answer while a worker prepares a large picture."""
 
-import socket
 import threading
 import time
 from pathlib import Path
@@ -11,9 +10,9 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-import uvicorn
 
 from api.app import create_app
+from tests.helpers import served
 
 KEY = "limits-key-0123456789abcdef"
 H = {"X-API-Key": KEY}
@@ -53,19 +52,8 @@ def server(tmp_path_factory):
     path = tmp_path_factory.mktemp("limits") / "policy"
     pol.save(path)
     app = create_app(str(path), api_keys=[KEY], runtime="torch")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    t0 = time.time()
-    while not srv.started and th.is_alive() and time.time() - t0 < 60:
-        time.sleep(0.05)
-    assert srv.started
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    th.join(10)
+    with served(app) as url:
+        yield url
 
 
 def test_worst_valid_detect_is_refused_in_bounded_time_and_memory_while_health_answers(server):
