@@ -54,6 +54,11 @@ class SplitData:
     spec: dict
     tensors: dict
 
+    @property
+    def feature_spec(self) -> FeatureSpec:
+        """The typed form of ``spec`` (the dict form, kept for callers that index it by key)."""
+        return FeatureSpec.of(self.spec)
+
     def __len__(self) -> int:
         return int(self.tensors["pair"].shape[0])
 
