@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from atc_il.errors import ConfigError, DataError, ModelError
+from atc_il.feature_spec import FeatureSpec
 from atc_il.schemas import ACTION_SCHEMA, ACTION_UNITS, TRACK_SCHEMA, action_id
 
 log = logging.getLogger("atc_il.api")
@@ -33,24 +34,33 @@ class ItemError(DataError):
         super().__init__(f"conflicts[{index}]: {exc}")
 
 
-def check_feature_spec(spec: dict, expect_spec_hash: str | None = None) -> str:
+def check_feature_spec(spec: FeatureSpec | dict, expect_spec_hash: str | None = None) -> str:
     """The policy's feature spec must be exactly what this service's feature builder produces for the
     policy's own data-set configuration (shapes, features, units, label coding); returns its hash."""
     from atc_il.config import DatasetConfig
     from pipelines.features import feature_spec
-    from pipelines.shards import spec_hash
 
-    missing = [k for k in ("tensors", "labels", "config", "step_s", "spec_hash", "normalisation") if not spec.get(k)]
+    if isinstance(spec, dict):
+        missing = [k for k in ("tensors", "labels", "config", "step_s", "spec_hash", "normalisation")
+                   if not spec.get(k)]
+        if not missing:
+            try:
+                spec = FeatureSpec.of(spec, error=ModelError)
+            except ModelError as exc:
+                raise ModelError(f"the model's feature spec is malformed ({exc})") from None
+    if isinstance(spec, FeatureSpec):
+        missing = [k for k in ("tensors", "labels", "config", "step_s", "spec_hash", "normalisation")
+                   if not getattr(spec, k)]
     if missing:
         raise ModelError(f"the model's feature spec lacks {missing}; it was not saved from a data set built by "
                          "atc-il's dataset stage and cannot be served")
     try:
-        own = spec_hash(spec)
-        built = spec_hash(feature_spec(DatasetConfig(**spec["config"]), float(spec["step_s"])))
+        own = spec.hash()
+        built = FeatureSpec.of(feature_spec(DatasetConfig(**spec.config), float(spec.step_s))).hash()
     except Exception as exc:   # noqa: BLE001  (any malformed spec is the model's fault: one clear message)
         raise ModelError(f"the model's feature spec is malformed ({type(exc).__name__}: {exc})") from None
-    if own != spec["spec_hash"]:
-        raise ModelError(f"the model's feature spec was altered: it declares spec_hash {spec['spec_hash']} but "
+    if own != spec.spec_hash:
+        raise ModelError(f"the model's feature spec was altered: it declares spec_hash {spec.spec_hash} but "
                          f"its content hashes to {own}")
     if built != own:
         raise ModelError(f"the model expects features with spec_hash {own} but this service builds {built} for "
@@ -142,7 +152,7 @@ class ModelService:
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
         pred = Predictor.from_uri(self.uri)   # models.registry: weights_only loading
-        check_feature_spec(pred.policy.spec, self.expect_spec_hash)
+        check_feature_spec(pred.feature_spec, self.expect_spec_hash)
         warm_tracks = _warmup_tracks(pred.step_s, pred.dcfg.history_steps + 4)
         try:
             warm = pred.prepare(warm_tracks, pairs=[("WARM1", "WARM2")], n_alternatives=4)

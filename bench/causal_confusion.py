@@ -42,6 +42,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import append_results  # noqa: E402
 
+from atc_il.feature_spec import FeatureSpec  # noqa: E402
+
 # the controller-history features (dataset.controller_history, default on) are a channel of past decisions too:
 # off in every variant, so that each variant's channel is the one it names (as when this study was designed)
 VARIANTS = {"none": {"recent_clearances": 0, "nuisance": False, "controller_history": False},
@@ -183,9 +185,8 @@ def p_act(policy, obs) -> np.ndarray:
 def manoeuvring_groups(data_nuis: Path) -> tuple[np.ndarray, np.ndarray, list]:
     """Test split of the nuisance variant: (either aircraft manoeuvring at decision time, act label, sample ids)."""
     from pipelines.features import GEOM
-    from pipelines.shards import load_split, read_spec
-    spec = read_spec(data_nuis)
-    names = [f["name"] for f in spec["tensors"]["geometry"]["features"]]
+    from pipelines.shards import load_split
+    names = FeatureSpec.load(data_nuis).feature_names("geometry")
     t = load_split(data_nuis, "test", as_torch=False, columns=["geometry", "label_act", "sample_id"])
     g = t["geometry"][:, -1]
     man = (g[:, names.index("manoeuvring_ac1")] > 0.5) | (g[:, names.index("manoeuvring_ac2")] > 0.5)
@@ -333,7 +334,7 @@ def main() -> None:
     for c in ("atco", "mvp", "none"):
         lines.append(f"| *{c} controller* | - | " + " | ".join(fmt(refs[c].get(k)) for k, _ in cols) + " |")
     r0 = rows[0] if rows else {}
-    sp = json.loads((data[variants[0]] / "feature_spec.json").read_text())["splits"]
+    sp = FeatureSpec.load(data[variants[0]]).splits or {}
     conf = refs["atco"]["conflicts"]
     body = (f"`.venv/bin/python bench/causal_confusion.py --scenarios {args.scenarios} --steps {args.steps} "
             f"--batch {args.batch} --hidden {args.hidden} --window {args.window:g} --variants {','.join(variants)} "

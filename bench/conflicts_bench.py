@@ -46,8 +46,8 @@ def init_bluesky(workdir: Path):
     import bluesky.stack.simstack as ss
     from bluesky.tools import geo
     assert geo.kwikqdrdist.__module__.endswith("_geo"), "compiled geometry in use"
-    replies = []
-    ss.echo = lambda text="", flags=0, to_group=b"": replies.append((flags, text))
+    from simulator_adapters.bluesky_replies import capture_replies
+    replies = capture_replies(ss)
     bs.sim.reset()
     return bs, replies
 

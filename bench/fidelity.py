@@ -31,7 +31,6 @@ Results: a table per size, the targets of the fidelity issue checked at the larg
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -41,6 +40,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import append_results, fmt  # noqa: E402
+
+from atc_il.feature_spec import FeatureSpec  # noqa: E402
 
 HEADS = ("deterministic", "mdn", "autoregressive", "cvae", "diffusion")
 DEFAULT_MODELS = ["markov+mdn", "mlp+mdn", "gru+mdn", "transformer+mdn", "gru+deterministic", "gru+autoregressive",
@@ -85,8 +86,9 @@ def subset(data: Path, n_train: int, root: Path) -> Path:
     ds = out / "dataset"
     if (ds / "split=train" / "part-0.parquet").exists():
         return ds
-    spec = json.loads((data / "feature_spec.json").read_text())
-    keys = sorted(spec["splits"]["train"]["keys"])
+    spec = FeatureSpec.load(data)
+    splits = spec.splits or {}
+    keys = sorted(splits["train"]["keys"])
     order = [keys[i] for i in np.random.default_rng(12345).permutation(len(keys))]
     if n_train > len(order):
         raise SystemExit(f"--sizes asks for {n_train} training scenarios; the data set has {len(order)}")
@@ -101,8 +103,8 @@ def subset(data: Path, n_train: int, root: Path) -> Path:
     for s in ("val", "test"):
         if not (ds / f"split={s}").exists():
             (ds / f"split={s}").symlink_to((data / f"split={s}").resolve())
-    spec["splits"]["train"] = {**spec["splits"]["train"], "keys": sorted(keep), "samples": t.num_rows}
-    (ds / "feature_spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True, default=str))
+    spec.splits = {**splits, "train": {**splits["train"], "keys": sorted(keep), "samples": t.num_rows}}
+    (ds / "feature_spec.json").write_text(spec.to_json())
     truth = out / "expert_truth.parquet"
     if not truth.exists():
         truth.symlink_to((data.parent / "expert_truth.parquet").resolve())
@@ -328,7 +330,7 @@ def main() -> None:
     times = {name: full[(largest, name, args.seeds[0])].get("acting_times", {}) for name in models}
     png = Path(__file__).resolve().parent / "fidelity.png"
     plot(by_size, ceil, reliab, times, png)
-    splits = json.loads((data / "feature_spec.json").read_text())["splits"]
+    splits = FeatureSpec.load(data).splits or {}
     n_keys = {k: len(v["keys"]) for k, v in splits.items()}
     body = [f"`{cmd}` ({time.perf_counter() - t_all:.0f} s in all): {sum(n_keys.values())} simulated scenarios "
             f"(test {n_keys['test']}, val {n_keys['val']}, train {n_keys['train']}), training sizes {args.sizes} scenarios, seeds {args.seeds}, hidden "

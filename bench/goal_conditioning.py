@@ -32,6 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import append_results, fmt  # noqa: E402
 
+from atc_il.feature_spec import FeatureSpec  # noqa: E402
+
 MODELS = (("gru", "mdn"), ("mlp", "mdn"))
 SCENARIO_KW = {"duration_s": 1800, "density": 4.0, "conflicts": 8, "exit_level_fraction": 0.5}
 MIN_DALT_FT, MIN_SIN = 500.0, 0.1
@@ -63,9 +65,8 @@ def make_data(ws: Path, scenarios: int, seed: int) -> tuple[Path, Path]:
 def goal_context(goal_dir: Path, split: str) -> pd.DataFrame:
     """Per sample, per aircraft (1, 2) at decision time: exit level - altitude (NaN if unknown), sin of the
     exit's bearing relative to the track (NaN if no plan); from the goal data set's geometry tensor."""
-    from pipelines.shards import load_split, read_spec
-    spec = read_spec(goal_dir)
-    names = [f["name"] for f in spec["tensors"]["geometry"]["features"]]
+    from pipelines.shards import load_split
+    names = FeatureSpec.load(goal_dir).feature_names("geometry")
     d = load_split(goal_dir, split, as_torch=False, columns=["sample_id", "geometry"])
     g = d["geometry"][:, -1]
     out = {"sample_id": np.asarray(d["sample_id"])}
@@ -260,8 +261,7 @@ def main() -> None:
     lines += [f"| {r['model']} | " + " | ".join(fmt(r.get(k)) for k, _ in cols) + " |" for r in rows]
     lines.append("| **expert demonstrations** | - | " + fmt(rows[0].get("ceiling_nll_discrete")) + " (ceiling) | - | - | - | - | "
                  + f"{fmt(demo['alt_towards_exit'])} | {demo['alt_n']} | {fmt(demo['hdg_towards_exit'])} | {demo['hdg_n']} |")
-    spec = json.loads((goal / "feature_spec.json").read_text())
-    sp = spec["splits"]
+    sp = FeatureSpec.load(goal).splits or {}
     data_arg = f"--data {args.data} " if args.data else f"--scenarios {args.scenarios} "
     body = (f"`.venv/bin/python bench/goal_conditioning.py {data_arg}--steps {args.steps} "
             f"--batch {args.batch} --hidden {args.hidden} --closed-loop {args.closed_loop}` "

@@ -49,6 +49,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import append_results, fmt  # noqa: E402
 
+from atc_il.feature_spec import FeatureSpec  # noqa: E402
+
 ENCODERS = ("mlp", "gru", "transformer")
 HEAD_CFG = {"deterministic": {"name": "deterministic"}, "mdn": {"name": "mdn"},
             "autoregressive": {"name": "autoregressive"}, "cvae": {"name": "cvae", "latent": "continuous"},
@@ -286,8 +288,7 @@ def main() -> None:
     for label, ref in refs.items():
         lines.append(f"| **{label}** (closed loop) | "
                      + " | ".join(["-"] * len(cols) + [fmt(ref.get(k)) for k, _ in loop_cols] + dash) + " |")
-    spec = json.loads((Path(data) / "feature_spec.json").read_text())
-    sp = spec["splits"]
+    sp = FeatureSpec.load(Path(data)).splits or {}
     src = f"--data {args.data}" if args.data else f"--scenarios {args.scenarios}"
     cmd = (f"`.venv/bin/python bench/heads.py {src} --steps {args.steps} --batch {args.batch} "
            f"--hidden {args.hidden}" + (f" --encoders {' '.join(args.encoders)}" if args.encoders else "")

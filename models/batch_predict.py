@@ -279,7 +279,7 @@ def _jobs(parts: list[dict], out: Path, uri: str, clearances, horizon_s: float) 
 
 
 def _check_model(out: Path, predictor) -> None:
-    meta = {"uri": predictor.uri, "spec_hash": predictor.policy.spec.get("spec_hash"),
+    meta = {"uri": predictor.uri, "spec_hash": predictor.feature_spec.spec_hash,
             "history_steps": predictor.dcfg.history_steps, "step_s": predictor.step_s}
     path = out / MODEL_FILE
     if path.exists():

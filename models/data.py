@@ -15,19 +15,30 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from atc_il.errors import ModelError
+from atc_il.feature_spec import FeatureSpec
 from models.interface import OBS_KEYS, Decisions, Observations
-from pipelines.shards import load_split, read_spec
+from pipelines.shards import load_split
 
 LABEL_KEYS = ("label_act", "label_aircraft", "label_type", "label_value")
 
 
-def check_spec(data_spec: dict, policy_spec: dict, where: str = "data set") -> None:
-    """Raise ModelError when a data set's features are not what a policy was built for."""
-    want, got = policy_spec.get("spec_hash"), data_spec.get("spec_hash")
+def _shape(spec: FeatureSpec | dict, name: str) -> list[int] | None:
+    if isinstance(spec, FeatureSpec):
+        return spec.shape(name) if name in spec.tensors else None
+    return spec.get("tensors", {}).get(name, {}).get("shape")     # a partial dict (a checkpoint's summary)
+
+
+def check_spec(data_spec: FeatureSpec | dict, policy_spec: FeatureSpec | dict, where: str = "data set") -> None:
+    """Raise ModelError when a data set's features are not what a policy was built for.
+
+    Either side may be a FeatureSpec or a (possibly partial) dict with ``spec_hash`` and ``tensors``.
+    """
+    def hash_of(spec: FeatureSpec | dict) -> str | None:
+        return spec.spec_hash if isinstance(spec, FeatureSpec) else spec.get("spec_hash")
+    want, got = hash_of(policy_spec), hash_of(data_spec)
     diffs = []
     for name in OBS_KEYS:
-        ps = policy_spec.get("tensors", {}).get(name, {}).get("shape")
-        ds = data_spec.get("tensors", {}).get(name, {}).get("shape")
+        ps, ds = _shape(policy_spec, name), _shape(data_spec, name)
         if ps != ds:
             diffs.append(f"{name} {ds} (policy: {ps})")
     if want != got or diffs:
@@ -43,6 +54,11 @@ class SplitData:
     spec: dict
     tensors: dict
 
+    @property
+    def feature_spec(self) -> FeatureSpec:
+        """The typed form of ``spec`` (the dict form, kept for callers that index it by key)."""
+        return FeatureSpec.of(self.spec)
+
     def __len__(self) -> int:
         return int(self.tensors["pair"].shape[0])
 
@@ -56,19 +72,20 @@ def to_batch(t: dict) -> tuple[Observations, Decisions]:
             Decisions(t["label_act"], t["label_aircraft"], t["label_type"], t["label_value"]))
 
 
-def load_data(dataset_dir: str | Path, split: str, expect: dict | None = None) -> SplitData:
+def load_data(dataset_dir: str | Path, split: str, expect: FeatureSpec | dict | None = None) -> SplitData:
     """Load a split (via :func:`load_split`); with ``expect`` (a policy's spec) check it fits first."""
-    spec = read_spec(dataset_dir)
+    typed = FeatureSpec.load(dataset_dir)
+    spec = typed.to_dict()
     if expect is not None:
-        check_spec(spec, expect, f"{dataset_dir} ({split})")
+        check_spec(typed, expect, f"{dataset_dir} ({split})")
     raw = load_split(dataset_dir, split, columns=list(OBS_KEYS + LABEL_KEYS))
     tensors = {k: raw[k].float().contiguous() for k in OBS_KEYS}
     for k in LABEL_KEYS:
         tensors[k] = raw[k].float().contiguous() if k == "label_value" else raw[k].long().contiguous()
     for k in OBS_KEYS:
         shape = list(tensors[k].shape[1:])
-        if shape != spec["tensors"][k]["shape"]:
-            raise ModelError(f"{dataset_dir} ({split}): {k} has shape {shape}, the spec says {spec['tensors'][k]['shape']}")
+        if shape != typed.shape(k):
+            raise ModelError(f"{dataset_dir} ({split}): {k} has shape {shape}, the spec says {typed.shape(k)}")
     return SplitData(split, spec, tensors)
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from atc_il.errors import ModelError
+from atc_il.feature_spec import FeatureSpec
 from models.config import EncoderConfig
 from models.interface import ENCODERS, Observations
 from models.layers import mlp
@@ -183,7 +184,7 @@ class MarkovEncoder(_Base):
 
     def __init__(self, spec: dict, cfg: EncoderConfig):
         super().__init__(spec, cfg)
-        names = [f["name"] for f in spec["tensors"]["geometry"]["features"]]
+        names = FeatureSpec.of(spec, error=ModelError).feature_names("geometry")
         keep = [i for i, n in enumerate(names) if n not in history_features(spec)]
         self.register_buffer("geom_keep", torch.tensor(keep, dtype=torch.long), persistent=False)
         d_in = (2 + self.K) * self.f_pose + len(keep)

@@ -215,7 +215,7 @@ def evaluate(policy: PolicyInterface, dataset_dir: str | Path, split: str = "tes
         m["decision_tv_distance"] = _tv(sampled, demo)
     m["timing_error_s"], m["timing_miss_rate"] = _timing(meta, y_act, r["p_act"])
     m["act_ece"], m["act_reliability"] = calibration(y_act, r["p_act"])
-    geom = [f["name"] for f in policy.spec["tensors"]["geometry"]["features"]]
+    geom = policy.feature_spec.feature_names("geometry")
     if "time_in_conflict_s" in geom:
         m["acting_times"] = acting_times(meta, y_act, r["p_act"],
                                          obs.geometry[:, -1, geom.index("time_in_conflict_s")].numpy())

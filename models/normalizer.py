@@ -12,28 +12,31 @@ import torch
 from torch import nn
 
 from atc_il.errors import ModelError
+from atc_il.feature_spec import FeatureSpec
 from models.interface import OBS_KEYS, Observations
 
 
-def tensor_shapes(spec: dict) -> dict[str, tuple[int, ...]]:
+def tensor_shapes(spec: FeatureSpec | dict) -> dict[str, tuple[int, ...]]:
     """Per-sample shape of every observation tensor, from the feature spec (raises ModelError if missing)."""
-    tensors = spec.get("tensors") if isinstance(spec, dict) else None
+    if isinstance(spec, dict) and not spec.get("tensors"):
+        spec = {}
+    tensors = FeatureSpec.of(spec, error=ModelError).tensors if spec else None
     if not tensors:
         raise ModelError("feature spec has no `tensors` section; pass the data set's feature_spec.json "
                          "(pipelines.shards.read_spec)")
     missing = [k for k in OBS_KEYS if k not in tensors]
     if missing:
         raise ModelError(f"feature spec lacks tensors {missing}; expected {list(OBS_KEYS)}")
-    return {k: tuple(int(s) for s in tensors[k]["shape"]) for k in OBS_KEYS}
+    return {k: tuple(int(s) for s in tensors[k].shape) for k in OBS_KEYS}
 
 
 class Normalizer(nn.Module):
     """``(x - mean) / std`` per feature, with padding rows forced to 0 and ``valid`` kept as is."""
 
-    def __init__(self, spec: dict):
+    def __init__(self, spec: FeatureSpec | dict):
         super().__init__()
         shapes = tensor_shapes(spec)
-        stats = spec.get("normalisation")
+        stats = FeatureSpec.of(spec, error=ModelError).normalisation
         if not stats:
             raise ModelError("feature spec has no `normalisation` statistics: a policy cannot normalise its "
                              "inputs without them (they are computed on the training split by `atc-il dataset`; "
@@ -41,10 +44,10 @@ class Normalizer(nn.Module):
         for name in OBS_KEYS:
             n_feat = shapes[name][-1]
             st = stats.get(name)
-            if not st or "mean" not in st or "std" not in st:
+            if st is None:
                 raise ModelError(f"feature spec normalisation lacks mean/std for tensor {name!r}; rebuild the data set")
-            mean = torch.tensor(st["mean"], dtype=torch.float32)
-            std = torch.tensor(st["std"], dtype=torch.float32)
+            mean = torch.tensor(st.mean, dtype=torch.float32)
+            std = torch.tensor(st.std, dtype=torch.float32)
             if mean.shape != (n_feat,) or std.shape != (n_feat,):
                 raise ModelError(f"normalisation of {name!r} has {tuple(mean.shape)} means and {tuple(std.shape)} "
                                  f"stds for {n_feat} features; the spec is inconsistent, rebuild the data set")

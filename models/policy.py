@@ -15,7 +15,6 @@ Compilation: ``policy.compile_encoder()`` compiles the encoder in place (state-d
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -25,6 +24,7 @@ from torch import nn
 import models.encoders  # noqa: F401  (registers the encoders)
 from atc_il.config import validate
 from atc_il.errors import AtcIlError, ModelError
+from atc_il.feature_spec import FeatureSpec
 from atc_il.io import atomic_write_text
 from models import style as style_mix
 from models.config import ModelConfig
@@ -38,10 +38,13 @@ WEIGHTS_FILE, CONFIG_FILE, SPEC_FILE = "weights.pt", "config.yaml", "feature_spe
 
 
 class Policy(nn.Module):
-    def __init__(self, config: ModelConfig, spec: dict):
+    def __init__(self, config: ModelConfig, spec: FeatureSpec | dict):
         super().__init__()
         self.config = config
-        self.spec = spec
+        # the typed contract; ``spec`` keeps the plain dict form for callers that index it by key
+        self.feature_spec = FeatureSpec.of(spec, error=ModelError)
+        self.spec = self.feature_spec.to_dict()
+        spec = self.feature_spec
         self.normalizer = Normalizer(spec)
         self.encoder = ENCODERS.get(config.encoder.name)(spec, config.encoder)
         ctx_dim = self.encoder.out_dim
@@ -194,7 +197,7 @@ class Policy(nn.Module):
         torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, tmp)
         tmp.replace(path_dir / WEIGHTS_FILE)
         atomic_write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False), path_dir / CONFIG_FILE)
-        atomic_write_text(json.dumps(self.spec, indent=2, sort_keys=True, default=str) + "\n", path_dir / SPEC_FILE)
+        atomic_write_text(self.feature_spec.to_json(), path_dir / SPEC_FILE)
         return path_dir
 
 
@@ -207,7 +210,7 @@ class _ContextNet(nn.Module):
         return self.policy._encode(Observations(pair, neighbours, geometry, clearances))[0]
 
 
-def build_policy(config: ModelConfig, spec: dict) -> Policy:
+def build_policy(config: ModelConfig, spec: FeatureSpec | dict) -> Policy:
     """Build a policy from the registries by name (``config.encoder.name``, ``config.head.name``)."""
     return Policy(config, spec)
 
@@ -227,10 +230,10 @@ def load_policy(path_dir: str | Path, map_location="cpu") -> Policy:
         if isinstance(raw.get("head"), dict):      # saved by an earlier version: every head's fields in one section
             raw["head"] = drop_other_heads_fields(raw["head"])
         config = validate(ModelConfig, raw, str(path_dir / CONFIG_FILE))
-        spec = json.loads((path_dir / SPEC_FILE).read_text())
+        spec = FeatureSpec.load(path_dir / SPEC_FILE, error=ModelError)
     except (AtcIlError, ValueError, yaml.YAMLError) as exc:
         raise ModelError(f"{path_dir}: cannot read the policy's configuration or feature spec: {exc}") from None
-    if not spec.get("normalisation"):
+    if not spec.normalisation:
         raise ModelError(f"{path_dir}/{SPEC_FILE} has no normalisation statistics; the policy cannot normalise "
                          "its inputs (save it from a policy built on a data set's feature spec)")
     policy = build_policy(config, spec)

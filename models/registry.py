@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from atc_il.errors import ModelError
+from atc_il.feature_spec import FeatureSpec
 
 EXPERIMENT = "atc-il"
 MODEL_ARTIFACT = "model"
@@ -144,13 +145,14 @@ def predict_frame(policy, model_input) -> Any:
                          "value": dec.value.float().cpu().numpy().astype(np.float64)})
 
 
-def _signature(spec: dict):
+def _signature(spec: FeatureSpec | dict):
     import numpy as np
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
     from models.interface import OBS_KEYS
-    inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, *spec["tensors"][k]["shape"]), k) for k in OBS_KEYS])
+    fs = FeatureSpec.of(spec, error=ModelError)
+    inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, *fs.shape(k)), k) for k in OBS_KEYS])
     outputs = Schema([ColSpec("long", "act"), ColSpec("long", "aircraft"), ColSpec("string", "type"),
                       ColSpec("double", "value")])
     return ModelSignature(inputs=inputs, outputs=outputs)
@@ -172,7 +174,7 @@ class Tracker:
         self.uri = setup(uri)
         self.run_id: str | None = None
 
-    def start(self, config, spec: dict, run_id: str | None = None) -> str:
+    def start(self, config, spec: FeatureSpec | dict, run_id: str | None = None) -> str:
         import mlflow
         run = None
         if run_id:
@@ -184,7 +186,8 @@ class Tracker:
             run = mlflow.start_run(run_name=config.name)
         self.run_id = run.info.run_id
         params = {k: str(v) for k, v in flatten(config.model_dump()).items()}
-        params["data.spec_hash"] = spec.get("spec_hash", "")
+        fs = FeatureSpec.of(spec, error=ModelError)
+        params["data.spec_hash"] = fs.spec_hash or ""
         have = run.data.params
         new = {k: v for k, v in params.items() if k not in have}
         if new:
@@ -193,7 +196,7 @@ class Tracker:
         if changed:
             mlflow.set_tags(changed)
         mlflow.log_text(yaml.safe_dump(json.loads(config.model_dump_json()), sort_keys=False), "config.yaml")
-        mlflow.log_text(json.dumps(spec, indent=1, sort_keys=True), "feature_spec.json")
+        mlflow.log_text(json.dumps(fs.to_dict(), indent=1, sort_keys=True), "feature_spec.json")
         return self.run_id
 
     def log_epoch(self, record: dict) -> None:
@@ -201,7 +204,7 @@ class Tracker:
         mlflow.log_metrics({k: float(v) for k, v in record.items() if k != "epoch" and isinstance(v, (int, float))},
                            step=int(record["epoch"]))
 
-    def finish(self, history: list[dict], policy_dir: Path, out_dir: Path, spec: dict,
+    def finish(self, history: list[dict], policy_dir: Path, out_dir: Path, spec: FeatureSpec | dict,
                register_as: str | None, alias: str | None) -> dict:
         """Log the loss curve and the policy as a pyfunc model; register it and set the alias."""
         import mlflow

@@ -16,7 +16,8 @@ import pandas as pd
 import torch
 
 from atc_il.config import ConflictConfig, DatasetConfig
-from atc_il.errors import DataError, LimitError
+from atc_il.errors import DataError, LimitError, ModelError
+from atc_il.feature_spec import FeatureSpec
 from atc_il.schemas import ACTION_SCHEMA, ACTION_TYPES, ACTION_UNITS, DECISION_SCHEMA, TRACK_SCHEMA, conform
 from models.ceiling import MODE_TOLERANCE
 from models.interface import Observations, PolicyInterface
@@ -34,8 +35,9 @@ class Predictor:
 
     def __post_init__(self):
         self.policy.eval()
-        self.dcfg = DatasetConfig(**self.policy.spec["config"])
-        self.step_s = float(self.policy.spec["step_s"])
+        self.feature_spec = FeatureSpec.of(self.policy.spec, error=ModelError)
+        self.dcfg = DatasetConfig(**self.feature_spec.config)
+        self.step_s = float(self.feature_spec.step_s)
         self.encode = self.policy.encode        # the context network: PyTorch, or ONNX Runtime (use_onnx)
         self.runtime = "torch"
 
@@ -54,7 +56,7 @@ class Predictor:
         return cls(load_policy_uri(uri), uri=str(uri), **kwargs)
 
     def metadata(self) -> dict:
-        return {"uri": self.uri, "name": self.policy.config.name, "spec_hash": self.policy.spec.get("spec_hash"),
+        return {"uri": self.uri, "name": self.policy.config.name, "spec_hash": self.feature_spec.spec_hash,
                 "history_steps": self.dcfg.history_steps, "step_s": self.step_s,
                 "exact_log_prob": bool(self.policy.exact_log_prob), "runtime": self.runtime}
 

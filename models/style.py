@@ -28,6 +28,7 @@ from torch import nn
 
 from atc_il.config import Section
 from atc_il.errors import ModelError
+from atc_il.feature_spec import FeatureSpec
 from models.heads.base import Head, draw, finish, sample_index
 from models.interface import Decisions
 from models.layers import mlp
@@ -48,7 +49,7 @@ class StyleCode(nn.Module):
 
     def __init__(self, spec: dict, cfg: StyleConfig, ctx_dim: int):
         super().__init__()
-        names = [f["name"] for f in spec["tensors"]["geometry"]["features"]]
+        names = FeatureSpec.of(spec, error=ModelError).feature_names("geometry")
         idx = [i for i, n in enumerate(names) if n.startswith(SESSION_PREFIX)]
         if not idx:
             raise ModelError("style.enabled needs the controller-history features (session_*) in the geometry "

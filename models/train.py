@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from atc_il.errors import ModelError
+from atc_il.feature_spec import FeatureSpec
 from atc_il.progress import track
 from models.config import ModelConfig, TrainConfig
 from models.data import BatchLoader, check_spec, load_data
@@ -206,16 +207,17 @@ def _train_epoch(model, policy, loader, optimizer, scheduler, st: TrainState, tc
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------
-def _checkpoint(path: Path, policy, optimizer, scheduler, config: ModelConfig, spec: dict, st: TrainState) -> None:
+def _checkpoint(path: Path, policy, optimizer, scheduler, config: ModelConfig, spec: FeatureSpec,
+                st: TrainState) -> None:
     """Save everything a resume needs (plain tensors and dicts: loadable with ``weights_only=True``)."""
     _save_checkpoint(path, {
         "format": FORMAT, "model": {k: v.detach().cpu() for k, v in policy.state_dict().items()},
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state(),
-        "model_config": _model_sections(config), "spec_hash": spec["spec_hash"],
-        "tensors": {k: {"shape": v["shape"]} for k, v in spec["tensors"].items()}, **asdict(st)})
+        "model_config": _model_sections(config), "spec_hash": spec.spec_hash,
+        "tensors": {k: {"shape": spec.shape(k)} for k in spec.tensors}, **asdict(st)})
 
 
-def _resume(path: Path, policy, optimizer, scheduler, config: ModelConfig, spec: dict, total_steps: int,
+def _resume(path: Path, policy, optimizer, scheduler, config: ModelConfig, spec: FeatureSpec, total_steps: int,
             data_dir: Path) -> TrainState:
     """Restore the weights, optimiser, scheduler and RNG states saved at ``path``; returns the saved state.
     A changed number of epochs or ``max_steps`` re-stretches the cosine schedule over the new length."""
@@ -270,7 +272,7 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path | None 
         cuda = device.type == "cuda"
         _seed_all(tc.seed)
         train_data = load_data(data_dir, "train")
-        spec = train_data.spec
+        spec = train_data.feature_spec
         val_data = load_data(data_dir, "val", expect=spec)
         policy = build_policy(config, spec).to(device)
         optimizer = _optimizer(policy, tc)

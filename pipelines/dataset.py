@@ -17,7 +17,8 @@ import pandas as pd
 
 from atc_il.config import DatasetConfig, PipelineConfig
 from atc_il.errors import ConfigError, DataError
-from atc_il.io import mark_complete, read_table, write_json
+from atc_il.feature_spec import FeatureSpec, NormStats
+from atc_il.io import atomic_write_text, mark_complete, read_table, write_json
 from atc_il.progress import track
 from atc_il.runs import StagedRun, checkpoint, inside, require_complete
 from atc_il.schemas import (
@@ -29,7 +30,7 @@ from atc_il.schemas import (
     TRACK_SCHEMA,
 )
 from pipelines.features import TrackIndex, build_features, feature_spec
-from pipelines.shards import SPEC_FILE, RunningStats, spec_hash, write_shard
+from pipelines.shards import SPEC_FILE, RunningStats, write_shard
 
 SPLITS = ("train", "val", "test")
 META = ["sample_id", "episode_id", "time", "flight_id_1", "flight_id_2", "split_key"]
@@ -153,8 +154,8 @@ def _build(work: Path, out: Path, config: PipelineConfig, progress, flight_plans
     split = samples["split_key"].map(split_of)
     samples["sample_id"] = samples["episode_id"] + "@" + samples["time"].dt.strftime("%Y%m%dT%H%M%S")
 
-    spec = feature_spec(cfg, config.resample.step_s)
-    stats = {name: RunningStats(len(t["features"])) for name, t in spec["tensors"].items()}
+    spec = FeatureSpec.of(feature_spec(cfg, config.resample.step_s))
+    stats = {name: RunningStats(len(t.features)) for name, t in spec.tensors.items()}
     counts = {s: 0 for s in SPLITS}
     files: dict[str, list[str]] = {s: [] for s in SPLITS}
     chunks = range(0, len(samples), cfg.shard_rows)
@@ -179,18 +180,18 @@ def _build(work: Path, out: Path, config: PipelineConfig, progress, flight_plans
     for s in SPLITS:
         if files[s]:
             mark_complete(out / f"split={s}", files[s])
-    spec["normalisation"] = {name: st.result([f["normalise"] for f in spec["tensors"][name]["features"]])
-                             for name, st in stats.items()}
-    spec["normalisation_split"] = "train"
+    spec.normalisation = {name: NormStats.model_validate(st.result([f.normalise for f in spec.tensors[name].features]))
+                          for name, st in stats.items()}
+    spec.normalisation_split = "train"
     per_split_keys: dict[str, list] = {s: [] for s in SPLITS}
     for k, s in split_of.items():
         per_split_keys[s].append(k)
-    spec["splits"] = {s: {"unit": cfg.split, "keys": sorted(per_split_keys[s]), "samples": counts[s],
-                          "episodes": int(samples.loc[split == s, "episode_id"].nunique())} for s in SPLITS}
-    spec["spec_hash"] = spec_hash(spec)
-    write_json(spec, out / SPEC_FILE)
+    spec.splits = {s: {"unit": cfg.split, "keys": sorted(per_split_keys[s]), "samples": counts[s],
+                       "episodes": int(samples.loc[split == s, "episode_id"].nunique())} for s in SPLITS}
+    spec.spec_hash = spec.hash()
+    atomic_write_text(spec.to_json(), out / SPEC_FILE)
     summary = {"samples": len(samples), **{f"{s} samples": counts[s] for s in SPLITS},
                "episodes": int(samples["episode_id"].nunique()), "positive samples": int(labels["label_act"].sum()),
-               **lstats, "seconds": round(_time.perf_counter() - t_start, 3), "spec_hash": spec["spec_hash"]}
+               **lstats, "seconds": round(_time.perf_counter() - t_start, 3), "spec_hash": spec.spec_hash}
     write_json(summary, out / "dataset_report.json")
     return summary

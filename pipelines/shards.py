@@ -13,11 +13,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from atc_il.errors import DataError
-from atc_il.io import atomic_write_table, read_json
+from atc_il.feature_spec import SPEC_FILE as _SPEC_FILE
+from atc_il.feature_spec import FeatureSpec
+from atc_il.io import atomic_write_table
 from atc_il.runs import require_complete
 
 TENSORS = ("pair", "neighbours", "geometry", "clearances")
-SPEC_FILE = "feature_spec.json"
+SPEC_FILE = _SPEC_FILE
 
 
 class RunningStats:
@@ -67,14 +69,13 @@ def spec_hash(spec: dict) -> str:
 
 
 def read_spec(dataset_dir: str | Path) -> dict:
+    """The data set's feature spec in its plain dict form (validated, one-line errors naming the file; a data set
+    whose run was interrupted is refused); :meth:`FeatureSpec.load` gives the typed one."""
     path = Path(dataset_dir) / SPEC_FILE
     if not path.exists():
         raise DataError(f"{path}: no feature spec; build the data set with `atc-il dataset` first")
     require_complete(dataset_dir, "dataset")
-    spec = read_json(path, "feature spec")
-    if not isinstance(spec, dict) or "tensors" not in spec:
-        raise DataError(f"{path}: not a feature spec (no `tensors` section); rebuild the data set with `atc-il dataset`")
-    return spec
+    return FeatureSpec.load(path).to_dict()
 
 
 def load_split(dataset_dir: str | Path, split: str, as_torch: bool = True, columns: list[str] | None = None) -> dict:
@@ -83,19 +84,19 @@ def load_split(dataset_dir: str | Path, split: str, as_torch: bool = True, colum
     No Python loop per sample: each column is read once and reshaped.
     """
     dataset_dir = Path(dataset_dir)
-    spec = read_spec(dataset_dir)
+    spec = FeatureSpec.load(dataset_dir / SPEC_FILE)
     files = sorted((dataset_dir / f"split={split}").glob("*.parquet"))
     if not files:
-        raise DataError(f"{dataset_dir}: split {split!r} has no shards (splits: {list(spec['splits'])})")
-    empty = [k for k, t in spec["tensors"].items() if int(np.prod(t["shape"])) == 0
+        raise DataError(f"{dataset_dir}: split {split!r} has no shards (splits: {list(spec.splits or {})})")
+    empty = [k for k, t in spec.tensors.items() if int(np.prod(t.shape)) == 0
              and (columns is None or k in columns)]            # not stored (see write_shard): zeros
     read = None if columns is None else [c for c in columns if c not in empty]
     table = pa.concat_tables([pq.read_table(f, columns=read) for f in files])
-    out: dict = {k: np.zeros([table.num_rows] + spec["tensors"][k]["shape"], dtype=np.float32) for k in empty}
+    out: dict = {k: np.zeros([table.num_rows] + spec.shape(k), dtype=np.float32) for k in empty}
     for name in table.column_names:
         col = table.column(name).combine_chunks()
-        if name in spec["tensors"]:
-            shape = spec["tensors"][name]["shape"]
+        if name in spec.tensors:
+            shape = spec.shape(name)
             arr = col.values.to_numpy(zero_copy_only=False).reshape([len(col)] + shape)
         elif pa.types.is_timestamp(col.type):
             arr = col.cast(pa.int64()).to_numpy(zero_copy_only=False)

@@ -22,6 +22,7 @@ import traceback
 from pathlib import Path
 
 from atc_il.errors import SimulatorError
+from simulator_adapters.bluesky_replies import capture_replies
 
 _SENDER = b"atc-il"          # a sender id makes BlueSky report unknown commands instead of forwarding them
 _NAVDATA_CACHE = "navdata.p"
@@ -96,17 +97,7 @@ class _Engine:
         self.CD, self.CR = ConflictDetection, ConflictResolution
 
         # Detached mode drops every reply (trap 3): capture them instead.
-        self.replies: list[tuple[int, str]] = []
-
-        def echo(text="", flags=0, to_group=b""):
-            self.replies.append((int(flags or 0), str(text)))
-
-        def echo_base(*args, **kwargs):   # bluesky.stack.echo(self, text, flags) in detached mode
-            text = next((a for a in args if isinstance(a, str) and a), kwargs.get("text", ""))
-            self.replies.append((0, str(text)))
-
-        simstack.echo = echo
-        bstack.echo = echo_base
+        self.replies: list[tuple[int, str]] = capture_replies(simstack, bstack)
 
     # ------------------------------------------------------------------ stack
     def _line(self, line: str) -> list[str]:

@@ -46,8 +46,9 @@ def _worker(workdir: str, out: str) -> None:
     from bluesky.tools import geo
     from bluesky.tools.aero import fpm, ft, kts
     from bluesky.traffic.asas import cstatebased
-    replies = []
-    ss.echo = lambda text="", flags=0, to_group=b"": replies.append((flags, text))
+
+    from simulator_adapters.bluesky_replies import capture_replies
+    replies = capture_replies(ss)
 
     def command(*cmds):
         n = len(replies)
