@@ -39,7 +39,7 @@ def test_helpers_and_optional_sections(tmp_path):
 def test_corrupt_or_invalid_files_name_the_file_and_field(tmp_path):
     path = tmp_path / "feature_spec.json"
     path.write_text("{not json")
-    with pytest.raises(DataError, match="feature_spec.json: not valid JSON"):
+    with pytest.raises(DataError, match="feature_spec.json: corrupt feature spec, not valid JSON"):
         FeatureSpec.load(path)
     d = feature_spec(DatasetConfig(), 5.0)
     d["tensors"]["pair"]["shape"] = "wide"
