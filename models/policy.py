@@ -197,6 +197,8 @@ class Policy(nn.Module):
         torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, tmp)
         tmp.replace(path_dir / WEIGHTS_FILE)
         atomic_write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False), path_dir / CONFIG_FILE)
+        # from the dict form callers see (and may have completed, e.g. with a spec_hash), validated on the way
+        self.feature_spec = FeatureSpec.of(self.spec, error=ModelError)
         atomic_write_text(self.feature_spec.to_json(), path_dir / SPEC_FILE)
         return path_dir
 
