@@ -78,6 +78,7 @@ def make_data(cache: Path, n: int, n_test: int, n_val: int, seed: int, workers: 
 def subset(data: Path, n_train: int, root: Path) -> Path:
     """A data set folder whose train split holds the first ``n_train`` training scenarios (seeded order);
     val and test are the full splits (linked), the expert's truth beside it."""
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -94,9 +95,7 @@ def subset(data: Path, n_train: int, root: Path) -> Path:
         raise SystemExit(f"--sizes asks for {n_train} training scenarios; the data set has {len(order)}")
     keep = order[:n_train]
     (ds / "split=train").mkdir(parents=True, exist_ok=True)
-    tables = [pq.read_table(f) for f in sorted((data / "split=train").glob("*.parquet"))]
-    import pyarrow as pa
-    t = pa.concat_tables(tables)
+    t = pa.concat_tables([pq.read_table(f) for f in sorted((data / "split=train").glob("*.parquet"))])
     t = t.filter(pc.is_in(t["split_key"], value_set=pa.array(keep)))
     pq.write_table(t, ds / "split=train" / "part-0.parquet")
     mark_complete(ds / "split=train", ["part-0.parquet"])

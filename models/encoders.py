@@ -169,7 +169,7 @@ class TransformerEncoder(_Base):
         return torch.cat([y[:, 0], self.clearances(obs.clearances)], dim=-1), y[:, 1:]
 
 
-def history_features(spec: dict) -> set[str]:
+def history_feature_names() -> set[str]:
     """Names of the geometry features that summarise the past rather than the state at the step (how long the
     conflict has been shown; the controller's own clearances: ``dataset.controller_history`` and ``nuisance``)."""
     from pipelines.history import HISTORY
@@ -185,7 +185,7 @@ class MarkovEncoder(_Base):
     def __init__(self, spec: dict, cfg: EncoderConfig):
         super().__init__(spec, cfg)
         names = FeatureSpec.of(spec, error=ModelError).feature_names("geometry")
-        keep = [i for i, n in enumerate(names) if n not in history_features(spec)]
+        keep = [i for i, n in enumerate(names) if n not in history_feature_names()]
         self.register_buffer("geom_keep", torch.tensor(keep, dtype=torch.long), persistent=False)
         d_in = (2 + self.K) * self.f_pose + len(keep)
         self.net = mlp(d_in, cfg.hidden, cfg.hidden, cfg.layers + 1, cfg.dropout)

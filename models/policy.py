@@ -41,10 +41,9 @@ class Policy(nn.Module):
     def __init__(self, config: ModelConfig, spec: FeatureSpec | dict):
         super().__init__()
         self.config = config
-        # the typed contract; ``spec`` keeps the plain dict form for callers that index it by key
-        self.feature_spec = FeatureSpec.of(spec, error=ModelError)
-        self.spec = self.feature_spec.to_dict()
-        spec = self.feature_spec
+        spec = FeatureSpec.of(spec, error=ModelError)      # validated once here
+        # the plain dict form, for callers that index it by key; :attr:`feature_spec` is derived from it
+        self.spec = spec.to_dict()
         self.normalizer = Normalizer(spec)
         self.encoder = ENCODERS.get(config.encoder.name)(spec, config.encoder)
         ctx_dim = self.encoder.out_dim
@@ -55,6 +54,12 @@ class Policy(nn.Module):
         # the session style code (models/style.py): its q-logits ride at the end of the context tensor
         self.style = StyleCode(spec, config.style, ctx_dim) if config.style.enabled else None
         self.exact_log_prob = self.head.exact_log_prob
+
+    @property
+    def feature_spec(self) -> FeatureSpec:
+        """The typed feature spec, from :attr:`spec` (one copy of the spec: a caller's completion of the dict,
+        e.g. its spec_hash, is what is saved)."""
+        return FeatureSpec.of(self.spec, error=ModelError)
 
     @property
     def device(self) -> torch.device:
@@ -197,8 +202,6 @@ class Policy(nn.Module):
         torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, tmp)
         tmp.replace(path_dir / WEIGHTS_FILE)
         atomic_write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False), path_dir / CONFIG_FILE)
-        # from the dict form callers see (and may have completed, e.g. with a spec_hash), validated on the way
-        self.feature_spec = FeatureSpec.of(self.spec, error=ModelError)
         atomic_write_text(self.feature_spec.to_json(), path_dir / SPEC_FILE)
         return path_dir
 

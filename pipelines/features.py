@@ -25,7 +25,7 @@ from atc_il.errors import DataError
 from atc_il.geometry import cpa, kwik_qdr_dist_nm, to_local_nm, velocity_kt
 from atc_il.schemas import ACTION_TYPES, to_ns
 from pipelines.goal import GOAL, goal_features
-from pipelines.history import HISTORY, history_features, last_before
+from pipelines.history import HISTORY, history_features, last_before_pair
 
 POSE = [("x_nm", "NM", True), ("y_nm", "NM", True), ("dalt_ft", "ft", True), ("gs_kt", "kt", True),
         ("trk_sin", "1", False), ("trk_cos", "1", False), ("vs_fpm", "ft/min", True),
@@ -302,10 +302,9 @@ def _nuisance(actions: pd.DataFrame, t_steps: np.ndarray, f1: np.ndarray, f2: np
         return out
     at = to_ns(actions["time"])
     resume = actions["action_type"].to_numpy(dtype=object) == "resume"
-    for j, fids in enumerate((f1, f2)):
-        row = last_before(actions, np.asarray(fids, dtype=object)[:, None], t_steps)
-        r = np.maximum(row, 0)
-        out[..., j] = (row >= 0) & ~resume[r] & ((t_steps - at[r]) <= window_s * 1e9)
+    rows = last_before_pair(actions, f1, f2, t_steps)
+    r = np.maximum(rows, 0)
+    out[:] = np.moveaxis((rows >= 0) & ~resume[r] & ((t_steps - at[r]) <= window_s * 1e9), 0, -1)
     return out
 
 

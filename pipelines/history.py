@@ -58,6 +58,12 @@ def last_before(actions: pd.DataFrame, flight_ids: np.ndarray, t_ns: np.ndarray)
     return out
 
 
+def last_before_pair(actions: pd.DataFrame, f1: np.ndarray, f2: np.ndarray, t_steps: np.ndarray) -> np.ndarray:
+    """(2, N, H) :func:`last_before` rows for aircraft 1 and aircraft 2 of each sample at its steps ``t_steps``."""
+    ids = np.stack([np.asarray(f1, dtype=object), np.asarray(f2, dtype=object)])[:, :, None]
+    return last_before(actions, ids, np.broadcast_to(t_steps, (2, *t_steps.shape)))
+
+
 def history_features(actions: pd.DataFrame, t_steps: np.ndarray, f1: np.ndarray, f2: np.ndarray,
                      first_ns: np.ndarray, horizon_s: float, cap_s: float) -> np.ndarray:
     """(N, H, len(HISTORY)) features at the steps ``t_steps`` (N, H; ns) of samples on pairs (f1, f2) whose
@@ -68,13 +74,11 @@ def history_features(actions: pd.DataFrame, t_steps: np.ndarray, f1: np.ndarray,
     if n == 0 or actions.empty:
         return out
     at = to_ns(actions["time"])
-    for j, fids in enumerate((f1, f2)):
-        row = last_before(actions, np.asarray(fids, dtype=object)[:, None], t_steps)
-        has = row >= 0
-        last = at[np.maximum(row, 0)]
-        since = np.where(has, (t_steps - last) / 1e9, cap_s)
-        out[..., j] = np.minimum(since, cap_s)
-        out[..., 2 + j] = has & (last >= first_ns[:, None])
+    rows = last_before_pair(actions, f1, f2, t_steps)                   # (2, N, H): one search for both aircraft
+    has = rows >= 0
+    last = at[np.maximum(rows, 0)]
+    out[..., 0:2] = np.moveaxis(np.minimum(np.where(has, (t_steps - last) / 1e9, cap_s), cap_s), 0, -1)
+    out[..., 2:4] = np.moveaxis(has & (last >= first_ns[:, None]), 0, -1)
     kind = actions["action_type"].to_numpy(dtype=object)
     lo = t_steps - int(round(horizon_s * 1e9))
     for k, t in enumerate(STYLE_TYPES):
