@@ -366,4 +366,7 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path | None 
     finally:
         if own_group:
             import torch.distributed as dist
+            # every rank leaves together: rank 0 still writes the best policy and the summary after the last
+            # collective, and a gloo group torn down under a peer that is still connected can abort the process
+            dist.barrier()
             dist.destroy_process_group()
