@@ -25,6 +25,10 @@ class CleanConfig(Section):
     max_vs_fpm: float = Field(12000.0, gt=0, le=100_000, description="altitude jumps implying a faster climb/descent are spikes")
     max_gap_s: float = Field(60.0, gt=0, le=3600, description="a gap longer than this splits a flight into segments (at most an hour: no interpolation bridges more)")
     min_segment_points: int = Field(3, ge=2, le=100_000, description="segments with fewer raw points are quarantined")
+    merge_window_s: float = Field(1.0, ge=0, le=10, description="ADS-B messages of one aircraft this close in time "
+                                  "are merged before validation (position rows take the missing altitude/velocity "
+                                  "of the nearest message; rows without a position near a position row are merged "
+                                  "into it: pipelines/merge.py); 0 turns merging off")
 
 
 class ResampleConfig(Section):

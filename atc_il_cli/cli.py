@@ -74,10 +74,13 @@ def ingest(inputs: List[Path] = typer.Argument(..., help="track files or folders
            step_s: Optional[float] = typer.Option(None, help="resampling grid step (s), default 5"),
            max_gap_s: Optional[float] = typer.Option(None, help="gaps longer than this are never bridged (s), default 60"),
            resample: bool = typer.Option(True, "--resample/--no-resample", help="resample onto the regular grid"),
+           merge_window_s: Optional[float] = typer.Option(
+               None, help="merge ADS-B messages of one aircraft that carry position, altitude and velocity "
+                          "separately when this close in time (s), default 1; 0 turns merging off"),
            chunk_rows: int = typer.Option(250_000, help="rows per chunk when streaming large files")):
     """Read, validate (quarantining bad rows), clean and resample raw tracks into canonical tracks."""
     from pipelines.ingest import ingest as run_ingest
-    cfg = _config(config, resample={"step_s": step_s}, clean={"max_gap_s": max_gap_s})
+    cfg = _config(config, resample={"step_s": step_s}, clean={"max_gap_s": max_gap_s, "merge_window_s": merge_window_s})
     report = run_ingest(inputs, work, fmt=fmt, mapping=mapping, config=cfg, resample=resample, chunk_rows=chunk_rows)
     _table("ingest", report.to_dict())
     if report.files_failed:

@@ -41,6 +41,7 @@ from atc_il.progress import console, track
 from atc_il.runs import StagedRun, checkpoint, inside
 from atc_il.schemas import QUARANTINE_REASONS, TRACK_RANGES, TRACK_REQUIRED, TRACK_SCHEMA, conform
 from pipelines.clean import clean_and_resample
+from pipelines.merge import MessageMerger
 from pipelines.readers import FORMATS, UNPARSEABLE, ColumnMapping, load_mapping, read_tracks  # noqa: F401 (re-exported)
 
 QUARANTINE_SCHEMA = pa.schema(
@@ -113,6 +114,8 @@ class IngestReport:
     rows_in: int = 0
     rows_kept: int = 0
     rows_quarantined: int = 0
+    rows_merged: int = 0         # ADS-B messages without a position merged into a nearby position row
+    merge: dict = field(default_factory=dict)    # merge window and fields filled (pipelines.merge)
     quarantined_by_reason: dict = field(default_factory=lambda: {r: 0 for r in QUARANTINE_REASONS})
     files_ok: list = field(default_factory=list)
     files_failed: dict = field(default_factory=dict)
@@ -130,8 +133,9 @@ class IngestReport:
 
     @property
     def reconciliation(self) -> str:
-        ok = "ok" if self.rows_in == self.rows_kept + self.rows_quarantined else "MISMATCH"
-        return (f"rows in {self.rows_in:,} = kept {self.rows_kept:,} + quarantined {self.rows_quarantined:,} "
+        ok = "ok" if self.rows_in == self.rows_kept + self.rows_quarantined + self.rows_merged else "MISMATCH"
+        merged = f" + merged {self.rows_merged:,}" if self.rows_merged else ""
+        return (f"rows in {self.rows_in:,} = kept {self.rows_kept:,} + quarantined {self.rows_quarantined:,}{merged} "
                 f"({ok}); points out {self.points_out:,}")
 
     def to_dict(self) -> dict:
@@ -140,7 +144,7 @@ class IngestReport:
         return d
 
     def check(self) -> None:
-        if self.rows_in != self.rows_kept + self.rows_quarantined:
+        if self.rows_in != self.rows_kept + self.rows_quarantined + self.rows_merged:
             raise DataError(f"ingest: {self.reconciliation}; rows were lost or double-counted")
 
 
@@ -192,28 +196,47 @@ def _default_buckets(paths: list[Path]) -> int:
 
 
 def _read_file(path: Path, fmt: str, mapping, chunk_rows: int, stager: _Stager, qwriter: list,
-               report: IngestReport, qpath: Path, show) -> None:
-    for chunk in track(read_tracks(path, fmt, mapping, chunk_rows), f"read {path.name}", show=show):
-        report.rows_in += len(chunk)
-        kept, quarantined = validate_chunk(chunk, str(path))
-        stager.add(kept, str(path))
-        if len(quarantined):
-            report.add_quarantine(quarantined["reason"])
-            table = pa.Table.from_pandas(conform(quarantined, QUARANTINE_SCHEMA, "quarantine"),
-                                         schema=QUARANTINE_SCHEMA, preserve_index=False)
-            if not qwriter:
-                qwriter.append(pq.ParquetWriter(qpath, QUARANTINE_SCHEMA))
-            qwriter[0].write_table(table)
+               report: IngestReport, qpath: Path, show, merge_window_s: float = 0.0) -> None:
+    merger = MessageMerger(merge_window_s)
+    try:
+        for chunk in track(read_tracks(path, fmt, mapping, chunk_rows), f"read {path.name}", show=show):
+            report.rows_in += len(chunk)
+            _validate(merger.push(chunk) if merge_window_s > 0 else chunk, path, stager, qwriter, report, qpath)
+    finally:   # what was read before a failure still goes through (its rows are counted in rows_in)
+        rest = merger.flush()
+        if rest is not None:
+            _validate(rest, path, stager, qwriter, report, qpath)
+        report.rows_merged += merger.stats.rows_merged
+        filled = report.merge.setdefault("fields_filled", {})
+        for k, v in merger.stats.fields_filled.items():
+            filled[k] = filled.get(k, 0) + v
+        report.merge["rows_with_position_filled"] = (report.merge.get("rows_with_position_filled", 0)
+                                                     + merger.stats.rows_with_position_filled)
+
+
+def _validate(chunk: pd.DataFrame, path: Path, stager: _Stager, qwriter: list, report: IngestReport,
+              qpath: Path) -> None:
+    kept, quarantined = validate_chunk(chunk, str(path))
+    stager.add(kept, str(path))
+    if len(quarantined):
+        report.add_quarantine(quarantined["reason"])
+        table = pa.Table.from_pandas(conform(quarantined, QUARANTINE_SCHEMA, "quarantine"),
+                                     schema=QUARANTINE_SCHEMA, preserve_index=False)
+        if not qwriter:
+            qwriter.append(pq.ParquetWriter(qpath, QUARANTINE_SCHEMA))
+        qwriter[0].write_table(table)
 
 
 def ingest(inputs: list[str | Path], out: str | Path, *, fmt: str = "auto",
            mapping: ColumnMapping | dict | str | Path | None = None, config: PipelineConfig = PipelineConfig(),
            resample: bool = True, chunk_rows: int = 250_000, progress: bool | None = None,
-           buckets: int | None = None) -> IngestReport:
+           buckets: int | None = None, merge_window_s: float | None = None) -> IngestReport:
     """Ingest track files (or folders of them) into ``out`` (see the module doc).
 
     Unreadable files are reported in ``files_failed`` and printed on one line each, while the
-    others go through. ``buckets`` (default: about one per 32 MB of input) sets how many
+    others go through. ``merge_window_s`` (default ``config.clean.merge_window_s``) merges ADS-B messages
+    of one aircraft that carry position, altitude and velocity separately (``pipelines.merge``; 0: off).
+    ``buckets`` (default: about one per 32 MB of input) sets how many
     hash(flight_id) buckets the cleaning runs over; memory is bounded by the largest bucket.
     """
     start = _time.perf_counter()
@@ -233,6 +256,8 @@ def ingest(inputs: list[str | Path], out: str | Path, *, fmt: str = "auto",
     paths = _expand(given)
     mapping = load_mapping(mapping)
     report = IngestReport(out=str(out))
+    window = config.clean.merge_window_s if merge_window_s is None else float(merge_window_s)
+    report.merge = {"window_s": window, "rows_with_position_filled": 0, "fields_filled": {}}
     run = StagedRun(out, "ingest", ["tracks", "quarantine"])
     qdir = run.path("quarantine")
     nb = int(buckets) if buckets else _default_buckets(paths)
@@ -244,7 +269,7 @@ def ingest(inputs: list[str | Path], out: str | Path, *, fmt: str = "auto",
         for path in track(paths, "files", show=progress):
             rows_before = report.rows_in
             try:
-                _read_file(path, fmt, mapping, chunk_rows, stager, qwriter, report, qtmp, progress)
+                _read_file(path, fmt, mapping, chunk_rows, stager, qwriter, report, qtmp, progress, window)
                 report.files_ok.append(str(path))
             except ReadError as exc:
                 cause = " ".join(str(exc.cause).split())
@@ -277,7 +302,8 @@ def ingest(inputs: list[str | Path], out: str | Path, *, fmt: str = "auto",
         shutil.rmtree(stager.folder, ignore_errors=True)
         report.seconds = round(_time.perf_counter() - start, 3)
         run.commit({"inputs": [str(p) for p in paths], "rows_in": report.rows_in, "rows_kept": report.rows_kept,
-                    "rows_quarantined": report.rows_quarantined, "files_failed": report.files_failed})
+                    "rows_quarantined": report.rows_quarantined, "rows_merged": report.rows_merged,
+                    "files_failed": report.files_failed})
         ok = True
     finally:
         for w in stager.writers.values():
