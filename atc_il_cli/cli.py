@@ -67,9 +67,10 @@ def _table(title: str, rows: dict) -> None:
 
 @app.command()
 @_guard
-def ingest(inputs: List[Path] = typer.Argument(..., help="track files or folders (CSV, parquet, JSON, BlueSky logs)"),
+def ingest(inputs: List[Path] = typer.Argument(..., help="track files or folders (CSV, parquet, JSON, BlueSky logs, "
+                                                            "SCAT flight documents or weekly zips)"),
            work: Path = Work, config: Optional[Path] = ConfigOpt,
-           fmt: str = typer.Option("auto", "--format", "-f", help="auto|csv|parquet|opensky|traffic|bluesky"),
+           fmt: str = typer.Option("auto", "--format", "-f", help="auto, csv, parquet, opensky, traffic, bluesky or scat (auto reads a .zip as SCAT)"),
            mapping: Optional[str] = typer.Option(None, "--mapping", "-m", help="column/unit mapping: YAML file or 'alt_ft=altitude:m,gs_kt=speed:m/s,time=ts:s'"),
            step_s: Optional[float] = typer.Option(None, help="resampling grid step (s), default 5"),
            max_gap_s: Optional[float] = typer.Option(None, help="gaps longer than this are never bridged (s), default 60"),
@@ -83,6 +84,12 @@ def ingest(inputs: List[Path] = typer.Argument(..., help="track files or folders
     cfg = _config(config, resample={"step_s": step_s}, clean={"max_gap_s": max_gap_s, "merge_window_s": merge_window_s})
     report = run_ingest(inputs, work, fmt=fmt, mapping=mapping, config=cfg, resample=resample, chunk_rows=chunk_rows)
     _table("ingest", report.to_dict())
+    if report.scat:
+        s = report.scat
+        typer.echo(f"SCAT: {s.get('flights', 0):,} flights, {s.get('clearance_records', 0):,} clearance records -> "
+                   f"actions {s['clearance_actions']}, changes left unmapped {s['clearance_changes_unmapped']}; "
+                   f"next: atc-il actions -w {work} --log {work / 'scat' / 'clearances.parquet'} "
+                   f"--flight-plans {work / 'scat' / 'flight_plans.parquet'}")
     if report.files_failed:
         typer.secho(f"error: {len(report.files_failed)} of {len(report.files_failed) + len(report.files_ok)} input "
                     f"file(s) could not be read (named above); the others were ingested", fg="red", err=True)

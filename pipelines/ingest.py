@@ -39,10 +39,19 @@ from atc_il.errors import ConfigError, DataError, ReadError
 from atc_il.io import write_frame, write_json, write_partitioned
 from atc_il.progress import console, track
 from atc_il.runs import StagedRun, checkpoint, inside
-from atc_il.schemas import QUARANTINE_REASONS, TRACK_RANGES, TRACK_REQUIRED, TRACK_SCHEMA, conform
+from atc_il.schemas import (
+    FLIGHT_PLAN_SCHEMA,
+    QUARANTINE_REASONS,
+    TIME,
+    TRACK_RANGES,
+    TRACK_REQUIRED,
+    TRACK_SCHEMA,
+    conform,
+)
 from pipelines.clean import clean_and_resample
 from pipelines.merge import MessageMerger
-from pipelines.readers import FORMATS, UNPARSEABLE, ColumnMapping, load_mapping, read_tracks  # noqa: F401 (re-exported)
+from pipelines.readers import FORMATS, UNPARSEABLE, ColumnMapping, is_scat, load_mapping, read_tracks  # noqa: F401 (re-exported)
+from pipelines.scat import ScatSink, read_scat
 
 QUARANTINE_SCHEMA = pa.schema(
     [f.with_nullable(True) for f in TRACK_SCHEMA]
@@ -51,6 +60,10 @@ QUARANTINE_SCHEMA = pa.schema(
 )
 TIME_MIN = pd.Timestamp("1990-01-01", tz="UTC")     # earlier or later than now + TIME_AHEAD: implausible_time
 TIME_AHEAD = pd.Timedelta(days=2)
+SCAT_LOG_SCHEMA = pa.schema([pa.field("time", TIME), pa.field("flight_id", pa.string()),
+                             pa.field("action_type", pa.string()), pa.field("target_value", pa.float64()),
+                             pa.field("waypoint", pa.string()), pa.field("source", pa.string()),
+                             pa.field("confidence", pa.float64())], metadata={"contract": "atc-il/clearance-log/1"})
 STAGE_SCHEMA = TRACK_SCHEMA.append(pa.field("file", pa.string()))
 BUCKET_INPUT_BYTES = 32 << 20          # about this much input per bucket when `buckets` is not given
 MAX_BUCKETS = 512
@@ -116,6 +129,7 @@ class IngestReport:
     rows_quarantined: int = 0
     rows_merged: int = 0         # ADS-B messages without a position merged into a nearby position row
     merge: dict = field(default_factory=dict)    # merge window and fields filled (pipelines.merge)
+    scat: dict = field(default_factory=dict)     # SCAT input: flights, clearances mapped and unmapped (pipelines.scat)
     quarantined_by_reason: dict = field(default_factory=lambda: {r: 0 for r in QUARANTINE_REASONS})
     files_ok: list = field(default_factory=list)
     files_failed: dict = field(default_factory=dict)
@@ -196,10 +210,12 @@ def _default_buckets(paths: list[Path]) -> int:
 
 
 def _read_file(path: Path, fmt: str, mapping, chunk_rows: int, stager: _Stager, qwriter: list,
-               report: IngestReport, qpath: Path, show, merge_window_s: float = 0.0) -> None:
+               report: IngestReport, qpath: Path, show, merge_window_s: float = 0.0,
+               scat: ScatSink | None = None) -> None:
     merger = MessageMerger(merge_window_s)
+    chunks = read_scat(path, chunk_rows, scat) if is_scat(path, fmt) else read_tracks(path, fmt, mapping, chunk_rows)
     try:
-        for chunk in track(read_tracks(path, fmt, mapping, chunk_rows), f"read {path.name}", show=show):
+        for chunk in track(chunks, f"read {path.name}", show=show):
             report.rows_in += len(chunk)
             _validate(merger.push(chunk) if merge_window_s > 0 else chunk, path, stager, qwriter, report, qpath)
     finally:   # what was read before a failure still goes through (its rows are counted in rows_in)
@@ -212,6 +228,17 @@ def _read_file(path: Path, fmt: str, mapping, chunk_rows: int, stager: _Stager, 
             filled[k] = filled.get(k, 0) + v
         report.merge["rows_with_position_filled"] = (report.merge.get("rows_with_position_filled", 0)
                                                      + merger.stats.rows_with_position_filled)
+
+
+def _write_scat(sink: ScatSink, folder: Path, report: IngestReport) -> None:
+    """The SCAT clearance log (readable by ``atc-il actions --log``) and flight plans, beside the tracks."""
+    write_frame(sink.clearance_log(), SCAT_LOG_SCHEMA, folder / "clearances.parquet", "SCAT clearance log")
+    write_frame(sink.flight_plans(), FLIGHT_PLAN_SCHEMA, folder / "flight_plans.parquet", "SCAT flight plans")
+    report.scat = {**sink.summary(), "clearance_log": str(folder.name + "/clearances.parquet"),
+                   "mapping": "README.md, 'SCAT'"}
+    for name, cause in sink.failed.items():
+        report.files_failed[name] = cause
+        console.print(f"[red]error[/red] {escape(name)}: {escape(cause)}", highlight=False, soft_wrap=True)
 
 
 def _validate(chunk: pd.DataFrame, path: Path, stager: _Stager, qwriter: list, report: IngestReport,
@@ -244,7 +271,7 @@ def ingest(inputs: list[str | Path], out: str | Path, *, fmt: str = "auto",
         raise ConfigError(f"unknown format {fmt!r}; choose one of {FORMATS}")
     out = Path(out)
     given = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    own = [out / "tracks", out / "quarantine", *out.glob(".staging-*"), *out.glob(".old-*")]
+    own = [out / "tracks", out / "quarantine", out / "scat", *out.glob(".staging-*"), *out.glob(".old-*")]
     for p in given:
         hit = inside(p, own)
         if hit is not None:
@@ -258,7 +285,8 @@ def ingest(inputs: list[str | Path], out: str | Path, *, fmt: str = "auto",
     report = IngestReport(out=str(out))
     window = config.clean.merge_window_s if merge_window_s is None else float(merge_window_s)
     report.merge = {"window_s": window, "rows_with_position_filled": 0, "fields_filled": {}}
-    run = StagedRun(out, "ingest", ["tracks", "quarantine"])
+    scat = ScatSink() if any(is_scat(p, fmt) for p in paths) else None
+    run = StagedRun(out, "ingest", ["tracks", "quarantine"] + (["scat"] if scat is not None else []))
     qdir = run.path("quarantine")
     nb = int(buckets) if buckets else _default_buckets(paths)
     stager, qwriter = _Stager(run.dir / "buckets", nb), []
@@ -269,7 +297,7 @@ def ingest(inputs: list[str | Path], out: str | Path, *, fmt: str = "auto",
         for path in track(paths, "files", show=progress):
             rows_before = report.rows_in
             try:
-                _read_file(path, fmt, mapping, chunk_rows, stager, qwriter, report, qtmp, progress, window)
+                _read_file(path, fmt, mapping, chunk_rows, stager, qwriter, report, qtmp, progress, window, scat)
                 report.files_ok.append(str(path))
             except ReadError as exc:
                 cause = " ".join(str(exc.cause).split())
@@ -282,6 +310,8 @@ def ingest(inputs: list[str | Path], out: str | Path, *, fmt: str = "auto",
             w.close()
         if qwriter:
             os.replace(qtmp, qdir / "ingest.parquet")
+        if scat is not None:
+            _write_scat(scat, run.path("scat"), report)
         if not report.files_ok:
             raise DataError(f"ingest: none of the {len(paths)} input file(s) could be read; "
                             f"the previous output in {out} is unchanged")

@@ -16,6 +16,8 @@ Format flavours (``fmt="auto"`` detects them from the columns):
   flights of one airframe on one day stay apart through the gaps between them).
 * traffic: ``timestamp, icao24, callsign, latitude, longitude, altitude`` (ft), ``groundspeed``
   (kt), ``track``, ``vertical_rate`` (ft/min); flight_id = ``flight_id`` if present, else icao24.
+* scat: the SCAT data set's per-flight JSON documents and weekly zip files (``pipelines.scat``; a .zip
+  is read as SCAT under ``auto``).
 * bluesky: CRELOG/datalogger files, ``#`` header lines, the last one naming the columns
   (``simt, id, lat, lon, alt[, tas, gs, trk, hdg, vs, cas]``, SI units); time = t0 + simt with
   t0 from the mapping (default 2000-01-01T00:00Z). Without ``gs``/``trk`` the log's ``tas``/``hdg``
@@ -39,7 +41,7 @@ from atc_il.errors import ConfigError, ReadError
 from atc_il.schemas import TRACK_SCHEMA
 from atc_il.units import factor
 
-FORMATS = ("auto", "csv", "parquet", "opensky", "traffic", "bluesky")
+FORMATS = ("auto", "csv", "parquet", "opensky", "traffic", "bluesky", "scat")
 UNPARSEABLE = "_unparseable"
 CANONICAL = [f.name for f in TRACK_SCHEMA]
 NUMERIC_UNITS = {"lat_deg": "deg", "lon_deg": "deg", "alt_ft": "ft", "gs_kt": "kt", "trk_deg": "deg",
@@ -440,6 +442,11 @@ def to_canonical(raw: pd.DataFrame, m: ColumnMapping, source: str) -> pd.DataFra
     return frame.reset_index(drop=True)
 
 
+def is_scat(path: Path, fmt: str) -> bool:
+    """Whether ``path`` is read as SCAT: ``--format scat``, or a .zip under ``auto`` (no other format is zipped)."""
+    return fmt == "scat" or (fmt == "auto" and Path(path).suffix.lower() == ".zip")
+
+
 def read_tracks(path: str | Path, fmt: str = "auto", mapping: ColumnMapping | dict | str | None = None,
                 chunk_rows: int = 250_000) -> Iterator[pd.DataFrame]:
     """Stream ``path`` as chunks of canonical track rows (not yet validated).
@@ -450,6 +457,9 @@ def read_tracks(path: str | Path, fmt: str = "auto", mapping: ColumnMapping | di
     if fmt not in FORMATS:
         raise ConfigError(f"unknown format {fmt!r}; choose one of {FORMATS}")
     path = Path(path)
+    if is_scat(path, fmt):
+        raise ConfigError(f"{path}: SCAT files are read by pipelines.scat.read_scat (as `atc-il ingest --format scat` "
+                          "does), which also keeps their clearances and flight plans")
     user = load_mapping(mapping)
     if not path.is_file():
         raise ReadError(path, "no such file")
