@@ -81,12 +81,25 @@ class DatasetConfig(Section):
                                  "aircraft never cleared gets this value) (dataset.controller_history)")
 
 
+class EnRouteConfig(Section):
+    """The en-route focus of the conflicts, actions and dataset stages (``pipelines/enroute.py``): by default
+    everything is kept. A conflict episode is kept when both aircraft are at or above ``min_alt_ft`` and inside
+    the airspace at first detection; an action when its aircraft is, at the action's time."""
+
+    min_alt_ft: float | None = Field(None, ge=-2000, le=60_000, description="altitude floor (ft); none: no floor")
+    airspace: str | None = Field(None, description="airspace polygon: GeoJSON (Polygon, MultiPolygon, Feature or "
+                                 "FeatureCollection) or a CSV of lat,lon vertices; none: everywhere")
+    sector: str | None = Field(None, description="the named feature of a GeoJSON FeatureCollection to use as the "
+                               "airspace; none: the union of its polygons")
+
+
 class PipelineConfig(Section):
     clean: CleanConfig = CleanConfig()
     resample: ResampleConfig = ResampleConfig()
     conflicts: ConflictConfig = ConflictConfig()
     actions: ActionConfig = ActionConfig()
     dataset: DatasetConfig = DatasetConfig()
+    enroute: EnRouteConfig = EnRouteConfig()
 
 
 def _key_path(loc: tuple, data: Any) -> list[str]:

@@ -23,7 +23,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 STATE = {"debug": False}
 
 Work = typer.Option(Path("workspace"), "--work", "-w", help="workspace folder holding every stage's output")
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML pipeline configuration (sections: clean, resample, conflicts, actions, dataset)")
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML pipeline configuration (sections: clean, resample, conflicts, actions, dataset, enroute)")
+MinAlt = typer.Option(None, "--min-alt-ft", help="en-route focus: leave out what happens below this altitude (ft); "
+                      "default none: keep everything")
+AirspaceOpt = typer.Option(None, "--airspace", help="en-route focus: keep only what happens inside this polygon "
+                           "(GeoJSON Polygon/MultiPolygon/FeatureCollection, or a CSV of lat,lon vertices); "
+                           "default none: everywhere")
+SectorOpt = typer.Option(None, "--sector", help="the named feature of the --airspace FeatureCollection to use")
 
 
 @app.callback()
@@ -63,6 +69,15 @@ def _config(path: Optional[Path], **overrides):
 def _table(title: str, rows: dict) -> None:
     from atc_il.progress import summary_table
     summary_table(title, {k: v for k, v in rows.items() if not isinstance(v, (dict, list))})
+    enroute = rows.get("enroute")
+    if isinstance(enroute, dict) and any(v is not None for v in enroute.values()):
+        given = ", ".join(f"{k}={v}" for k, v in enroute.items() if v is not None)
+        left = ", ".join(f"{k}={v}" for k, v in rows.items() if "_left_out" in k)
+        typer.echo(f"en-route focus ({given}): {left}")
+
+
+def _enroute(min_alt_ft: Optional[float], airspace: Optional[Path], sector: Optional[str]) -> dict:
+    return {"min_alt_ft": min_alt_ft, "airspace": str(airspace) if airspace else None, "sector": sector}
 
 
 @app.command()
@@ -105,11 +120,16 @@ def ingest(inputs: List[Path] = typer.Argument(..., help="track files or folders
 def conflicts(work: Path = Work, config: Optional[Path] = ConfigOpt,
               rpz_nm: Optional[float] = typer.Option(None, help="protected radius (NM), default 5"),
               hpz_ft: Optional[float] = typer.Option(None, help="protected height (ft), default 1000"),
-              lookahead_s: Optional[float] = typer.Option(None, help="look-ahead (s), default 600")):
-    """Detect conflicts (state-based, as STCA) on the track grid and group them into episodes."""
+              lookahead_s: Optional[float] = typer.Option(None, help="look-ahead (s), default 600"),
+              min_alt_ft: Optional[float] = MinAlt, airspace: Optional[Path] = AirspaceOpt,
+              sector: Optional[str] = SectorOpt):
+    """Detect conflicts (state-based, as STCA) on the track grid and group them into episodes. With
+    --min-alt-ft/--airspace, an episode is kept only when both aircraft are above the floor and inside the
+    airspace at first detection; the episodes left out are counted."""
     from pipelines.conflicts import run
-    cfg = _config(config, conflicts={"rpz_nm": rpz_nm, "hpz_ft": hpz_ft, "lookahead_s": lookahead_s})
-    _table("conflicts", run(work / "tracks", work, cfg.conflicts))
+    cfg = _config(config, conflicts={"rpz_nm": rpz_nm, "hpz_ft": hpz_ft, "lookahead_s": lookahead_s},
+                  enroute=_enroute(min_alt_ft, airspace, sector))
+    _table("conflicts", run(work / "tracks", work, cfg.conflicts, enroute=cfg.enroute))
 
 
 @app.command()
@@ -118,13 +138,17 @@ def actions(work: Path = Work, config: Optional[Path] = ConfigOpt,
             log: Optional[Path] = typer.Option(None, help="clearance log (CSV or parquet)"),
             log_mapping: Optional[str] = typer.Option(None, help="column mapping of the clearance log (YAML)"),
             flight_plans: Optional[Path] = typer.Option(None, help="flight-plan waypoint table, enables direct-to detection"),
-            infer: bool = typer.Option(True, "--infer/--no-infer", help="infer manoeuvres from tracks")):
-    """Extract controller actions (clearance log and/or manoeuvres inferred from tracks) and link them to episodes."""
+            infer: bool = typer.Option(True, "--infer/--no-infer", help="infer manoeuvres from tracks"),
+            min_alt_ft: Optional[float] = MinAlt, airspace: Optional[Path] = AirspaceOpt,
+            sector: Optional[str] = SectorOpt):
+    """Extract controller actions (clearance log and/or manoeuvres inferred from tracks) and link them to episodes.
+    With --min-alt-ft/--airspace, an action is kept only when its aircraft is above the floor and inside the
+    airspace at the action's time; the actions left out are counted."""
     from pipelines.actions import run
-    cfg = _config(config)
+    cfg = _config(config, enroute=_enroute(min_alt_ft, airspace, sector))
     episodes = work / "episodes"
     summary = run(work / "tracks", work, cfg.actions, log=log, log_mapping=log_mapping, flight_plans=flight_plans,
-                  episodes_dir=episodes if episodes.exists() else None, infer=infer)
+                  episodes_dir=episodes if episodes.exists() else None, infer=infer, enroute=cfg.enroute)
     _table("actions", summary)
 
 
@@ -134,10 +158,15 @@ def dataset(work: Path = Work, config: Optional[Path] = ConfigOpt,
             out: Optional[Path] = typer.Option(None, help="output folder (default WORK/dataset)"),
             history_steps: Optional[int] = typer.Option(None, help="H grid steps of history, default 24"),
             neighbours: Optional[int] = typer.Option(None, help="K nearest other aircraft, default 4"),
-            split: Optional[str] = typer.Option(None, help="split unit: day or scenario")):
-    """Build observation histories (shards + feature spec) from tracks, episodes and actions."""
+            split: Optional[str] = typer.Option(None, help="split unit: day or scenario"),
+            min_alt_ft: Optional[float] = MinAlt, airspace: Optional[Path] = AirspaceOpt,
+            sector: Optional[str] = SectorOpt):
+    """Build observation histories (shards + feature spec) from tracks, episodes and actions. With
+    --min-alt-ft/--airspace, only episodes with both aircraft above the floor and inside the airspace at first
+    detection give samples; the episodes and samples left out are counted."""
     from pipelines.dataset import build
-    cfg = _config(config, dataset={"history_steps": history_steps, "neighbours": neighbours, "split": split})
+    cfg = _config(config, dataset={"history_steps": history_steps, "neighbours": neighbours, "split": split},
+                  enroute=_enroute(min_alt_ft, airspace, sector))
     _table("dataset", build(work, out, cfg))
 
 

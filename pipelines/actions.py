@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from atc_il.config import ActionConfig, load_yaml
+from atc_il.config import ActionConfig, EnRouteConfig, load_yaml
 from atc_il.errors import ConfigError, DataError, ReadError
 from atc_il.geometry import bearing_deg, wrap180
 from atc_il.io import read_table, write_json, write_partitioned
@@ -43,6 +43,7 @@ from atc_il.schemas import (
     empty,
 )
 from atc_il.units import factor
+from pipelines.enroute import EnRouteFilter, filter_actions
 from pipelines.manoeuvres import infer_actions
 
 __all__ = ["read_clearance_log", "read_flight_plans", "infer_actions", "link_actions", "run",
@@ -367,8 +368,11 @@ def drop_logged_duplicates(inferred: pd.DataFrame, logged: pd.DataFrame,
 
 # ---------------------------------------------------------------- stage
 def run(tracks_dir, out_dir, cfg: ActionConfig = ActionConfig(), *, log=None, log_mapping=None, flight_plans=None,
-        episodes_dir=None, infer: bool = True, progress=None) -> dict:
-    """Actions stage: clearance log + inferred actions -> out_dir/actions/, links -> out_dir/action_links/."""
+        episodes_dir=None, infer: bool = True, progress=None, enroute: EnRouteConfig = EnRouteConfig()) -> dict:
+    """Actions stage: clearance log + inferred actions -> out_dir/actions/, links -> out_dir/action_links/.
+
+    ``enroute`` (default: keep everything) leaves out the actions whose aircraft is below its floor or outside
+    its airspace at the action's time (``pipelines.enroute``), counted by reason in the summary."""
     t0 = _time.perf_counter()
     out_dir = Path(out_dir)
     require_complete(tracks_dir, "ingest")
@@ -379,11 +383,13 @@ def run(tracks_dir, out_dir, cfg: ActionConfig = ActionConfig(), *, log=None, lo
         if hit is not None:
             raise ConfigError(f"input {given} lies inside the actions stage's own output folder {hit}, which a run "
                               f"replaces; copy it elsewhere first (nothing was changed)")
+    flt = EnRouteFilter(enroute)
     staged = StagedRun(out_dir, "actions", names)
     try:
-        summary = _run(tracks_dir, staged, cfg, log, log_mapping, flight_plans, episodes_dir, infer, progress)
+        summary = _run(tracks_dir, staged, cfg, log, log_mapping, flight_plans, episodes_dir, infer, progress, flt)
         staged.commit({"tracks": str(tracks_dir), "log": str(log) if log is not None else None,
-                       "actions": summary["actions"], "links": summary.get("links")})
+                       "actions": summary["actions"], "links": summary.get("links"),
+                       **{k: summary[k] for k in ("enroute", "actions_left_out", "actions_left_out_by_reason")}})
     except BaseException:
         staged.abort()
         raise
@@ -392,7 +398,8 @@ def run(tracks_dir, out_dir, cfg: ActionConfig = ActionConfig(), *, log=None, lo
     return summary
 
 
-def _run(tracks_dir, staged: StagedRun, cfg, log, log_mapping, flight_plans, episodes_dir, infer, progress) -> dict:
+def _run(tracks_dir, staged: StagedRun, cfg, log, log_mapping, flight_plans, episodes_dir, infer, progress,
+         flt: EnRouteFilter) -> dict:
     tracks = read_table(tracks_dir, TRACK_SCHEMA)
     plans = flight_plans if isinstance(flight_plans, pd.DataFrame) or flight_plans is None \
         else read_flight_plans(flight_plans)
@@ -403,6 +410,7 @@ def _run(tracks_dir, staged: StagedRun, cfg, log, log_mapping, flight_plans, epi
     parts = [p for p in (logged, inferred) if len(p)]
     actions = (pd.concat(parts, ignore_index=True).sort_values(["time", "flight_id"], ignore_index=True)
                if parts else empty(ACTION_SCHEMA))
+    actions, left = filter_actions(actions, tracks, flt)
     write_partitioned(actions, ACTION_SCHEMA, staged.path("actions"), what="actions")
     checkpoint("actions")
     summary = {
@@ -413,6 +421,7 @@ def _run(tracks_dir, staged: StagedRun, cfg, log, log_mapping, flight_plans, epi
         "inference_rejected": rejected, "actions": int(len(actions)),
         "actions_by_type": {k: int(v) for k, v in actions["action_type"].value_counts().sort_index().items()},
         "actions_by_source": {k: int(v) for k, v in actions["source"].value_counts().sort_index().items()},
+        "enroute": flt.describe(), **left,
     }
     if episodes_dir is not None:
         episodes = read_table(episodes_dir, EPISODE_SCHEMA)

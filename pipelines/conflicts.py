@@ -36,13 +36,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from atc_il.config import ConflictConfig
+from atc_il.config import ConflictConfig, EnRouteConfig
 from atc_il.errors import DataError
 from atc_il.io import read_table, write_partitioned
 from atc_il.progress import track
 from atc_il.runs import StagedRun, checkpoint, require_complete
 from atc_il.schemas import CONFLICT_SCHEMA, EPISODE_SCHEMA, TRACK_SCHEMA, conform, empty
 from atc_il.units import EARTH_RADIUS_M, FT_M, NM_M
+from pipelines.enroute import EnRouteFilter, filter_episodes
 from pipelines.episodes import build_episodes
 
 __all__ = ["detect_snapshot", "detect", "build_episodes", "run", "PAIR_COLUMNS"]
@@ -367,11 +368,17 @@ def detect_arrays(tns, codes, lat, lon, alt, gs, trk, vs, *, cfg: ConflictConfig
     return cat, counts
 
 
-def run(tracks_dir, out_dir, cfg: ConflictConfig = ConflictConfig(), progress: bool | None = None) -> dict:
-    """Canonical tracks -> ``out_dir/conflicts/`` and ``out_dir/episodes/`` (parquet, by day); a summary."""
+def run(tracks_dir, out_dir, cfg: ConflictConfig = ConflictConfig(), progress: bool | None = None,
+        enroute: EnRouteConfig = EnRouteConfig()) -> dict:
+    """Canonical tracks -> ``out_dir/conflicts/`` and ``out_dir/episodes/`` (parquet, by day); a summary.
+
+    ``enroute`` (default: keep everything) leaves out the episodes whose aircraft are not both at or above its
+    floor and inside its airspace at first detection, with their conflict records (``pipelines.enroute``);
+    the summary and the completion record count them by reason."""
     t0 = _time.perf_counter()
     out_dir = Path(out_dir)
     require_complete(tracks_dir, "ingest")
+    flt = EnRouteFilter(enroute)
     staged = StagedRun(out_dir, "conflicts", ["conflicts", "episodes"])
     try:
         tracks = read_table(tracks_dir, TRACK_SCHEMA)
@@ -379,13 +386,18 @@ def run(tracks_dir, out_dir, cfg: ConflictConfig = ConflictConfig(), progress: b
         t_detect = _time.perf_counter() - t0
         counts = dict(conflicts.attrs)
         episodes, conflicts = build_episodes(conflicts, tracks, cfg)
+        n_steps = len(conflicts)
+        episodes, left = filter_episodes(episodes, tracks, flt)
+        if left["episodes_left_out"]:
+            conflicts = conflicts[conflicts["episode_id"].isin(episodes["episode_id"])].reset_index(drop=True)
+        left = {"enroute": flt.describe(), **left, "conflict_steps_left_out": n_steps - len(conflicts)}
         for name, df, schema in (("conflicts", conflicts, CONFLICT_SCHEMA), ("episodes", episodes, EPISODE_SCHEMA)):
             if name == "episodes":
                 df = df.assign(time=df["first_detection"])
             write_partitioned(df, schema, staged.path(name), what=name)
             checkpoint("conflicts")
         staged.commit({"tracks": str(tracks_dir), "track_points": int(len(tracks)),
-                       "conflict_steps": int(len(conflicts)), "episodes": int(len(episodes))})
+                       "conflict_steps": int(len(conflicts)), "episodes": int(len(episodes)), **left})
     except BaseException:
         staged.abort()
         raise
@@ -403,4 +415,5 @@ def run(tracks_dir, out_dir, cfg: ConflictConfig = ConflictConfig(), progress: b
         "seconds": round(seconds, 3),
         "detect_seconds": round(t_detect, 3),
         "snapshots_per_s": round(snapshots / t_detect, 1) if t_detect > 0 else float("nan"),
+        **left,
     }

@@ -29,6 +29,7 @@ from atc_il.schemas import (
     EPISODE_SCHEMA,
     TRACK_SCHEMA,
 )
+from pipelines.enroute import EnRouteFilter, filter_episodes
 from pipelines.features import TrackIndex, build_features, feature_spec
 from pipelines.shards import SPEC_FILE, RunningStats, write_shard
 
@@ -128,7 +129,9 @@ def build(work: str | Path, out: str | Path | None = None, config: PipelineConfi
     staged = StagedRun(final.parent, "dataset", [final.name])
     try:
         summary = _build(work, staged.path(final.name), config, progress, flight_plans, t_start)
-        staged.commit({"work": str(work), "samples": summary["samples"], "spec_hash": summary["spec_hash"]})
+        staged.commit({"work": str(work), "samples": summary["samples"], "spec_hash": summary["spec_hash"],
+                       **{k: summary[k] for k in ("enroute", "episodes_left_out", "episodes_left_out_by_reason",
+                                                  "samples_left_out")}})
     except BaseException:
         staged.abort()
         raise
@@ -148,6 +151,11 @@ def _build(work: Path, out: Path, config: PipelineConfig, progress, flight_plans
     plans = _read_plans(work, flight_plans) if cfg.goal else None
     idx = TrackIndex.build(tracks, config.resample.step_s)
     samples = select_samples(conflicts, episodes)
+    episodes, left = filter_episodes(episodes, tracks, EnRouteFilter(config.enroute))
+    n_samples = len(samples)
+    if left["episodes_left_out"]:
+        samples = samples[samples["episode_id"].isin(episodes["episode_id"])].reset_index(drop=True)
+    left = {"enroute": config.enroute.model_dump(), **left, "samples_left_out": n_samples - len(samples)}
     labels, lstats = attach_labels(samples, links, idx)
     samples["split_key"] = _split_keys(samples, idx, tracks, cfg.split)
     split_of = assign_splits(samples["split_key"], cfg)
@@ -192,6 +200,6 @@ def _build(work: Path, out: Path, config: PipelineConfig, progress, flight_plans
     atomic_write_text(spec.to_json(), out / SPEC_FILE)
     summary = {"samples": len(samples), **{f"{s} samples": counts[s] for s in SPLITS},
                "episodes": int(samples["episode_id"].nunique()), "positive samples": int(labels["label_act"].sum()),
-               **lstats, "seconds": round(_time.perf_counter() - t_start, 3), "spec_hash": spec.spec_hash}
+               **lstats, **left, "seconds": round(_time.perf_counter() - t_start, 3), "spec_hash": spec.spec_hash}
     write_json(summary, out / "dataset_report.json")
     return summary
