@@ -102,7 +102,7 @@ def merge_messages(df: pd.DataFrame, window_s: float) -> tuple[pd.DataFrame, Mer
         vals = df[f].to_numpy()
         present = pd.notna(vals[rows])
         need = pos & ~present
-        if not need.any():
+        if not need.any() or not present.any():       # nothing to fill, or no message carries the field
             continue
         donor = _nearest(tns, grp, present, window_ns)
         take = need & (donor >= 0)
