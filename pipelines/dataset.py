@@ -115,6 +115,9 @@ def build(work: str | Path, out: str | Path | None = None, config: PipelineConfi
     """Build observation-history shards from a workspace holding tracks/, conflicts/, episodes/,
     actions/ and action_links/ (the outputs of the earlier stages). Returns a summary.
 
+    ``config.enroute`` (default: keep everything) leaves out the samples of episodes whose aircraft are not
+    both at or above its floor and inside its airspace at first detection (``pipelines.enroute``), counted.
+
     With ``config.dataset.goal``, flight plans are read from ``flight_plans`` (a CSV or parquet table in the
     flight-plan contract) or else ``WORK/flight_plans.parquet`` (written by ``atc-il simulate``)."""
     t_start = _time.perf_counter()
@@ -126,9 +129,10 @@ def build(work: str | Path, out: str | Path | None = None, config: PipelineConfi
     if flight_plans is not None and inside(flight_plans, [final]) is not None:
         raise ConfigError(f"flight plans {flight_plans} lie inside the data set folder {final}, which a run replaces; "
                           f"copy them elsewhere first (nothing was changed)")
+    flt = EnRouteFilter(config.enroute)          # an unusable airspace file is refused before anything is touched
     staged = StagedRun(final.parent, "dataset", [final.name])
     try:
-        summary = _build(work, staged.path(final.name), config, progress, flight_plans, t_start)
+        summary = _build(work, staged.path(final.name), config, progress, flight_plans, t_start, flt)
         staged.commit({"work": str(work), "samples": summary["samples"], "spec_hash": summary["spec_hash"],
                        **{k: summary[k] for k in ("enroute", "episodes_left_out", "episodes_left_out_by_reason",
                                                   "samples_left_out")}})
@@ -138,7 +142,8 @@ def build(work: str | Path, out: str | Path | None = None, config: PipelineConfi
     return summary
 
 
-def _build(work: Path, out: Path, config: PipelineConfig, progress, flight_plans, t_start: float) -> dict:
+def _build(work: Path, out: Path, config: PipelineConfig, progress, flight_plans, t_start: float,
+           flt: EnRouteFilter) -> dict:
     cfg = config.dataset
     tracks = read_table(work / "tracks", TRACK_SCHEMA)
     conflicts = read_table(work / "conflicts", CONFLICT_SCHEMA)
@@ -151,11 +156,11 @@ def _build(work: Path, out: Path, config: PipelineConfig, progress, flight_plans
     plans = _read_plans(work, flight_plans) if cfg.goal else None
     idx = TrackIndex.build(tracks, config.resample.step_s)
     samples = select_samples(conflicts, episodes)
-    episodes, left = filter_episodes(episodes, tracks, EnRouteFilter(config.enroute))
+    episodes, left = filter_episodes(episodes, tracks, flt)
     n_samples = len(samples)
     if left["episodes_left_out"]:
         samples = samples[samples["episode_id"].isin(episodes["episode_id"])].reset_index(drop=True)
-    left = {"enroute": config.enroute.model_dump(), **left, "samples_left_out": n_samples - len(samples)}
+    left = {"enroute": flt.describe(), **left, "samples_left_out": n_samples - len(samples)}
     labels, lstats = attach_labels(samples, links, idx)
     samples["split_key"] = _split_keys(samples, idx, tracks, cfg.split)
     split_of = assign_splits(samples["split_key"], cfg)
