@@ -21,6 +21,14 @@ class EncoderConfig(Section):
     layers: int = Field(2, ge=1)
     heads: int = Field(4, ge=1, description="attention heads (transformer)")
     dropout: float = Field(0.0, ge=0, lt=1)
+    numeric_embedding: Literal["none", "periodic"] = Field(
+        "periodic", description="embed every scalar input feature before the encoder's first layer: `periodic` "
+        "(sin/cos of learned frequencies, then a per-feature linear map and ReLU; Gorishniy et al. 2022) lets the "
+        "network cut sharp thresholds (how long a conflict has been shown, seconds since a clearance) that it "
+        "otherwise fits slowly and overfits around; `none` feeds the normalised values as they are")
+    embedding_dim: int = Field(8, ge=1, description="per-feature width of the numeric embedding")
+    embedding_frequencies: int = Field(8, ge=1, description="learned frequencies per feature (periodic)")
+    embedding_sigma: float = Field(1.0, gt=0, description="initial spread of the frequencies, in normalised units")
 
 
 class VAEConfig(Section):

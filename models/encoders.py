@@ -7,7 +7,11 @@
 - ``transformer``: the same tokens with masked attention pooling over neighbours, a learned positional
   embedding and a CLS token, through a TransformerEncoder with a key padding mask on unobserved steps.
 
-Masks come from the ``valid`` feature (the last one of every tensor). No data-dependent Python control
+Every encoder first embeds each scalar input feature (``encoder.numeric_embedding``, :class:`PeriodicEmbedding`):
+the expert's decisions hinge on sharp thresholds of a few features (how long a conflict has been shown, seconds
+since an aircraft's last clearance), which a network fed the normalised values fits only with large weights,
+slowly, while it overfits the rest (bench/RESULTS.md, "why the act hazard stayed behind gradient boosting").
+Masks come from the ``valid`` feature (the last one of every tensor), read before embedding. No data-dependent Python control
 flow in ``forward``: every encoder traces with ``torch.compile(fullgraph=True)``.
 """
 
@@ -37,16 +41,55 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
     return (x * m).sum(dim) / m.sum(dim).clamp(min=1.0)
 
 
-class SetEncoder(nn.Module):
-    """Permutation-invariant encoder of a padded set (B, ..., N, F) -> (B, ..., D): phi per item, masked mean."""
+class PeriodicEmbedding(nn.Module):
+    """Per-feature periodic embedding (..., F) -> (..., F * d): ``x_f -> ReLU(W_f [sin 2pi c_f x_f, cos 2pi c_f x_f]
+    + b_f)`` with learned frequencies ``c_f`` (k per feature, initialised from N(0, sigma^2)); the "PLR"
+    embedding of Gorishniy, Rubachev and Babenko (2022), which closes most of the gap between MLPs and
+    gradient-boosted trees on tabular inputs."""
 
-    def __init__(self, f_in: int, hidden: int, dropout: float = 0.0):
+    def __init__(self, f_in: int, dim: int, frequencies: int, sigma: float):
         super().__init__()
-        self.phi = mlp(f_in, hidden, hidden, 2, dropout)
+        self.freq = nn.Parameter(torch.randn(f_in, frequencies) * sigma)
+        self.weight = nn.Parameter(torch.randn(f_in, 2 * frequencies, dim) / math.sqrt(2 * frequencies))
+        self.bias = nn.Parameter(torch.zeros(f_in, dim))
+        self.out_features = f_in * dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = (2 * math.pi) * self.freq.to(x.dtype) * x.unsqueeze(-1)                  # (..., F, k)
+        e = torch.cat([torch.sin(v), torch.cos(v)], dim=-1)                            # (..., F, 2k)
+        y = torch.einsum("...fk,fkd->...fd", e, self.weight.to(e.dtype)) + self.bias.to(e.dtype)
+        return torch.relu(y).flatten(-2)
+
+
+class NoEmbedding(nn.Module):
+    """The normalised values as they are (``encoder.numeric_embedding = none``)."""
+
+    def __init__(self, f_in: int):
+        super().__init__()
+        self.out_features = f_in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def numeric_embedding(f_in: int, cfg: EncoderConfig) -> nn.Module:
+    if cfg.numeric_embedding == "periodic":
+        return PeriodicEmbedding(f_in, cfg.embedding_dim, cfg.embedding_frequencies, cfg.embedding_sigma)
+    return NoEmbedding(f_in)
+
+
+class SetEncoder(nn.Module):
+    """Permutation-invariant encoder of a padded set (B, ..., N, F) -> (B, ..., D): phi per (embedded) item,
+    masked mean."""
+
+    def __init__(self, f_in: int, hidden: int, dropout: float = 0.0, embed: nn.Module | None = None):
+        super().__init__()
+        self.embed = embed if embed is not None else NoEmbedding(f_in)
+        self.phi = mlp(self.embed.out_features, hidden, hidden, 2, dropout)
         self.rho = nn.Sequential(nn.GELU(), nn.Linear(hidden, hidden))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.rho(masked_mean(self.phi(x), valid_mask(x), dim=-2))
+        return self.rho(masked_mean(self.phi(self.embed(x)), valid_mask(x), dim=-2))
 
 
 class AttentionPool(nn.Module):
@@ -62,11 +105,12 @@ class AttentionPool(nn.Module):
         self.null_value = nn.Parameter(torch.zeros(hidden))
         self.scale = 1.0 / math.sqrt(hidden)
 
-    def forward(self, query: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def forward(self, query: torch.Tensor, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``items`` (B, H, K, F) embedded, ``mask`` (B, H, K) their validity."""
         q = self.query(query)                                            # (B, H, D)
         k, v = self.key(items), self.value(items)                        # (B, H, K, D)
         logits = torch.einsum("bhd,bhkd->bhk", q, k) * self.scale
-        logits = logits.masked_fill(valid_mask(items) < 0.5, float("-inf"))
+        logits = logits.masked_fill(mask < 0.5, float("-inf"))
         null = (q * self.null_key).sum(-1, keepdim=True) * self.scale    # (B, H, 1)
         w = torch.softmax(torch.cat([null, logits], dim=-1).float(), dim=-1).to(v.dtype)
         return w[..., :1] * self.null_value + torch.einsum("bhk,bhkd->bhd", w[..., 1:], v)
@@ -81,6 +125,12 @@ class _Base(nn.Module):
         self.f_geom = shapes["geometry"][-1]
         self.M, self.f_clr = shapes["clearances"]
         self.cfg = cfg
+        self.embed = nn.ModuleDict({k: numeric_embedding(shapes[k][-1], cfg)
+                                    for k in ("pair", "neighbours", "geometry", "clearances")})
+
+    def width(self, name: str) -> int:
+        """Per-item width of the embedded tensor ``name``."""
+        return int(self.embed[name].out_features)
 
 
 @ENCODERS.register("mlp")
@@ -90,34 +140,38 @@ class MLPEncoder(_Base):
 
     def __init__(self, spec: dict, cfg: EncoderConfig):
         super().__init__(spec, cfg)
-        d_in = (2 + self.K) * self.f_pose + self.f_geom + self.M * self.f_clr
+        d_in = 2 * self.width("pair") + self.K * self.width("neighbours") + self.width("geometry") \
+            + self.M * self.width("clearances")
         self.net = mlp(d_in, cfg.hidden, cfg.hidden, cfg.layers + 1, cfg.dropout)
         self.out_dim = cfg.hidden
 
     def forward(self, obs: Observations) -> tuple[torch.Tensor, None]:
-        b = obs.pair.shape[0]
-        x = torch.cat([obs.pair[:, -1].reshape(b, -1), obs.neighbours[:, -1].reshape(b, -1),
-                       obs.geometry[:, -1], obs.clearances.reshape(b, -1)], dim=-1)
+        b, e = obs.pair.shape[0], self.embed
+        x = torch.cat([e["pair"](obs.pair[:, -1]).reshape(b, -1), e["neighbours"](obs.neighbours[:, -1]).reshape(b, -1),
+                       e["geometry"](obs.geometry[:, -1]), e["clearances"](obs.clearances).reshape(b, -1)], dim=-1)
         return torch.nn.functional.gelu(self.net(x)), None
 
 
 class StepTokens(nn.Module):
     """Per-step token (B, H, D): pair, pooled neighbours and geometry of each step, embedded together."""
 
-    def __init__(self, f_pose: int, f_geom: int, hidden: int, attention: bool, dropout: float = 0.0):
+    def __init__(self, embed: nn.ModuleDict, hidden: int, attention: bool, dropout: float = 0.0):
         super().__init__()
-        self.pair = mlp(2 * f_pose, hidden, hidden, 2, dropout)
-        self.neigh = mlp(f_pose, hidden, hidden, 2, dropout) if not attention else None
-        self.attn = AttentionPool(f_pose, hidden) if attention else None
-        self.mix = nn.Sequential(nn.GELU(), nn.Linear(2 * hidden + f_geom, hidden), nn.GELU())
+        self.embed = embed                                  # the encoder's, shared (registered there too)
+        e_pose, e_neigh, e_geom = (int(embed[k].out_features) for k in ("pair", "neighbours", "geometry"))
+        self.pair = mlp(2 * e_pose, hidden, hidden, 2, dropout)
+        self.neigh = mlp(e_neigh, hidden, hidden, 2, dropout) if not attention else None
+        self.attn = AttentionPool(e_neigh, hidden) if attention else None
+        self.mix = nn.Sequential(nn.GELU(), nn.Linear(2 * hidden + e_geom, hidden), nn.GELU())
 
     def forward(self, obs: Observations) -> torch.Tensor:
-        p = self.pair(obs.pair.flatten(-2))                               # (B, H, D)
+        p = self.pair(self.embed["pair"](obs.pair).flatten(-2))          # (B, H, D)
+        neigh, mask = self.embed["neighbours"](obs.neighbours), valid_mask(obs.neighbours)
         if self.attn is not None:                                         # structural, fixed at build time
-            n = self.attn(p, obs.neighbours)
+            n = self.attn(p, neigh, mask)
         else:
-            n = masked_mean(self.neigh(obs.neighbours), valid_mask(obs.neighbours), dim=-2)
-        return self.mix(torch.cat([p, n, obs.geometry], dim=-1))
+            n = masked_mean(self.neigh(neigh), mask, dim=-2)
+        return self.mix(torch.cat([p, n, self.embed["geometry"](obs.geometry)], dim=-1))
 
 
 @ENCODERS.register("gru")
@@ -127,10 +181,10 @@ class GRUEncoder(_Base):
     def __init__(self, spec: dict, cfg: EncoderConfig):
         super().__init__(spec, cfg)
         d = cfg.hidden
-        self.tokens = StepTokens(self.f_pose, self.f_geom, d, attention=False, dropout=cfg.dropout)
+        self.tokens = StepTokens(self.embed, d, attention=False, dropout=cfg.dropout)
         self.gru = nn.GRU(d, d, num_layers=cfg.layers, batch_first=True,
                           dropout=cfg.dropout if cfg.layers > 1 else 0.0)
-        self.clearances = SetEncoder(self.f_clr, d, cfg.dropout)
+        self.clearances = SetEncoder(self.f_clr, d, cfg.dropout, self.embed["clearances"])
         self.out_dim = 2 * d
 
     def forward(self, obs: Observations) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,14 +203,14 @@ class TransformerEncoder(_Base):
         d = cfg.hidden
         if d % cfg.heads:
             raise ModelError(f"encoder.hidden ({d}) must be a multiple of encoder.heads ({cfg.heads})")
-        self.tokens = StepTokens(self.f_pose, self.f_geom, d, attention=True, dropout=cfg.dropout)
+        self.tokens = StepTokens(self.embed, d, attention=True, dropout=cfg.dropout)
         self.pos = nn.Parameter(torch.randn(self.H, d) * 0.02)
         self.cls = nn.Parameter(torch.randn(d) * 0.02)
         layer = nn.TransformerEncoderLayer(d, cfg.heads, dim_feedforward=2 * d, dropout=cfg.dropout,
                                            activation="gelu", batch_first=True, norm_first=True)
         self.body = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
-        self.clearances = SetEncoder(self.f_clr, d, cfg.dropout)
+        self.clearances = SetEncoder(self.f_clr, d, cfg.dropout, self.embed["clearances"])
         self.out_dim = 2 * d
 
     def forward(self, obs: Observations) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,12 +241,14 @@ class MarkovEncoder(_Base):
         names = FeatureSpec.of(spec, error=ModelError).feature_names("geometry")
         keep = [i for i, n in enumerate(names) if n not in history_feature_names()]
         self.register_buffer("geom_keep", torch.tensor(keep, dtype=torch.long), persistent=False)
-        d_in = (2 + self.K) * self.f_pose + len(keep)
+        self.embed["geometry"] = numeric_embedding(len(keep), cfg)
+        del self.embed["clearances"]
+        d_in = 2 * self.width("pair") + self.K * self.width("neighbours") + self.width("geometry")
         self.net = mlp(d_in, cfg.hidden, cfg.hidden, cfg.layers + 1, cfg.dropout)
         self.out_dim = cfg.hidden
 
     def forward(self, obs: Observations) -> tuple[torch.Tensor, None]:
-        b = obs.pair.shape[0]
-        x = torch.cat([obs.pair[:, -1].reshape(b, -1), obs.neighbours[:, -1].reshape(b, -1),
-                       obs.geometry[:, -1].index_select(-1, self.geom_keep)], dim=-1)
+        b, e = obs.pair.shape[0], self.embed
+        x = torch.cat([e["pair"](obs.pair[:, -1]).reshape(b, -1), e["neighbours"](obs.neighbours[:, -1]).reshape(b, -1),
+                       e["geometry"](obs.geometry[:, -1].index_select(-1, self.geom_keep))], dim=-1)
         return torch.nn.functional.gelu(self.net(x)), None
