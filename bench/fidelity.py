@@ -12,7 +12,7 @@ Protocol (defaults; each a flag):
   scenarios, ``--val 30`` validation scenarios and the rest for training;
 - training sizes ``--sizes 25 50 100 200 400`` scenarios (nested subsets of the training scenarios, in a fixed
   seeded order; the normalisation statistics are those of the whole training split), ``--seeds 0 1 2``;
-- models ``--models`` as ``encoder+head[+style]`` (default: the truly Markovian baseline, the MLP with
+- models ``--models`` as ``encoder+head[+style][+raw]`` (``raw``: no numeric embedding of the inputs; default: the truly Markovian baseline, the MLP with
   clearances and history features, GRU and transformer with the mdn head, GRU with every other head, and GRU +
   mdn with the session style code), hidden ``--hidden``, VAE on, AdamW, early stopping on the validation
   loss (``--epochs``, ``--patience``), the best checkpoint evaluated on the test split (models.evaluate);
@@ -114,11 +114,12 @@ def subset(data: Path, n_train: int, root: Path) -> Path:
 def model_config(name: str, hidden: int, epochs: int, patience: int, seed: int):
     from models.config import ModelConfig
     parts = name.split("+")
-    enc, head, style = parts[0], parts[1], "style" in parts[2:]
+    enc, head, style, raw = parts[0], parts[1], "style" in parts[2:], "raw" in parts[2:]
     head_cfg = {"name": head, "hidden": hidden}
     if head == "cvae":
         head_cfg.update(latent="discrete", codes=3)
-    return ModelConfig(name=name.replace("+", "-"), encoder={"name": enc, "hidden": hidden, "layers": 1},
+    return ModelConfig(name=name.replace("+", "-"), encoder={"name": enc, "hidden": hidden, "layers": 1,
+                                                             "numeric_embedding": "none" if raw else "periodic"},
                        vae={"enabled": True, "latent_dim": 8}, head=head_cfg, style={"enabled": style},
                        train={"epochs": epochs, "patience": patience, "batch_size": 256, "seed": seed,
                               "device": "cpu"})

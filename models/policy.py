@@ -70,7 +70,11 @@ class Policy(nn.Module):
         """(context (B, C), normalised obs, summary, (z, q) or None). z is a reparameterised sample only
         when ``sample_z`` (the training loss); sample/log_prob/predict use the posterior mean, so their
         randomness comes only from the generator passed in."""
-        obs_n = self.normalizer(obs.to(self.device))
+        obs = obs.to(self.device)
+        obs_n = self.normalizer(obs)
+        geometry_n = obs_n.geometry
+        if self.style is not None and self.config.style.bottleneck:
+            obs_n = self.style.hide_session(obs_n)       # the style reaches the head only through the code
         summary, _ = self.encoder(obs_n)
         ctx, zq = summary, None
         if self.vae is not None:
@@ -78,7 +82,7 @@ class Policy(nn.Module):
             z = q.rsample() if sample_z else q.mean
             ctx, zq = torch.cat([summary, z.to(summary.dtype)], dim=-1), (z, q)
         if self.style is not None:
-            ctx = torch.cat([ctx, self.style.logits(obs_n.geometry).to(ctx.dtype)], dim=-1)
+            ctx = torch.cat([ctx, self.style.logits(obs.geometry, geometry_n).to(ctx.dtype)], dim=-1)
         return ctx, obs_n, summary, zq
 
     def _ctx(self, obs: Observations | Context) -> torch.Tensor:

@@ -8,11 +8,18 @@ inferred only from what reveals the style, the session's earlier clearances, has
 the amortised form of the Bayes predictor the achievable ceiling computes (models/ceiling.py): a posterior
 over styles given the session so far, and the decision distribution under each.
 
-    q(c | session)           a small network over the controller-history features of the decision step
-                             (``session_*``: the clearances of each kind given in the airspace recently,
-                             pipelines/history.py); needs ``dataset.controller_history``
+    q(c | session)           from the controller-history features of the decision step (``session_*``): by
+                             default a naive-Bayes posterior, log prior(c) + beta sum_t n_t log pi_c(t), over
+                             the counts n_t of each kind of clearance given in the session so far (each earlier
+                             clearance adds its evidence, as in the exact posterior over styles), or a small
+                             network over the normalised counts (``style.posterior = mlp``); needs
+                             ``dataset.controller_history`` (pipelines/history.py)
     p(d | history, c)        the head, its context shifted by a learned embedding of c
     p(d | history, session)  = sum_c q(c | session) p(d | history, c), exact (K head passes)
+
+With ``style.bottleneck`` (default) the encoder and the VAE do not see the ``session_*`` features: a head that
+read them directly could predict the style's habits without the code, and the code would be free to mean
+nothing; through the bottleneck the session's style reaches the decision only through c.
 
 Training maximises that marginal likelihood. The code's probabilities travel with the context
 (:class:`models.interface.Context` holds ``[context, logits of q]``), so the context network exported for
@@ -22,6 +29,10 @@ rule (act; aircraft given act; type given both; value given all three), exact an
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from typing import Literal
+
 import torch
 from pydantic import Field
 from torch import nn
@@ -30,7 +41,7 @@ from atc_il.config import Section
 from atc_il.errors import ModelError
 from atc_il.feature_spec import FeatureSpec
 from models.heads.base import Head, draw, finish, sample_index
-from models.interface import Decisions
+from models.interface import Decisions, Observations
 from models.layers import mlp
 
 SESSION_PREFIX = "session_"
@@ -41,7 +52,14 @@ class StyleConfig(Section):
     enabled: bool = Field(False, description="a session-level style code inferred from the session's clearance "
                           "history (models/style.py); needs dataset.controller_history")
     codes: int = Field(3, ge=2, description="K: number of style codes")
-    hidden: int = Field(32, ge=4, description="width of q(c | session)")
+    hidden: int = Field(32, ge=4, description="width of q(c | session) (posterior = mlp)")
+    posterior: Literal["counts", "mlp"] = Field(
+        "counts", description="q(c | session): `counts`, a naive-Bayes posterior over the codes from the session's "
+        "clearance counts (log q(c) = log prior(c) + beta * sum_t n_t log pi_c(t), with learned prior, type habits "
+        "pi_c and evidence scale beta: each earlier clearance adds its evidence, as in the exact posterior over "
+        "styles); `mlp`, a small network over the normalised counts")
+    bottleneck: bool = Field(True, description="hide the session_* features from the encoder (and the VAE), so "
+                             "that the session's style reaches the decision only through the code")
 
 
 class StyleCode(nn.Module):
@@ -56,14 +74,30 @@ class StyleCode(nn.Module):
                              "tensor: build the data set with dataset.controller_history = true, or set "
                              "style.enabled = false")
         self.K = cfg.codes
+        self.kind = cfg.posterior
         self.register_buffer("session_idx", torch.tensor(idx, dtype=torch.long), persistent=False)
-        self.q = mlp(len(idx), cfg.hidden, cfg.codes, 2)
+        if cfg.posterior == "counts":
+            self.log_prior = nn.Parameter(torch.zeros(cfg.codes))
+            self.habits = nn.Parameter(torch.randn(cfg.codes, len(idx)) * 0.5)     # logits of pi_c over kinds
+            self.evidence = nn.Parameter(torch.zeros(()))                           # beta = softplus(.) / ln 2
+        else:
+            self.q = mlp(len(idx), cfg.hidden, cfg.codes, 2)
         self.emb = nn.Embedding(cfg.codes, ctx_dim)
         nn.init.normal_(self.emb.weight, std=0.5)          # distinct codes from the start (symmetry breaking)
 
-    def logits(self, geometry_n: torch.Tensor) -> torch.Tensor:
-        """(B, K) unnormalised log q(c | session) from the normalised geometry tensor (B, H, F)."""
+    def logits(self, geometry: torch.Tensor, geometry_n: torch.Tensor) -> torch.Tensor:
+        """(B, K) unnormalised log q(c | session) from the raw and the normalised geometry tensors (B, H, F)."""
+        if self.kind == "counts":
+            n = geometry[:, -1].index_select(-1, self.session_idx).float().clamp_min(0.0)   # (B, kinds)
+            beta = torch.nn.functional.softplus(self.evidence) / math.log(2.0)              # 1 at init
+            return self.log_prior + beta * n @ torch.log_softmax(self.habits.float(), -1).T
         return self.q(geometry_n[:, -1].index_select(-1, self.session_idx)).float()
+
+    def hide_session(self, obs_n: Observations) -> Observations:
+        """``obs_n`` with the session_* geometry features set to 0 (their normalised mean) at every step."""
+        keep = torch.ones(obs_n.geometry.shape[-1], dtype=obs_n.geometry.dtype, device=obs_n.geometry.device)
+        keep = keep.index_fill(0, self.session_idx, 0.0)
+        return dataclasses.replace(obs_n, geometry=obs_n.geometry * keep)
 
     def contexts(self, ctx: torch.Tensor) -> torch.Tensor:
         """(K * B, C): the context under every code, code-major."""

@@ -67,7 +67,7 @@ def test_training_step_reaches_the_code_network_and_decisions_have_their_shapes(
     loss, logs = pol.loss(obs, dec)
     loss.backward()
     assert torch.isfinite(loss) and {"nll_act", "nll_type", "nll"} <= set(logs)
-    assert pol.style.q[0].weight.grad.abs().sum() > 0 and pol.style.emb.weight.grad.abs().sum() > 0
+    assert pol.style.habits.grad.abs().sum() > 0 and pol.style.emb.weight.grad.abs().sum() > 0
     pol.eval()
     g = torch.Generator().manual_seed(1)
     s = pol.sample_actions(obs, 5, g)
@@ -76,6 +76,23 @@ def test_training_step_reaches_the_code_network_and_decisions_have_their_shapes(
     assert p.type.shape == (N,) and bool((p.act == 1).all())
     d = pol.predict(obs)
     assert bool(((d.act == 1) == (pol.p_act(obs) >= 0.5)).all())
+
+
+def test_the_counts_posterior_accumulates_the_evidence_of_each_clearance():
+    """q(c | session) = softmax(log prior + beta * sum_t n_t log pi_c(t)): each earlier clearance of a kind adds
+    the same evidence, so twice the counts square the likelihood ratio (and no clearance leaves the prior)."""
+    pol = _policy().eval()
+    st = pol.style
+    with torch.no_grad():
+        st.habits.copy_(torch.tensor([[2.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0]]))
+        geom = torch.zeros(2, 1, len(pol.feature_spec.feature_names("geometry")))
+        geom[0, 0, st.session_idx[1]] = 1.0
+        geom[1, 0, st.session_idx[1]] = 2.0
+        lq = torch.log_softmax(st.logits(geom, geom), -1)
+        none = torch.log_softmax(st.logits(torch.zeros_like(geom), geom), -1)
+    assert int(lq[0].argmax()) == 1 and torch.allclose(none, torch.log_softmax(st.log_prior, -1).expand(2, -1))
+    ratio1, ratio2 = lq[0, 1] - lq[0, 0], lq[1, 1] - lq[1, 0]
+    assert torch.allclose(ratio2, 2 * ratio1, atol=1e-5)
 
 
 def test_style_needs_the_session_features():
@@ -91,3 +108,28 @@ def _feats_without_history() -> dict:
     spec = feature_spec(DatasetConfig(history_steps=4, neighbours=2, recent_clearances=3, controller_history=False), 5.0)
     g = torch.Generator().manual_seed(0)
     return {k: torch.randn((N, *t["shape"]), generator=g) for k, t in spec["tensors"].items()}
+
+
+def test_action_marginals_are_the_policys_aircraft_and_type_distributions_given_acting():
+    """models.evaluate.action_marginals: p(aircraft | act) and p(type | act) (marginal over the aircraft) sum to
+    one, and for a style policy they are the code mixture's (the head's, weighted by the posterior given acting)."""
+    from models.evaluate import action_marginals
+    from models.interface import N_TYPES
+    pol = _policy().eval()
+    obs = Observations.from_dict(_feats())
+    with torch.no_grad():
+        ctx = pol.encode(obs)
+        p_ac, p_ty = action_marginals(pol, ctx, N)
+        c, log_q = ctx.tensor[:, :-3], torch.log_softmax(ctx.tensor[:, -3:], -1)
+        joint = torch.zeros(N, 2, N_TYPES)
+        pa = torch.stack([pol.head.p_act(c + pol.style.emb.weight[k]) for k in range(3)], 1)
+        w = log_q.exp() * pa
+        w = w / w.sum(1, keepdim=True)                                    # posterior over codes given acting
+        one, zero = torch.ones(N, dtype=torch.long), torch.zeros(N)
+        for k in range(3):
+            for a in (0, 1):
+                for t in range(N_TYPES):
+                    terms = pol.head.terms(c + pol.style.emb.weight[k], Decisions(one, one * a, one * t, zero))
+                    joint[:, a, t] += w[:, k] * (terms["aircraft"] + terms["type"]).exp()
+    assert torch.allclose(p_ac.sum(1), torch.ones(N), atol=1e-5) and torch.allclose(p_ty.sum(1), torch.ones(N), atol=1e-5)
+    assert torch.allclose(p_ac, joint.sum(2), atol=1e-5) and torch.allclose(p_ty, joint.sum(1), atol=1e-5)
