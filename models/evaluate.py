@@ -110,9 +110,10 @@ def action_marginals(policy: PolicyInterface, ctx, b: int) -> tuple[torch.Tensor
 
 @torch.no_grad()
 def _log_probs(policy: PolicyInterface, obs: Observations, dec: Decisions,
-               batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per sample: total and discrete log-likelihoods, and the value term alone."""
+               batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Per sample: total and discrete log-likelihoods, the value term alone, and the discrete terms."""
     lp, disc, val = [], [], []
+    terms: dict[str, list] = {"act": [], "aircraft": [], "type": []}
     for i in range(0, obs.batch_size, batch):
         sl = slice(i, i + batch)
         o = Observations(*(getattr(obs, k)[sl] for k in ("pair", "neighbours", "geometry", "clearances")))
@@ -121,7 +122,10 @@ def _log_probs(policy: PolicyInterface, obs: Observations, dec: Decisions,
         disc.append((t["act"] + t["aircraft"] + t["type"]).cpu())
         lp.append((t["act"] + t["aircraft"] + t["type"] + t["value"]).cpu())
         val.append(t["value"].cpu())
-    return torch.cat(lp).numpy(), torch.cat(disc).numpy(), torch.cat(val).numpy()
+        for k, v in terms.items():
+            v.append(t[k].cpu())
+    return (torch.cat(lp).numpy(), torch.cat(disc).numpy(), torch.cat(val).numpy(),
+            {k: torch.cat(v).numpy() for k, v in terms.items()})
 
 
 def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> tuple[float, list[dict]]:
@@ -214,13 +218,17 @@ def evaluate(policy: PolicyInterface, dataset_dir: str | Path, split: str = "tes
     obs, dec = data.batch()
     policy.eval()
     r = _run(policy, obs, n_samples, batch, seed)
-    lp, lp_disc, lp_val = _log_probs(policy, obs, dec, batch)
+    lp, lp_disc, lp_val, lp_terms = _log_probs(policy, obs, dec, batch)
     y_act, y_ac, y_ty, y_val = (t.numpy() for t in (dec.act, dec.aircraft, dec.type, dec.value))
     pos = y_act == 1
     m: dict = {"samples": int(len(y_act)), "acting_samples": int(pos.sum()),
                "act_accuracy": float(np.mean(r["act"] == y_act)), "act_f1": _f1(y_act, r["act"], 1),
-               "nll": float(-lp.mean()), "nll_discrete": float(-lp_disc.mean())}
+               "nll": float(-lp.mean()), "nll_discrete": float(-lp_disc.mean()),
+               "act_nll": float(-lp_terms["act"].mean())}
     if pos.any():
+        # the discrete NLL's terms given acting, per acting sample (as the ceiling's are)
+        m["aircraft_nll_given_act"] = float(-lp_terms["aircraft"][pos].mean())
+        m["type_nll_given_act"] = float(-lp_terms["type"][pos].mean())
         # accuracies of the most probable aircraft and type given acting (type marginal over the aircraft), as the
         # ceiling's are defined; decision_*: of the most likely decision's (the type given its aircraft)
         m["aircraft_accuracy"] = float(np.mean(r["p_aircraft"][pos].argmax(1) == y_ac[pos]))
@@ -278,6 +286,8 @@ def _ceilings(truth: pd.DataFrame, truth_achievable: pd.DataFrame | None, meta: 
         out["ceiling_difference_discrete_nll"] = ceil[main]["discrete_nll"] - ceil["oracle"]["discrete_nll"]
     for name, c in (("gap", ceil[main]), ("gap_oracle", ceil["oracle"])):
         g = {k: c[k] - m[k] for k in ("act_accuracy", "aircraft_accuracy", "type_accuracy") if k in c and k in m}
+        g.update({k: m[k] - c[k] for k in ("act_nll", "aircraft_nll_given_act", "type_nll_given_act")
+                  if k in c and k in m})
         if "discrete_nll" in c:
             g["discrete_nll"] = m["nll_discrete"] - c["discrete_nll"]
         out[name] = g
