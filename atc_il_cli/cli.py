@@ -185,9 +185,9 @@ def sample(work: Path = Work,
 @_guard
 def quickstart(work: Path = Work, seed: int = typer.Option(0),
                learn: bool = typer.Option(True, "--learn/--data-only", help="after the radar-track chain, also simulate, train, evaluate, predict and report"),
-               scenarios: int = typer.Option(32, min=3, help="simulated scenarios for the demonstrations"),
+               scenarios: int = typer.Option(48, min=3, help="simulated scenarios for the demonstrations"),
                loop_scenarios: int = typer.Option(8, min=1, help="new scenarios for the closed-loop evaluation"),
-               epochs: int = typer.Option(15, min=1, help="training epochs at most (early stopping on validation)")):
+               epochs: int = typer.Option(25, min=1, help="training epochs at most (early stopping on validation)")):
     """The main job on the embedded default: radar-track chain (ingest -> conflicts -> actions -> histories),
     then BlueSky demonstrations -> histories -> train -> offline and closed-loop evaluation -> registered
     model -> batch prediction -> report. Each step prints what it did."""

@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(work: Path, say: Callable[[str], None] = print, *, scenarios: int = 32, duration_s: float = 1800.0,
-        seed: int = 0, epochs: int = 15, sim_scenarios: int = 8, learn: bool = True) -> dict:
+def run(work: Path, say: Callable[[str], None] = print, *, scenarios: int = 48, duration_s: float = 1800.0,
+        seed: int = 0, epochs: int = 25, sim_scenarios: int = 8, learn: bool = True) -> dict:
     from atc_il.config import PipelineConfig
     from pipelines import actions as act
     from pipelines import conflicts as con
