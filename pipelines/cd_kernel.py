@@ -1,0 +1,181 @@
+"""Compiled candidate search for conflict detection (numba): a sweep in altitude, then a horizontal test.
+
+:func:`candidates` returns the row pairs (i < j, same snapshot) that *may* be in conflict or in loss of
+separation under BlueSky's state-based test (:func:`pipelines.conflicts._evaluate`); the exact test then
+runs on these few pairs only, in numpy, so the decisions and every pair column are those of the reference
+(``tests/test_conflicts.py`` checks the kernel against brute force and against the numpy pre-filter).
+
+Per snapshot, rows are sorted by the low end of the altitude interval they sweep over the look-ahead
+(padded by hpz/2, BlueSky's 1e-6 m/s "level" threshold and a rounding margin), and each row is paired
+with the following rows whose interval starts within its own: the pairs whose swept altitudes overlap,
+a necessary condition for a vertical conflict or LoS. Each such pair gets the horizontal part of the test
+with an inflated protected radius (relative 1e-7) and look-ahead, the mean-latitude cosine from
+per-row half-angle terms (within a few ulp of the reference's cosine): pairs that fail it cannot be in
+conflict or LoS. Cost: O(n log n) plus the pairs overlapping in altitude, with no Python per pair.
+
+``AVAILABLE`` is False when numba cannot be imported; callers then use the numpy pre-filter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from atc_il.units import EARTH_RADIUS_M, NM_M
+
+try:
+    import numba
+    AVAILABLE = True
+except ImportError:          # pragma: no cover - numba is a dependency; kept for a broken install
+    numba = None
+    AVAILABLE = False
+
+INFLATE = 1e-7               # relative inflation of rpz and the look-ahead in the horizontal pre-test
+
+
+def _sweep(starts, z_lo, z_hi, y, ch, sh, lonr, alt, u, v, w, r_nm, h_ft, t_s, re_nm, vrel2_min):
+    """Position pairs (a < b) within each snapshot segment [starts[g], starts[g+1]) (arrays in sweep order:
+    by snapshot, then z_lo) that overlap in altitude and pass the inflated horizontal test. The test over
+    one row's partners is branch-free (a loop the compiler vectorises); the hits are collected after it."""
+    n = len(z_lo)
+    cap = max(1024, 4 * n)
+    out_i = np.empty(cap, dtype=np.int64)
+    out_j = np.empty(cap, dtype=np.int64)
+    keep = np.empty(n, dtype=np.bool_)
+    n_out = 0
+    ri = r_nm * (1.0 + INFLATE) + 1e-9
+    ri2 = ri * ri
+    t_max = t_s * (1.0 + INFLATE) + 1e-6
+    hi_z = h_ft * (1.0 + INFLATE) + 1e-6
+    two_pi = 2.0 * np.pi
+    for g in range(len(starts) - 1):
+        s0, s1 = starts[g], starts[g + 1]
+        for i in range(s0, s1):
+            # partners: the later rows of the segment whose swept altitude interval starts within row i's
+            lo, hi = i + 1, s1
+            zh = z_hi[i]
+            while lo < hi:                                    # binary search: first row with z_lo > zh
+                mid = (lo + hi) // 2
+                if z_lo[mid] > zh:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            end = lo
+            yi, chi, shi, li, ui, vi, wi = y[i], ch[i], sh[i], lonr[i], u[i], v[i], w[i]
+            for j in range(i + 1, end):
+                # position of j relative to i (NM), velocity of i relative to j (NM/s)
+                dlon = lonr[j] - li
+                dlon = dlon - two_pi * ((dlon > np.pi) * 1.0 - (dlon < -np.pi) * 1.0)
+                dx = dlon * (chi * ch[j] - shi * sh[j]) * re_nm    # cos(0.5 * (lat_i + lat_j))
+                dy = y[j] - yi
+                du = ui - u[j]
+                dv = vi - v[j]
+                d2 = dx * dx + dy * dy
+                vd = du * dx + dv * dy
+                v2 = max(du * du + dv * dv, vrel2_min)
+                # the reference's cpa2 < rpz^2 and tcpa - dth <= T, multiplied out by v2 (no division, no root)
+                room = (ri2 - d2) * v2 + vd * vd                  # (rpz^2 - cpa2) * v2
+                late = vd - t_max * v2                            # (tcpa - T) * v2
+                converging = vd >= -1e-9 * (abs(du * dx) + abs(dv * dy)) - 1e-300
+                # vertical: the altitude difference must come within hpz during the look-ahead
+                dz = alt[i] - alt[j]
+                ez = dz + (wi - w[j]) * t_max
+                vert = ~(((dz > hi_z) & (ez > hi_z)) | ((dz < -hi_z) & (ez < -hi_z)))
+                keep[j] = vert & ((d2 < ri2) | (converging & (room > 0.0) & ((late <= 0.0) | (late * late <= room))))
+            if n_out + (end - i) > cap:
+                cap = 2 * (n_out + (end - i))
+                ni = np.empty(cap, dtype=np.int64)
+                nj = np.empty(cap, dtype=np.int64)
+                ni[:n_out] = out_i[:n_out]
+                nj[:n_out] = out_j[:n_out]
+                out_i, out_j = ni, nj
+            for j in range(i + 1, end):
+                if keep[j]:
+                    out_i[n_out] = i
+                    out_j[n_out] = j
+                    n_out += 1
+    return out_i[:n_out], out_j[:n_out]
+
+
+def _refine(ci, cj, y, ch, sh, lonr, alt, u, v, w, r_nm, h_ft, t_s, re_nm, vrel2_min, dvs_min):
+    """The pairs of (ci, cj) that pass the reference's whole test (horizontal and vertical intrusion windows
+    intersecting within the look-ahead, or LoS now) with rpz, hpz and the look-ahead inflated and BlueSky's
+    "level" threshold taken both ways near it: a superset of the reference's hits, a few times smaller than
+    the sweep's output."""
+    ri = r_nm * (1.0 + INFLATE) + 1e-9
+    ri2 = ri * ri
+    t_max = t_s * (1.0 + INFLATE) + 1e-6
+    hi_z = h_ft * (1.0 + INFLATE) + 1e-6
+    eps_t = 1e-6
+    two_pi = 2.0 * np.pi
+    keep = np.zeros(len(ci), dtype=np.bool_)
+    for k in range(len(ci)):
+        i, j = ci[k], cj[k]
+        dlon = lonr[j] - lonr[i]
+        if dlon > np.pi:
+            dlon -= two_pi
+        elif dlon < -np.pi:
+            dlon += two_pi
+        dx = dlon * (ch[i] * ch[j] - sh[i] * sh[j]) * re_nm
+        dy = y[j] - y[i]
+        du = u[i] - u[j]
+        dv = v[i] - v[j]
+        d2 = dx * dx + dy * dy
+        vd = du * dx + dv * dy
+        v2 = max(du * du + dv * dv, vrel2_min)
+        tcpa = vd / v2
+        cpa2 = d2 - vd * tcpa
+        dth = np.sqrt(max(ri2 - cpa2, 0.0) / v2)
+        tin_h, tout_h = tcpa - dth, tcpa + dth
+        los_h = d2 < ri2
+        hor = los_h or (vd >= -1e-9 * (abs(du * dx) + abs(dv * dy)) - 1e-300 and tin_h <= t_max)
+        dalt = alt[i] - alt[j]
+        los_v = abs(dalt) < hi_z
+        if los_h and los_v:
+            keep[k] = True
+            continue
+        if not hor:
+            continue
+        dvs = w[i] - w[j]
+        ok = False
+        if abs(dvs) <= dvs_min * (1.0 + 1e-6) and los_v:          # treated as level: [0, inf)
+            ok = tin_h <= t_max and tout_h > -eps_t and max(tin_h, 0.0) < tout_h + eps_t
+        if not ok and abs(dvs) > dvs_min * (1.0 - 1e-6):         # moving vertically
+            a, b = (dalt + hi_z) / -dvs, (dalt - hi_z) / -dvs
+            tin_v, tout_v = max(0.0, min(a, b)), max(a, b)
+            tin, tout = max(tin_h, tin_v), min(tout_h, tout_v)
+            ok = tin_v <= t_max and tout_v > -eps_t and tin <= t_max and tin < tout + eps_t and tout > -eps_t
+        keep[k] = ok
+    return keep
+
+
+if AVAILABLE:
+    _sweep_jit = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=True)(_sweep)
+    _refine_jit = numba.njit(cache=True, nogil=True, error_model="numpy")(_refine)
+
+
+def candidates(latr, lonr, alt, u, v, w, group, r_nm: float, h_ft: float, t_s: float, dvs_min: float,
+               vrel2_min: float, tol_ft: float = 1e-3):
+    """Candidate row pairs (i < j, same ``group``; ``group`` sorted) for the exact test; see the module doc.
+    Units: radians, ft, NM/s, ft/s (those of ``pipelines.conflicts._State``)."""
+    n = len(latr)
+    if n < 2:
+        e = np.zeros(0, dtype=np.int64)
+        return e, e
+    pad = h_ft / 2.0 + dvs_min * t_s + tol_ft
+    z_end = alt + w * t_s
+    z_lo = np.minimum(alt, z_end) - pad
+    z_hi = np.maximum(alt, z_end) + pad
+    order = np.lexsort((z_lo, group))                 # by snapshot, then by the swept interval's low end
+    g = group[order]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True]).astype(np.int64)
+    lat_o = latr[order]
+    half = 0.5 * lat_o
+    f, refine = (_sweep_jit, _refine_jit) if AVAILABLE else (_sweep, _refine)
+    rows = (lat_o * _RE_NM, np.cos(half), np.sin(half), lonr[order], alt[order], u[order], v[order], w[order])
+    consts = (float(r_nm), float(h_ft), float(t_s), _RE_NM, float(vrel2_min))
+    a, b = f(starts, z_lo[order], z_hi[order], *rows, *consts)
+    keep = refine(a, b, *rows, *consts, float(dvs_min))
+    i, j = order[a[keep]], order[b[keep]]
+    return np.minimum(i, j), np.maximum(i, j)
+
+_RE_NM = EARTH_RADIUS_M / NM_M
