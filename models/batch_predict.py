@@ -79,11 +79,12 @@ def load_count() -> int:
 RUNTIMES = ("auto", "onnx", "torch")
 
 
-def choose_runtime(predictor, feats: dict, runtime: str = "auto") -> str:
+def choose_runtime(predictor, feats: dict, runtime: str = "auto", model_bytes: bytes | None = None) -> str:
     """Put ``predictor``'s context network on ONNX Runtime (``auto``, ``onnx``) or leave it on PyTorch
     (``torch``), once per predictor. ONNX Runtime ran the default model's context network ~1.3x faster than
     PyTorch on one core (bench/RESULTS.md); it is used only when it reproduces PyTorch on these features
-    (:func:`models.onnx_context.onnx_context`), else PyTorch stays (``onnx`` then raises). Returns the runtime."""
+    (:func:`models.onnx_context.onnx_context`), else PyTorch stays (``onnx`` then raises). ``model_bytes``: the
+    graph the driver exported (workers open it instead of exporting again). Returns the runtime."""
     if runtime not in RUNTIMES:
         raise ConfigError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     if runtime == "torch":
@@ -92,7 +93,7 @@ def choose_runtime(predictor, feats: dict, runtime: str = "auto") -> str:
     if getattr(predictor, "onnx_tried", False) or predictor.runtime == "onnxruntime":
         return predictor.runtime
     predictor.onnx_tried = True
-    why = predictor.use_onnx([{k: v[:8] for k, v in feats.items()}])
+    why = predictor.use_onnx([{k: v[:8] for k, v in feats.items()}], model_bytes)
     if why and runtime == "onnx":
         raise ConfigError(f"batch prediction on ONNX Runtime is not possible: {why}; use --runtime torch or auto")
     return predictor.runtime
@@ -267,6 +268,7 @@ def process_partition(job: dict) -> dict:
         _clear(folder)
         runtime = job.get("runtime", "auto")
         predictor = get_predictor(job["uri"], runtime)
+        choose_runtime(predictor, predictor.example_features(), runtime, job.get("onnx"))
         tracks, res["points"] = read_context(job["part"], job["previous"], predictor)
         dec = predict_partition(tracks, predictor, job.get("clearances"), start=job["part"]["start"], runtime=runtime)
         res["runtime"] = predictor.runtime
@@ -369,7 +371,12 @@ def run(tracks_dir: str | Path, out_dir: str | Path, model_uri: str, *, engine: 
     acts = clearances if isinstance(clearances, pd.DataFrame) or clearances is None else read_clearances(clearances)
     if acts is not None:
         acts = conform(acts, ACTION_SCHEMA, "clearances").sort_values("time", kind="stable").reset_index(drop=True)
+    # the context network is exported to ONNX once, here; workers open the same graph (no export per process)
+    choose_runtime(predictor, predictor.example_features(), runtime)
+    onnx = getattr(predictor.encode, "model_bytes", None) if predictor.runtime == "onnxruntime" else None
     jobs = _jobs(find_partitions(tracks_dir), out, str(model_uri), acts, predictor.dcfg.clearance_horizon_s, runtime)
+    for j in jobs:
+        j["onnx"] = onnx
     todo = [j for j in jobs if not finished(j["out"])]
     results = _execute(todo, engine, workers, scheduler, progress) if todo else []
     seconds = _time.perf_counter() - t

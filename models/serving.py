@@ -42,14 +42,20 @@ class Predictor:
         self.encode = self.policy.encode        # the context network: PyTorch, or ONNX Runtime (use_onnx)
         self.runtime = "torch"
 
-    def use_onnx(self, examples: list[dict]) -> str:
+    def use_onnx(self, examples: list[dict], model_bytes: bytes | None = None) -> str:
         """Run the context network on ONNX Runtime (:mod:`models.onnx_context`) when it reproduces PyTorch on
-        the feature dicts ``examples``; returns "" or why it stays on PyTorch."""
+        the feature dicts ``examples`` (``model_bytes``: a graph exported for this policy before, opened instead
+        of exporting again); returns "" or why it stays on PyTorch."""
         from models.onnx_context import onnx_context
-        fast, why = onnx_context(self.policy, examples)
+        fast, why = onnx_context(self.policy, examples, model_bytes)
         if fast is not None:
             self.encode, self.runtime = fast, "onnxruntime"
         return why
+
+    def example_features(self, n: int = 2) -> dict:
+        """Feature arrays of ``n`` all-padding samples in the model's shapes (e.g. to export the context network
+        before any real feature is built; :func:`models.onnx_context.onnx_context` also checks perturbed copies)."""
+        return {name: np.zeros((n, *t.shape), dtype=np.float32) for name, t in self.feature_spec.tensors.items()}
 
     def use_torch(self) -> None:
         """Run the context network on PyTorch (undoes :meth:`use_onnx`)."""
