@@ -171,7 +171,7 @@ def candidates(latr, lonr, alt, u, v, w, group, r_nm: float, h_ft: float, t_s: f
     # float32 sweep: coordinates relative to the snapshots' middle, lon scaled to NM at the equator; margins
     # (5 % + 0.05 NM on rpz, 1 % + 1 s on the look-ahead, 1 % + 1 ft on hpz) far above float32 rounding for
     # every pair that can be in conflict (closer than rpz + |dv| T); checked per call, else float64
-    gs_max = float(np.sqrt(u * u + v * v).max())
+    gs_max = float(np.hypot(u, v).max())
     reach = r_nm + 2.0 * gs_max * t_s
     ri = 1.05 * r_nm + 0.05
     f32 = reach * reach * 1e-5 < (ri * ri - r_nm * r_nm)
@@ -181,32 +181,66 @@ def candidates(latr, lonr, alt, u, v, w, group, r_nm: float, h_ft: float, t_s: f
     t_max = 1.01 * t_s + 1.0 if f32 else t_s * (1.0 + INFLATE) + 1e-6
     hi_z = 1.01 * h_ft + 1.0 if f32 else h_ft * (1.0 + INFLATE) + 1e-6
     pad = (hi_z if f32 else h_ft) / 2.0 + dvs_min * t_s + tol_ft
-    z_end = alt + w * t_s
-    z_lo = np.minimum(alt, z_end) - pad
-    z_hi = np.maximum(alt, z_end) + pad
-    order = np.lexsort((z_lo, group))                 # by snapshot, then by the swept interval's low end
-    g = group[order]
-    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True]).astype(np.int64)
-    rows = _rows(latr, lonr, alt, u, v, w, order)
-    lat_mid, z_mid = 0.5 * (latr.min() + latr.max()), 0.5 * (alt.min() + alt.max())
-    lon_rel = rows[3] - 0.5 * (lonr.min() + lonr.max())
-    wrap = bool(lon_rel.max() - lon_rel.min() > np.pi)
-    if wrap:
-        lon_rel = (lon_rel + np.pi) % (2 * np.pi) - np.pi
-    coarse = [np.ascontiguousarray(x, dtype=ft) for x in
-              ((rows[0] - lat_mid * _RE_NM), rows[1], rows[2], lon_rel * _RE_NM, rows[5], rows[6])]
+    z_lo = np.minimum(alt, alt + w * t_s)
+    if group[0] == group[-1]:                          # one snapshot (the per-call API): a plain sort
+        order = np.argsort(z_lo, kind="stable")
+        starts = np.array([0, n], dtype=np.int64)
+    else:                                              # by snapshot, then by the swept interval's low end
+        order = np.lexsort((z_lo, group))
+        g = group[order]
+        starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True]).astype(np.int64)
+    rows = np.empty((8, n))                            # float64, for the refinement
+    coarse = np.empty((8, n), dtype=ft)                # for the sweep
+    prepare = _prepare_jit if AVAILABLE else _prepare
+    wrap = prepare(order, latr, lonr, alt, u, v, w, float(t_s), float(pad), _RE_NM, rows, coarse)
     c = [ft(x) for x in (ri, t_max, vrel2_min, np.pi * _RE_NM, 2 * np.pi * _RE_NM)]
     f, refine = (_sweep_jit, _refine_jit) if AVAILABLE else (_sweep, _refine)
-    a, b = f(starts, (z_lo[order] - z_mid).astype(ft), (z_hi[order] - z_mid).astype(ft), *coarse, *c, wrap)
+    a, b = f(starts, *coarse, *c, wrap)
     keep = refine(a, b, *rows, *consts, float(dvs_min))
     i, j = order[a[keep]], order[b[keep]]
     return np.minimum(i, j), np.maximum(i, j)
 
 
-def _rows(latr, lonr, alt, u, v, w, order) -> tuple:
-    """Per-row arrays of the tests, in ``order``: y (NM), cos and sin of half the latitude, lon (rad), alt, u, v, w."""
-    lat_o = latr[order]
-    half = 0.5 * lat_o
-    return (lat_o * _RE_NM, np.cos(half), np.sin(half), lonr[order], alt[order], u[order], v[order], w[order])
+def _prepare(order, latr, lonr, alt, u, v, w, t_s, pad, re_nm, rows, coarse):
+    """Fill ``rows`` (float64: y NM, cos and sin of half the latitude, lon rad, alt, u, v, w) and ``coarse``
+    (the sweep's dtype: altitude interval low and high ends, y, the two half-angle terms, lon in NM at the
+    equator, all relative to the snapshots' middle, then u, v) in ``order``; returns whether longitudes must
+    be wrapped (traffic spanning more than 180 degrees)."""
+    n = len(order)
+    lat_lo, lat_hi, lon_lo, lon_hi, z_lo, z_hi = np.inf, -np.inf, np.inf, -np.inf, np.inf, -np.inf
+    for r in range(n):
+        lat_lo, lat_hi = min(lat_lo, latr[r]), max(lat_hi, latr[r])
+        lon_lo, lon_hi = min(lon_lo, lonr[r]), max(lon_hi, lonr[r])
+        z_lo, z_hi = min(z_lo, alt[r]), max(z_hi, alt[r])
+    lat_mid, lon_mid, z_mid = 0.5 * (lat_lo + lat_hi), 0.5 * (lon_lo + lon_hi), 0.5 * (z_lo + z_hi)
+    wrap = lon_hi - lon_lo > np.pi
+    for k in range(n):
+        r = order[k]
+        half = 0.5 * latr[r]
+        rows[0, k] = latr[r] * re_nm
+        rows[1, k] = np.cos(half)
+        rows[2, k] = np.sin(half)
+        rows[3, k] = lonr[r]
+        rows[4, k] = alt[r]
+        rows[5, k] = u[r]
+        rows[6, k] = v[r]
+        rows[7, k] = w[r]
+        z_end = alt[r] + w[r] * t_s
+        coarse[0, k] = min(alt[r], z_end) - pad - z_mid
+        coarse[1, k] = max(alt[r], z_end) + pad - z_mid
+        coarse[2, k] = (latr[r] - lat_mid) * re_nm
+        coarse[3, k] = rows[1, k]
+        coarse[4, k] = rows[2, k]
+        dl = lonr[r] - lon_mid
+        if wrap:
+            dl = (dl + np.pi) % (2 * np.pi) - np.pi
+        coarse[5, k] = dl * re_nm
+        coarse[6, k] = u[r]
+        coarse[7, k] = v[r]
+    return wrap
+
+
+if AVAILABLE:
+    _prepare_jit = numba.njit(cache=True, nogil=True, error_model="numpy")(_prepare)
 
 _RE_NM = EARTH_RADIUS_M / NM_M

@@ -307,8 +307,8 @@ def detect_snapshot(flight_id, lat_deg, lon_deg, alt_ft, gs_kt, trk_deg, vs_fpm,
         raise DataError(f"detect_snapshot: duplicate flight ids {sorted(set(ids[1:][ids[1:] == ids[:-1]]))[:5]}")
     st = _State(*(a[order] for a in arrs), np.zeros(len(order), dtype=np.int64))
     i, j, cols = _detect_rows(st, cfg)
-    names = ids.astype(object)
-    df = _frame(names[i], names[j], cols)
+    names = pd.array(ids, dtype="str")                 # converted once; the pairs' ids are taken from it
+    df = _frame(names.take(i), names.take(j), cols)
     df.attrs.update(skipped_missing_state=n_missing, skipped_below_min_alt=n_low)
     return df
 
@@ -334,8 +334,8 @@ def detect(tracks: pd.DataFrame, cfg: ConflictConfig = ConflictConfig(), progres
     if not len(cat["time"]):
         out = empty(CONFLICT_SCHEMA)
     else:
-        names = np.asarray(flights, dtype=object)
-        out = _frame(names[cat["c1"]], names[cat["c2"]], cat)
+        names = pd.array(np.asarray(flights, dtype=object), dtype="str")
+        out = _frame(names.take(cat["c1"]), names.take(cat["c2"]), cat)
         out.insert(0, "time", pd.to_datetime(cat["time"], utc=True))
         out["episode_id"] = None
         out = conform(out, CONFLICT_SCHEMA, "conflicts")
