@@ -47,7 +47,7 @@ class Predictor:
         the feature dicts ``examples`` (``model_bytes``: a graph exported for this policy before, opened instead
         of exporting again); returns "" or why it stays on PyTorch."""
         from models.onnx_context import onnx_context
-        fast, why = onnx_context(self.policy, examples, model_bytes)
+        fast, why = onnx_context(self.policy, examples, model_bytes) if model_bytes else onnx_context(self.policy, examples)
         if fast is not None:
             self.encode, self.runtime = fast, "onnxruntime"
         return why
