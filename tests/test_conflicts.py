@@ -221,6 +221,19 @@ def test_compiled_kernel_equals_numpy_prefilter_and_brute_force(name):
         assert set(zip((ik[sel] - g * n).tolist(), (jk[sel] - g * n).tolist())) == brute_force(sub, cfg)
 
 
+def test_compiled_kernel_in_float64_when_float32_margins_do_not_cover_the_reach():
+    """A long look-ahead (pairs up to thousands of NM apart can conflict) takes the float64 sweep; same pairs."""
+    if not C.cd_kernel.AVAILABLE:
+        pytest.skip("numba is not installed")
+    cfg = ConflictConfig(lookahead_s=7200.0)
+    st = C._State(*random_traffic(300, 5), np.zeros(300, dtype=np.int64))
+    gs_max = float(np.hypot(st.u, st.v).max())
+    reach, ri = cfg.rpz_nm + 2 * gs_max * cfg.lookahead_s, 1.05 * cfg.rpz_nm + 0.05
+    assert reach * reach * 1e-5 >= ri * ri - cfg.rpz_nm ** 2            # the float32 margins do not hold here
+    i, j, _ = C._detect_rows(st, cfg, method="kernel")
+    assert set(zip(i.tolist(), j.tolist())) == brute_force(st, cfg) and len(i) > 50
+
+
 def test_compiled_kernel_keeps_pairs_at_the_thresholds():
     """Pairs placed exactly at (or within rounding of) rpz, hpz, the look-ahead and the 1e-6 m/s level
     threshold get the reference's answer: the kernel's inflated test keeps them for the exact one."""
