@@ -8,9 +8,10 @@ runs on these few pairs only, in numpy, so the decisions and every pair column a
 1. Sweep (:func:`_sweep`, float32): per snapshot, rows sorted by the low end of the altitude interval they
    sweep over the look-ahead (padded by hpz/2, BlueSky's 1e-6 m/s "level" threshold and a margin); each
    row is paired with the following rows whose interval starts within its own (a necessary condition for a
-   vertical conflict or LoS), and each such pair gets the horizontal test (``d < rpz``, or
-   ``cpa < rpz`` and ``tcpa - dth <= T``, multiplied out by |dv|^2: no division, no root) in a branch-free
-   loop the compiler vectorises. Coordinates are taken relative to the snapshots' middle and the margins
+   vertical conflict or LoS), and each such pair gets the horizontal test (``d < rpz``, or converging with
+   ``cpa < rpz`` and ``tcpa - dth <= T``, multiplied out by |dv|^2: no division, no root) and the vertical one
+   (the altitude difference within hpz at some time of the look-ahead) in a branch-free loop the compiler
+   vectorises. Coordinates are taken relative to the snapshots' middle and the margins
    are wide (rpz * 1.05 + 0.05 NM, T * 1.01 + 1 s, hpz * 1.01 + 1 ft), far above float32 rounding for
    any pair that can conflict (closer than rpz + |dv| T: checked per call, else the sweep runs in float64
    with relative margins of 1e-7).
@@ -42,7 +43,8 @@ except ImportError:          # pragma: no cover - numba is a dependency; kept fo
 INFLATE = 1e-7               # relative inflation of rpz and the look-ahead in the horizontal pre-test
 
 
-def _sweep(starts, z_lo, z_hi, y, ch, sh, lonr, u, v, ri, t_max, vrel2_min, pi, two_pi, wrap):
+def _sweep(starts, z_lo, z_hi, y, ch, sh, lonr, u, v, alt, w, ri, t_max, hi_z, vrel2_min, tol_vd, pi, two_pi,
+           wrap):
     """Position pairs (a < b) within each snapshot segment [starts[g], starts[g+1]) (arrays in sweep order:
     by snapshot, then z_lo) that overlap in altitude and pass the coarse test. The state arrays and the
     constants are float32 (see :func:`candidates` for the margins that make this safe); the test over one
@@ -68,7 +70,7 @@ def _sweep(starts, z_lo, z_hi, y, ch, sh, lonr, u, v, ri, t_max, vrel2_min, pi, 
                 else:
                     lo = mid + 1
             end = lo
-            yi, chi, shi, li, ui, vi = y[i], ch[i], sh[i], lonr[i], u[i], v[i]
+            yi, chi, shi, li, ui, vi, zi, wi = y[i], ch[i], sh[i], lonr[i], u[i], v[i], alt[i], w[i]
             for j in range(i + 1, end):
                 # position of j relative to i (NM), velocity of i relative to j (NM/s)
                 dlon = lonr[j] - li
@@ -84,9 +86,12 @@ def _sweep(starts, z_lo, z_hi, y, ch, sh, lonr, u, v, ri, t_max, vrel2_min, pi, 
                 # the reference's cpa2 < rpz^2 and tcpa - dth <= T, multiplied out by v2 (no division, no root)
                 room = (ri2 - d2) * v2 + vd * vd                  # (rpz^2 - cpa2) * v2
                 late = vd - t_max * v2                            # (tcpa - T) * v2
-                # no vertical or "converging" test here: per pair they cost more than the refinement of the
-                # few extra candidates they would remove (the altitude sweep already bounds the vertical)
-                keep[j] = (d2 < ri2) | ((room > zero) & ((late <= zero) | (late * late <= room)))
+                converging = vd >= -tol_vd * (d2 + v2)            # >= |rounding of vd| (|vd| <= (d2 + v2) / 2)
+                # vertical: the altitude difference must come within hpz during the look-ahead
+                dz = zi - alt[j]
+                ez = dz + (wi - w[j]) * t_max
+                vert = ((dz <= hi_z) | (ez <= hi_z)) & ((dz >= -hi_z) | (ez >= -hi_z))
+                keep[j] = vert & ((d2 < ri2) | (converging & (room > zero) & ((late <= zero) | (late * late <= room))))
             if n_out + (end - i) > cap:
                 cap = 2 * (n_out + (end - i))
                 ni = np.empty(cap, dtype=np.int64)
@@ -190,10 +195,10 @@ def candidates(latr, lonr, alt, u, v, w, group, r_nm: float, h_ft: float, t_s: f
         g = group[order]
         starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True]).astype(np.int64)
     rows = np.empty((8, n))                            # float64, for the refinement
-    coarse = np.empty((8, n), dtype=ft)                # for the sweep
+    coarse = np.empty((10, n), dtype=ft)               # for the sweep
     prepare = _prepare_jit if AVAILABLE else _prepare
     wrap = prepare(order, latr, lonr, alt, u, v, w, float(t_s), float(pad), _RE_NM, rows, coarse)
-    c = [ft(x) for x in (ri, t_max, vrel2_min, np.pi * _RE_NM, 2 * np.pi * _RE_NM)]
+    c = [ft(x) for x in (ri, t_max, hi_z, vrel2_min, 1e-4 if f32 else 1e-9, np.pi * _RE_NM, 2 * np.pi * _RE_NM)]
     f, refine = (_sweep_jit, _refine_jit) if AVAILABLE else (_sweep, _refine)
     a, b = f(starts, *coarse, *c, wrap)
     keep = refine(a, b, *rows, *consts, float(dvs_min))
@@ -204,7 +209,7 @@ def candidates(latr, lonr, alt, u, v, w, group, r_nm: float, h_ft: float, t_s: f
 def _prepare(order, latr, lonr, alt, u, v, w, t_s, pad, re_nm, rows, coarse):
     """Fill ``rows`` (float64: y NM, cos and sin of half the latitude, lon rad, alt, u, v, w) and ``coarse``
     (the sweep's dtype: altitude interval low and high ends, y, the two half-angle terms, lon in NM at the
-    equator, all relative to the snapshots' middle, then u, v) in ``order``; returns whether longitudes must
+    equator, all relative to the snapshots' middle, then u, v, altitude relative to the middle, w) in ``order``; returns whether longitudes must
     be wrapped (traffic spanning more than 180 degrees)."""
     n = len(order)
     lat_lo, lat_hi, lon_lo, lon_hi, z_lo, z_hi = np.inf, -np.inf, np.inf, -np.inf, np.inf, -np.inf
@@ -237,6 +242,8 @@ def _prepare(order, latr, lonr, alt, u, v, w, t_s, pad, re_nm, rows, coarse):
         coarse[5, k] = dl * re_nm
         coarse[6, k] = u[r]
         coarse[7, k] = v[r]
+        coarse[8, k] = alt[r] - z_mid
+        coarse[9, k] = w[r]
     return wrap
 
 
