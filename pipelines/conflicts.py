@@ -307,8 +307,12 @@ def detect_snapshot(flight_id, lat_deg, lon_deg, alt_ft, gs_kt, trk_deg, vs_fpm,
         raise DataError(f"detect_snapshot: duplicate flight ids {sorted(set(ids[1:][ids[1:] == ids[:-1]]))[:5]}")
     st = _State(*(a[order] for a in arrs), np.zeros(len(order), dtype=np.int64))
     i, j, cols = _detect_rows(st, cfg)
-    names = pd.array(ids, dtype="str")                 # converted once; the pairs' ids are taken from it
-    df = _frame(names.take(i), names.take(j), cols)
+    if 2 * len(i) < len(ids):                          # few pairs: convert only their ids
+        pair_ids = pd.array(np.concatenate([ids[i], ids[j]]).astype(object), dtype="str")
+        df = _frame(pair_ids[:len(i)], pair_ids[len(i):], cols)
+    else:                                              # many: convert every id once, take the pairs' from it
+        names = pd.array(ids.astype(object), dtype="str")
+        df = _frame(names.take(i), names.take(j), cols)
     df.attrs.update(skipped_missing_state=n_missing, skipped_below_min_alt=n_low)
     return df
 
