@@ -314,6 +314,7 @@ def predict(model: str = typer.Option(..., "--model", help="models:/NAME@alias, 
             engine: Optional[str] = typer.Option(None, help="local (in-process) or dask; default local for 1 worker, else dask"),
             workers: int = typer.Option(1, min=1, help="Dask LocalCluster of N single-thread worker processes"),
             scheduler: Optional[str] = typer.Option(None, help="address of an existing Dask scheduler to run on"),
+            runtime: str = typer.Option("auto", help="context network: auto (ONNX Runtime where it reproduces PyTorch), onnx or torch"),
             clearances: Optional[Path] = typer.Option(None, help="issued clearances: a clearance log file or an actions/ folder"),
             workspace: Path = typer.Option(Path("workspace"), "--workspace", "-w", help="where the MLflow store is")):
     """Batch prediction: conflicts and the model's decision at every conflict step before CPA, per
@@ -323,7 +324,8 @@ def predict(model: str = typer.Option(..., "--model", help="models:/NAME@alias, 
     from models.batch_predict import run as run_predict
     from models.registry import tracking_uri
     os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri(workspace))
-    rep = run_predict(tracks, out, model, engine=engine, workers=workers, scheduler=scheduler, clearances=clearances)
+    rep = run_predict(tracks, out, model, engine=engine, workers=workers, scheduler=scheduler, clearances=clearances,
+                      runtime=runtime)
     _table(f"predict {model}", {
         "partitions": rep["partitions"], "done": rep["partitions_done"], "skipped (finished before)": rep["partitions_skipped"],
         "failed": rep["partitions_failed"], "track points": rep["track_points"], "conflict steps": rep["conflict_steps"],
