@@ -199,13 +199,17 @@ def quickstart(work: Path = Work, seed: int = typer.Option(0),
 @app.command()
 @_guard
 def simulate(scenarios: int = typer.Option(4, "--scenarios", "-n", min=1, help="number of generated scenarios"),
-             expert: str = typer.Option("atco", help="atco (synthetic controller), mvp (BlueSky's MVP) or none"),
+             expert: str = typer.Option("atco", help="atco (synthetic controller), mvp (BlueSky's MVP), varied (real-world "
+                                        "clearance kinds with exact ground truth, for extraction benchmarks) or none"),
              seed: int = typer.Option(0, help="scenario set and expert seed"),
              workers: int = typer.Option(1, min=1, help="parallel BlueSky processes"),
              scheduler: Optional[str] = typer.Option(None, help="address of a Dask scheduler to run on"),
              duration_s: float = typer.Option(1800.0, help="scenario length (simulated seconds)"),
              density: float = typer.Option(4.0, help="background flights per hour per 10,000 NM^2"),
              conflicts_per_scenario: int = typer.Option(4, "--conflicts", help="injected conflict pairs per scenario"),
+             dense_routes: bool = typer.Option(False, "--dense-routes/--straight-routes",
+                                               help="flight plans with waypoints 2-4 min apart, a few NM off the straight "
+                                                    "line (direct-to then changes the track by a few degrees)"),
              out: Path = typer.Option(Path("workspace/sim"), help="output folder")):
     """Run generated scenarios in BlueSky under an expert controller and write demonstrations
     (tracks, clearances, expert ground truth, scenarios) in the canonical contracts."""
@@ -216,7 +220,8 @@ def simulate(scenarios: int = typer.Option(4, "--scenarios", "-n", min=1, help="
         client = Client(scheduler)
     try:
         rep = run_sim(out, scenarios, expert, seed, workers, client,
-                      {"duration_s": duration_s, "density": density, "conflicts": conflicts_per_scenario})
+                      {"duration_s": duration_s, "density": density, "conflicts": conflicts_per_scenario},
+                      dense_routes=dense_routes)
     finally:
         if client is not None:
             client.close()
