@@ -139,6 +139,13 @@ def actions(work: Path = Work, config: Optional[Path] = ConfigOpt,
             log_mapping: Optional[str] = typer.Option(None, help="column mapping of the clearance log (YAML)"),
             flight_plans: Optional[Path] = typer.Option(None, help="flight-plan waypoint table, enables direct-to detection"),
             infer: bool = typer.Option(True, "--infer/--no-infer", help="infer manoeuvres from tracks"),
+            detector: str = typer.Option("rules", help="how manoeuvres are inferred: rules (thresholds on rates, "
+                                         "pipelines/manoeuvres.py) or learned (change candidates scored by gradient-"
+                                         "boosted trees with a calibrated confidence, pipelines/detector.py)"),
+            detector_model: Optional[Path] = typer.Option(None, help="learned detector model (.npz from atc-il "
+                                                          "train-detector); default: the one shipped"),
+            detector_threshold: float = typer.Option(0.5, min=0.0, max=1.0, help="learned detector: keep actions "
+                                                     "whose calibrated confidence is at least this"),
             min_alt_ft: Optional[float] = MinAlt, airspace: Optional[Path] = AirspaceOpt,
             sector: Optional[str] = SectorOpt):
     """Extract controller actions (clearance log and/or manoeuvres inferred from tracks) and link them to episodes.
@@ -148,8 +155,32 @@ def actions(work: Path = Work, config: Optional[Path] = ConfigOpt,
     cfg = _config(config, enroute=_enroute(min_alt_ft, airspace, sector))
     episodes = work / "episodes"
     summary = run(work / "tracks", work, cfg.actions, log=log, log_mapping=log_mapping, flight_plans=flight_plans,
-                  episodes_dir=episodes if episodes.exists() else None, infer=infer, enroute=cfg.enroute)
+                  episodes_dir=episodes if episodes.exists() else None, infer=infer, enroute=cfg.enroute,
+                  detector=detector, detector_model=detector_model, detector_threshold=detector_threshold)
     _table("actions", summary)
+
+
+@app.command("train-detector")
+@_guard
+def train_detector(work: List[Path] = typer.Option(..., "--work", "-w", help="workspace(s) whose ingested tracks "
+                                                   "(WORK/tracks) to learn from; repeat the option"),
+                   log: Path = typer.Option(..., help="clearance log of those flights (CSV or parquet, as for "
+                                            "atc-il actions --log)"),
+                   log_mapping: Optional[str] = typer.Option(None, help="column mapping of the clearance log (YAML)"),
+                   flight_plans: Optional[Path] = typer.Option(None, help="flight-plan waypoint table (direct-to)"),
+                   ignore: Optional[Path] = typer.Option(None, help="table of intervals (flight_id, start, end[, "
+                                                         "signal]) where the log is incomplete: candidates there are "
+                                                         "neither positives nor negatives"),
+                   tol_s: float = typer.Option(120.0, min=1.0, help="a candidate within this many seconds of a "
+                                               "logged clearance of its type on its flight is a positive"),
+                   out: Path = typer.Option(Path("detector.npz"), help="where to write the model (.npz)"),
+                   seed: int = typer.Option(0)):
+    """Train the learned manoeuvre detector on your own tracks and clearance log (for atc-il actions --detector
+    learned --detector-model OUT)."""
+    from pipelines.detector_training import train_from_workspaces
+    rep = train_from_workspaces(work, log, out, log_mapping=log_mapping, flight_plans=flight_plans, ignore=ignore,
+                                tol_s=tol_s, seed=seed)
+    _table("train-detector", rep)
 
 
 @app.command()

@@ -42,16 +42,16 @@ class VariedParams:
     rate_per_s: float = 1.0 / 300.0        # mean time between clearances of an eligible aircraft: 5 min
     min_gap_s: float = 240.0
     min_seen_s: float = 120.0
-    exit_margin_nm: float = 30.0
+    exit_margin_nm: float = 45.0          # the manoeuvre must be seen before the aircraft leaves
     kind_weights: tuple[float, float, float, float] = (0.25, 0.3, 0.25, 0.2)
     climbing_altitude_factor: float = 4.0
     p_back_on_route: float = 0.8
     heading_deg: tuple[float, float] = (5.0, 40.0)
     speed_kt: tuple[float, float] = (5.0, 20.0)
-    mach_max: float = 0.80
+    mach_max: float = 0.78                # faster than this the performance model caps the speed
     level_step_probs: tuple[float, float, float, float] = (0.4, 0.3, 0.2, 0.1)
     fl_min: int = 200
-    fl_max: int = 410
+    fl_max: int = 350                     # an A320 in BlueSky climbs no higher than about FL365
     min_direct_deg: float = 3.0
 
 
