@@ -166,7 +166,9 @@ def _from_sklearn(clf, iso_x: np.ndarray, iso_y: np.ndarray, classes) -> SignalM
             parts.append(tree.nodes)
             start += len(tree.nodes)
     nodes = np.concatenate(parts)
-    arrs = {k: np.ascontiguousarray(nodes[k]) for k in NODE_FIELDS}
+    small = {"feature_idx": np.int16, "left": np.uint16, "right": np.uint16, "missing_go_to_left": np.uint8,
+             "is_leaf": np.uint8}
+    arrs = {k: np.ascontiguousarray(nodes[k]).astype(small.get(k, nodes[k].dtype)) for k in NODE_FIELDS}
     return SignalModel(tuple(classes), np.asarray(clf._baseline_prediction, float).ravel(), arrs, offsets,
                        np.asarray(iso_x, float), np.asarray(iso_y, float))
 
@@ -203,6 +205,24 @@ def label_candidates(cand: pd.DataFrame, log: pd.DataFrame, tol_s: float,
     return lab
 
 
+PLAN_FEATURES = ("wp_dist_nm", "err_before_next", "err_after_next", "err_after_leg", "err_after_best", "best_rank",
+                 "alt_after_vs_plan")
+
+
+def without_plans(cand: pd.DataFrame, labels: pd.Series) -> tuple[pd.DataFrame, pd.Series]:
+    """Copies of the candidates as if no flight plan were given (plan features missing), so that one model serves
+    flights with and without a plan: a direct-to is then a heading change, and a turn onto the plan's next leg
+    near a waypoint (a route turn, not a clearance, but indistinguishable without the plan) is left out."""
+    route_turn = ((cand["signal"] == "track") & (labels == "none") & (cand["wp_dist_nm"] < 8.0)
+                  & (cand["err_after_leg"] < 8.0)).to_numpy()
+    has_plan = cand["wp_dist_nm"].notna().to_numpy()
+    keep = has_plan & ~route_turn
+    c = cand[keep].copy()
+    c.loc[:, list(PLAN_FEATURES)] = np.nan
+    lab = labels[keep].replace({"direct_to": "heading"})
+    return c, lab
+
+
 def _split(fids: pd.Series) -> np.ndarray:
     return np.array([int(hashlib.sha1(str(f).encode()).hexdigest()[:8], 16) % 2 == 0 for f in fids])
 
@@ -215,6 +235,9 @@ def train(cand: pd.DataFrame, labels: pd.Series, seed: int = 0, max_iter: int = 
 
     keep = labels != "ignore"
     cand, labels = cand[keep], labels[keep]
+    extra_c, extra_l = without_plans(cand, labels)
+    cand = pd.concat([cand, extra_c], ignore_index=True)
+    labels = pd.concat([labels, extra_l], ignore_index=True)
     signals, report = {}, {"candidates": {}, "positives": {}}
     for s in SIGNALS:
         idx = np.flatnonzero(cand["signal"].to_numpy() == s)
