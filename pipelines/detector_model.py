@@ -36,6 +36,18 @@ TYPE_OF_LOG = {"heading": "heading", "direct_to": "direct_to", "resume": "direct
 SIGNAL_OF_TYPE = {"heading": "track", "direct_to": "track", "altitude": "altitude", "speed": "speed"}
 
 
+def truth_types(log: pd.DataFrame) -> pd.Series:
+    """The type a logged clearance shows as on a track: its own, with ``resume`` as a direct-to (the aircraft turns
+    back onto its route) when the flight's previous clearance was a heading, and "ignore" otherwise (resuming after
+    a level or speed clearance, or while on the route, may change nothing that a track shows)."""
+    typ = log["action_type"].map(TYPE_OF_LOG).astype(object)
+    order = log.sort_values("time", kind="stable")
+    prev = order.groupby("flight_id")["action_type"].shift(1).reindex(log.index)
+    resume = (log["action_type"] == "resume").to_numpy()
+    typ[resume & (prev != "heading").to_numpy()] = "ignore"
+    return typ
+
+
 @dataclass
 class SignalModel:
     classes: tuple[str, ...]
@@ -180,19 +192,24 @@ def label_candidates(cand: pd.DataFrame, log: pd.DataFrame, tol_s: float,
     lab = pd.Series("none", index=cand.index, dtype=object)
     if len(log):
         lg = log[["flight_id", "time", "action_type"]].reset_index(drop=True).rename_axis("index_log").reset_index()
-        lg["type"] = lg["action_type"].map(TYPE_OF_LOG)
+        lg["type"] = truth_types(lg)
         lg = lg[lg["type"].notna()]
-        lg["signal"] = lg["type"].map(SIGNAL_OF_TYPE)
+        lg = pd.concat([lg[lg["type"] != "ignore"].assign(signal=lambda d: d["type"].map(SIGNAL_OF_TYPE))]
+                       + [lg[lg["type"] == "ignore"].assign(signal=s) for s in SIGNALS], ignore_index=True)
         m = cand.reset_index()[["index", "flight_id", "signal", "time"]].merge(lg, on=["flight_id", "signal"],
                                                                              suffixes=("", "_log"))
         m["d"] = (m["time"] - m["time_log"]).abs().dt.total_seconds()
         m = m[m["d"] <= tol_s].sort_values("d", kind="stable")
         used_c, used_t = set(), set()
         for ci, ti, ty in zip(m["index"], m["index_log"], m["type"]):     # one-to-one, nearest first
+            if ty == "ignore":
+                continue
             if ci not in used_c and ti not in used_t:
                 used_c.add(ci)
                 used_t.add(ti)
                 lab.loc[ci] = ty
+        near_ignored = set(m.loc[m["type"] == "ignore", "index"]) - used_c
+        lab.loc[sorted(near_ignored)] = "ignore"
     if ignore is not None and len(ignore):
         ig = cand.reset_index()[["index", "flight_id", "signal", "time"]].merge(ignore, on="flight_id",
                                                                               suffixes=("", "_ignore"))

@@ -21,6 +21,8 @@ weighted ``climbing_altitude_factor`` times more for an aircraft climbing or des
 
 :func:`dense_routes` gives a scenario's flights routes with waypoints 2-4 minutes apart and a few NM off the
 straight line (as real routes through beacons are), so that direct-to changes the track by a few degrees.
+Aircraft fly with VNAV off (``spawn_commands``): BlueSky's VNAV changes the speed at route turns, which aircraft
+in cruise do not.
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ def _next_index(route, lat, lon, trk) -> int:
 
 class VariedController(Controller):
     name = "varied"
+    # VNAV off: with VNAV's speed management BlueSky changes the speed at every route turn (its turn speed),
+    # which en-route aircraft holding their Mach number do not; LNAV stays on
+    spawn_commands = ("VNAV {fid} OFF",)
 
     def __init__(self, params: VariedParams = VariedParams()):
         self.p = params
