@@ -269,6 +269,7 @@ def train(cand: pd.DataFrame, labels: pd.Series, seed: int = 0, max_iter: int = 
         fit = _split(cand.iloc[idx]["flight_id"])
         if fit.all() or not fit.any():
             fit = np.arange(len(idx)) % 2 == 0
+        X[:, np.isnan(X[fit]).all(axis=0)] = 0.0     # a feature never known (e.g. no flight plans): constant, unused
         present = np.unique(y[fit])
         clf = HistGradientBoostingClassifier(max_iter=max_iter, learning_rate=0.08, max_leaf_nodes=15,
                                              min_samples_leaf=10, l2_regularization=1.0, random_state=seed)
