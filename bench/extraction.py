@@ -77,9 +77,15 @@ def simulate(work: Path, name: str) -> Path:
     tracks, logs, plans, ignore, who = [], [], [], [], {}
     for expert, n, seed, density in SETS[name]:
         d = work / f"sim-{name}-{expert}"
-        if not (d / "simulate_report.json").exists():
-            sh(CLI, "simulate", "-n", n, "--expert", expert, "--seed", seed, "--workers", 2, "--density", density,
-               "--dense-routes" if expert == "varied" else "--straight-routes", "--out", d)
+        for attempt in (1, 2):       # once more if a worker process died (a shared machine's memory)
+            if (d / "simulate_report.json").exists():
+                break
+            try:
+                sh(CLI, "simulate", "-n", n, "--expert", expert, "--seed", seed, "--workers", 2, "--density", density,
+                   "--dense-routes" if expert == "varied" else "--straight-routes", "--out", d)
+            except RuntimeError:
+                if attempt == 2:
+                    raise
         tr = read_table(d / "tracks", TRACK_SCHEMA)
         tracks.append(tr)
         logs.append(pd.read_parquet(d / "clearances.parquet"))
