@@ -144,8 +144,10 @@ def actions(work: Path = Work, config: Optional[Path] = ConfigOpt,
                                          "boosted trees with a calibrated confidence, pipelines/detector.py)"),
             detector_model: Optional[Path] = typer.Option(None, help="learned detector model (.npz from atc-il "
                                                           "train-detector); default: the one shipped"),
-            detector_threshold: float = typer.Option(0.5, min=0.0, max=1.0, help="learned detector: keep actions "
-                                                     "whose calibrated confidence is at least this"),
+            detector_threshold: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="learned detector: keep "
+                                                               "actions whose calibrated confidence is at least this; "
+                                                               "default: the model's per-signal threshold (best F1 on "
+                                                               "held-out flights when it was trained)"),
             min_alt_ft: Optional[float] = MinAlt, airspace: Optional[Path] = AirspaceOpt,
             sector: Optional[str] = SectorOpt):
     """Extract controller actions (clearance log and/or manoeuvres inferred from tracks) and link them to episodes.

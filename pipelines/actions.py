@@ -370,11 +370,12 @@ def drop_logged_duplicates(inferred: pd.DataFrame, logged: pd.DataFrame,
 # ---------------------------------------------------------------- stage
 def run(tracks_dir, out_dir, cfg: ActionConfig = ActionConfig(), *, log=None, log_mapping=None, flight_plans=None,
         episodes_dir=None, infer: bool = True, progress=None, enroute: EnRouteConfig = EnRouteConfig(),
-        detector: str = "rules", detector_model=None, detector_threshold: float = 0.5) -> dict:
+        detector: str = "rules", detector_model=None, detector_threshold: float | None = None) -> dict:
     """Actions stage: clearance log + inferred actions -> out_dir/actions/, links -> out_dir/action_links/.
 
     ``detector``: ``rules`` (``pipelines.manoeuvres``) or ``learned`` (``pipelines.detector``, with the shipped
-    model or ``detector_model``, a path; actions with a calibrated confidence under ``detector_threshold`` are left out).
+    model or ``detector_model``, a path; actions with a calibrated confidence under ``detector_threshold``, default the
+    model's own per-signal threshold, are left out).
 
     ``enroute`` (default: keep everything) leaves out the actions whose aircraft is below its floor or outside
     its airspace at the action's time (``pipelines.enroute``), counted by reason in the summary."""
@@ -411,7 +412,7 @@ def run(tracks_dir, out_dir, cfg: ActionConfig = ActionConfig(), *, log=None, lo
 
 
 def _run(tracks_dir, staged: StagedRun, cfg, log, log_mapping, flight_plans, episodes_dir, infer, progress,
-         flt: EnRouteFilter, model=None, threshold: float = 0.5) -> dict:
+         flt: EnRouteFilter, model=None, threshold: float | None = None) -> dict:
     tracks = read_table(tracks_dir, TRACK_SCHEMA)
     plans = flight_plans if isinstance(flight_plans, pd.DataFrame) or flight_plans is None \
         else read_flight_plans(flight_plans)

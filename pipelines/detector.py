@@ -17,8 +17,9 @@
    the altitude after against the planned level and against 1000 ft levels.
 3. a classifier per signal (scikit-learn ``HistGradientBoostingClassifier``): altitude {none, altitude},
    speed {none, speed}, track {none, heading, direct_to}, its probability of "not none" calibrated by isotonic
-   regression on held-out flights; a candidate whose calibrated ``confidence`` is at least ``threshold``
-   (0.5) becomes an action of the most probable type. Direct-to names the downstream waypoint the new track
+   regression on held-out flights; a candidate whose calibrated ``confidence`` is at least the threshold
+   becomes an action of the most probable type. The threshold is the model's own per signal (the one that
+   maximised F1 on the held-out flights) unless one is given. Direct-to names the downstream waypoint the new track
    points at best.
 
 Onset: an altitude candidate is placed at the slope change, a level-off (climb or descent ending) at the
@@ -354,7 +355,7 @@ def candidate_table(cands) -> pd.DataFrame:
 
 
 def detect_actions(tracks: pd.DataFrame, flight_plans: pd.DataFrame | None = None, model=None,
-                   threshold: float = 0.5, progress: bool | None = None) -> pd.DataFrame:
+                   threshold: float | None = None, progress: bool | None = None) -> pd.DataFrame:
     """Actions (ACTION_SCHEMA, source ``track_inferred``) found by the learned detector; ``model`` a
     :class:`pipelines.detector_model.DetectorModel` (default: the one shipped with the package).
     ``result.attrs["candidates"]`` counts the candidates per signal, ``attrs["rejected"]`` those under threshold."""
@@ -367,7 +368,9 @@ def detect_actions(tracks: pd.DataFrame, flight_plans: pd.DataFrame | None = Non
         result.attrs["rejected"] = {}
         return result
     kind, conf = model.classify(cand)
-    keep = (kind != "none") & (conf >= threshold)
+    thr = cand["signal"].map(model.thresholds).fillna(0.5).to_numpy(float) if threshold is None \
+        else np.full(len(cand), float(threshold))
+    keep = (kind != "none") & (conf >= thr)
     result.attrs["rejected"] = {f"{s}_below_threshold": int(v)
                                 for s, v in cand.loc[~keep, "signal"].value_counts().items()}
     rows = []

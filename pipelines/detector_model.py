@@ -56,6 +56,7 @@ class SignalModel:
     offsets: np.ndarray                  # (n_iter, n_outputs) start of each tree in ``nodes``
     iso_x: np.ndarray
     iso_y: np.ndarray
+    threshold: float = 0.5               # on the calibrated confidence: the best F1 on held-out flights
 
     def raw(self, X: np.ndarray) -> np.ndarray:
         n_iter, k = self.offsets.shape
@@ -97,6 +98,10 @@ class DetectorModel:
     signals: dict[str, SignalModel]
     meta: dict = field(default_factory=dict)
 
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return {s: m.threshold for s, m in self.signals.items()}
+
     def classify(self, cand: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(type or "none", calibrated confidence that it is a manoeuvre) per candidate row."""
         kind = np.full(len(cand), "none", dtype=object)
@@ -119,7 +124,7 @@ class DetectorModel:
         arrays: dict[str, np.ndarray] = {}
         header = {"format": FORMAT, "features": list(FEATURES), "meta": self.meta, "signals": {}}
         for s, m in self.signals.items():
-            header["signals"][s] = {"classes": list(m.classes)}
+            header["signals"][s] = {"classes": list(m.classes), "threshold": float(m.threshold)}
             arrays[f"{s}/baseline"] = m.baseline.astype(float)
             arrays[f"{s}/offsets"] = m.offsets.astype(np.int64)
             arrays[f"{s}/iso_x"] = m.iso_x.astype(float)
@@ -149,7 +154,8 @@ class DetectorModel:
                 signals = {}
                 for s, info in header["signals"].items():
                     signals[s] = SignalModel(tuple(info["classes"]), z[f"{s}/baseline"], {k: z[f"{s}/{k}"] for k in NODE_FIELDS},
-                                             z[f"{s}/offsets"], z[f"{s}/iso_x"], z[f"{s}/iso_y"])
+                                             z[f"{s}/offsets"], z[f"{s}/iso_x"], z[f"{s}/iso_y"],
+                                             float(info.get("threshold", 0.5)))
         except (OSError, ValueError, KeyError) as exc:
             raise ConfigError(f"{path}: cannot read the detector model: {exc}") from None
         return cls(signals, header.get("meta", {}))
@@ -240,6 +246,18 @@ def without_plans(cand: pd.DataFrame, labels: pd.Series) -> tuple[pd.DataFrame, 
     return c, lab
 
 
+def _best_f1_threshold(conf: np.ndarray, positive: np.ndarray) -> float:
+    """The threshold on the calibrated confidence (0.2..0.8) with the best F1 on held-out candidates."""
+    best, best_f1 = 0.5, -1.0
+    for thr in np.round(np.arange(0.2, 0.801, 0.05), 2):
+        pred = conf >= thr
+        tp = float(np.sum(pred & positive))
+        f1 = 2 * tp / max(1.0, float(pred.sum() + positive.sum()))
+        if f1 > best_f1 + 1e-9:
+            best, best_f1 = float(thr), f1
+    return best
+
+
 def _split(fids: pd.Series) -> np.ndarray:
     return np.array([int(hashlib.sha1(str(f).encode()).hexdigest()[:8], 16) % 2 == 0 for f in fids])
 
@@ -280,6 +298,8 @@ def train(cand: pd.DataFrame, labels: pd.Series, seed: int = 0, max_iter: int = 
         p_any = 1.0 - clf.predict_proba(X[~fit])[:, 0]
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p_any, (y[~fit] > 0).astype(float))
         signals[s] = _from_sklearn(clf, iso.X_thresholds_, iso.y_thresholds_, classes)
+        signals[s].threshold = _best_f1_threshold(signals[s].calibrate(p_any), y[~fit] > 0)
+        report.setdefault("thresholds", {})[s] = signals[s].threshold
         report.setdefault("sklearn_check", {})[s] = float(np.max(np.abs(signals[s].proba(X[~fit][:200])
                                                                         - clf.predict_proba(X[~fit][:200]))))
     import sklearn

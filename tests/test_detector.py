@@ -146,7 +146,8 @@ def test_detector_finds_each_manoeuvre(interval, kinematics):
     fp = plans(["DCT"])
     det = detect_actions(grid, fp)
     assert list(det.columns) == ACTION_SCHEMA.names
-    assert det["confidence"].between(0.5, 1.0).all()
+    thr = det["action_type"].map({"altitude": "altitude", "speed": "speed"}).fillna("track").map(load_default().thresholds)
+    assert (det["confidence"] <= 1.0).all() and (det["confidence"] >= thr).all()
     tol = 60.0 + 2 * interval
     for fid, t, kind in truth.itertuples(index=False):
         if kind == "direct_to":
@@ -190,6 +191,7 @@ def test_model_file_round_trip_matches_sklearn_and_loads_no_code(tmp_path):
     k1, c1 = model.classify(cand)
     k2, c2 = again.classify(cand)
     assert (k1 == k2).all() and np.allclose(c1, c2) and ((c2 >= 0) & (c2 <= 1)).all()
+    assert again.thresholds == model.thresholds and all(0.2 <= t <= 0.8 for t in model.thresholds.values())
     np.savez(tmp_path / "evil.npz", header=np.array([{"format": "x"}], dtype=object))
     with pytest.raises(ConfigError):
         DetectorModel.load(tmp_path / "evil.npz")         # an object array would need pickle: refused
