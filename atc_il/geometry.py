@@ -25,6 +25,17 @@ def kwik_qdr_dist_nm(lat1, lon1, lat2, lon2):
     return qdr, dist_nm
 
 
+def kwik_dist_nm(lat1, lon1, lat2, lon2):
+    """The distance of :func:`kwik_qdr_dist_nm` (NM, the same floating-point values) without the bearing."""
+    lat1 = np.asarray(lat1, dtype=float)
+    lat2 = np.asarray(lat2, dtype=float)
+    dlat = np.radians(lat2 - lat1)
+    dlon = np.radians(((np.asarray(lon2, dtype=float) - lon1) + 180.0) % 360.0 - 180.0)
+    cavelat = np.cos(np.radians(lat1 + lat2) * 0.5)
+    dangle = np.sqrt(dlat * dlat + dlon * dlon * cavelat * cavelat)
+    return EARTH_RADIUS_M * dangle / NM_M
+
+
 def haversine_nm(lat1, lon1, lat2, lon2):
     """Great-circle distance in NM (for long ranges, jump checks and route lengths)."""
     p1, p2 = np.radians(lat1), np.radians(lat2)

@@ -139,6 +139,15 @@ def actions(work: Path = Work, config: Optional[Path] = ConfigOpt,
             log_mapping: Optional[str] = typer.Option(None, help="column mapping of the clearance log (YAML)"),
             flight_plans: Optional[Path] = typer.Option(None, help="flight-plan waypoint table, enables direct-to detection"),
             infer: bool = typer.Option(True, "--infer/--no-infer", help="infer manoeuvres from tracks"),
+            detector: str = typer.Option("rules", help="how manoeuvres are inferred: rules (thresholds on rates, "
+                                         "pipelines/manoeuvres.py) or learned (change candidates scored by gradient-"
+                                         "boosted trees with a calibrated confidence, pipelines/detector.py)"),
+            detector_model: Optional[Path] = typer.Option(None, help="learned detector model (.npz from atc-il "
+                                                          "train-detector); default: the one shipped"),
+            detector_threshold: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="learned detector: keep "
+                                                               "actions whose calibrated confidence is at least this; "
+                                                               "default: the model's per-signal threshold (best F1 on "
+                                                               "held-out flights when it was trained)"),
             min_alt_ft: Optional[float] = MinAlt, airspace: Optional[Path] = AirspaceOpt,
             sector: Optional[str] = SectorOpt):
     """Extract controller actions (clearance log and/or manoeuvres inferred from tracks) and link them to episodes.
@@ -148,8 +157,32 @@ def actions(work: Path = Work, config: Optional[Path] = ConfigOpt,
     cfg = _config(config, enroute=_enroute(min_alt_ft, airspace, sector))
     episodes = work / "episodes"
     summary = run(work / "tracks", work, cfg.actions, log=log, log_mapping=log_mapping, flight_plans=flight_plans,
-                  episodes_dir=episodes if episodes.exists() else None, infer=infer, enroute=cfg.enroute)
+                  episodes_dir=episodes if episodes.exists() else None, infer=infer, enroute=cfg.enroute,
+                  detector=detector, detector_model=detector_model, detector_threshold=detector_threshold)
     _table("actions", summary)
+
+
+@app.command("train-detector")
+@_guard
+def train_detector(work: List[Path] = typer.Option(..., "--work", "-w", help="workspace(s) whose ingested tracks "
+                                                   "(WORK/tracks) to learn from; repeat the option"),
+                   log: Path = typer.Option(..., help="clearance log of those flights (CSV or parquet, as for "
+                                            "atc-il actions --log)"),
+                   log_mapping: Optional[str] = typer.Option(None, help="column mapping of the clearance log (YAML)"),
+                   flight_plans: Optional[Path] = typer.Option(None, help="flight-plan waypoint table (direct-to)"),
+                   ignore: Optional[Path] = typer.Option(None, help="table of intervals (flight_id, start, end[, "
+                                                         "signal]) where the log is incomplete: candidates there are "
+                                                         "neither positives nor negatives"),
+                   tol_s: float = typer.Option(120.0, min=1.0, help="a candidate within this many seconds of a "
+                                               "logged clearance of its type on its flight is a positive"),
+                   out: Path = typer.Option(Path("detector.npz"), help="where to write the model (.npz)"),
+                   seed: int = typer.Option(0)):
+    """Train the learned manoeuvre detector on your own tracks and clearance log (for atc-il actions --detector
+    learned --detector-model OUT)."""
+    from pipelines.detector_training import train_from_workspaces
+    rep = train_from_workspaces(work, log, out, log_mapping=log_mapping, flight_plans=flight_plans, ignore=ignore,
+                                tol_s=tol_s, seed=seed)
+    _table("train-detector", rep)
 
 
 @app.command()
@@ -185,9 +218,9 @@ def sample(work: Path = Work,
 @_guard
 def quickstart(work: Path = Work, seed: int = typer.Option(0),
                learn: bool = typer.Option(True, "--learn/--data-only", help="after the radar-track chain, also simulate, train, evaluate, predict and report"),
-               scenarios: int = typer.Option(32, min=3, help="simulated scenarios for the demonstrations"),
+               scenarios: int = typer.Option(48, min=3, help="simulated scenarios for the demonstrations"),
                loop_scenarios: int = typer.Option(8, min=1, help="new scenarios for the closed-loop evaluation"),
-               epochs: int = typer.Option(15, min=1, help="training epochs at most (early stopping on validation)")):
+               epochs: int = typer.Option(25, min=1, help="training epochs at most (early stopping on validation)")):
     """The main job on the embedded default: radar-track chain (ingest -> conflicts -> actions -> histories),
     then BlueSky demonstrations -> histories -> train -> offline and closed-loop evaluation -> registered
     model -> batch prediction -> report. Each step prints what it did."""
@@ -199,13 +232,17 @@ def quickstart(work: Path = Work, seed: int = typer.Option(0),
 @app.command()
 @_guard
 def simulate(scenarios: int = typer.Option(4, "--scenarios", "-n", min=1, help="number of generated scenarios"),
-             expert: str = typer.Option("atco", help="atco (synthetic controller), mvp (BlueSky's MVP) or none"),
+             expert: str = typer.Option("atco", help="atco (synthetic controller), mvp (BlueSky's MVP), varied (real-world "
+                                        "clearance kinds with exact ground truth, for extraction benchmarks) or none"),
              seed: int = typer.Option(0, help="scenario set and expert seed"),
              workers: int = typer.Option(1, min=1, help="parallel BlueSky processes"),
              scheduler: Optional[str] = typer.Option(None, help="address of a Dask scheduler to run on"),
              duration_s: float = typer.Option(1800.0, help="scenario length (simulated seconds)"),
              density: float = typer.Option(4.0, help="background flights per hour per 10,000 NM^2"),
              conflicts_per_scenario: int = typer.Option(4, "--conflicts", help="injected conflict pairs per scenario"),
+             dense_routes: bool = typer.Option(False, "--dense-routes/--straight-routes",
+                                               help="flight plans with waypoints 2-4 min apart, a few NM off the straight "
+                                                    "line (direct-to then changes the track by a few degrees)"),
              out: Path = typer.Option(Path("workspace/sim"), help="output folder")):
     """Run generated scenarios in BlueSky under an expert controller and write demonstrations
     (tracks, clearances, expert ground truth, scenarios) in the canonical contracts."""
@@ -216,7 +253,8 @@ def simulate(scenarios: int = typer.Option(4, "--scenarios", "-n", min=1, help="
         client = Client(scheduler)
     try:
         rep = run_sim(out, scenarios, expert, seed, workers, client,
-                      {"duration_s": duration_s, "density": density, "conflicts": conflicts_per_scenario})
+                      {"duration_s": duration_s, "density": density, "conflicts": conflicts_per_scenario},
+                      dense_routes=dense_routes)
     finally:
         if client is not None:
             client.close()
@@ -314,6 +352,7 @@ def predict(model: str = typer.Option(..., "--model", help="models:/NAME@alias, 
             engine: Optional[str] = typer.Option(None, help="local (in-process) or dask; default local for 1 worker, else dask"),
             workers: int = typer.Option(1, min=1, help="Dask LocalCluster of N single-thread worker processes"),
             scheduler: Optional[str] = typer.Option(None, help="address of an existing Dask scheduler to run on"),
+            runtime: str = typer.Option("auto", help="context network: auto (ONNX Runtime where it reproduces PyTorch), onnx or torch"),
             clearances: Optional[Path] = typer.Option(None, help="issued clearances: a clearance log file or an actions/ folder"),
             workspace: Path = typer.Option(Path("workspace"), "--workspace", "-w", help="where the MLflow store is")):
     """Batch prediction: conflicts and the model's decision at every conflict step before CPA, per
@@ -323,7 +362,8 @@ def predict(model: str = typer.Option(..., "--model", help="models:/NAME@alias, 
     from models.batch_predict import run as run_predict
     from models.registry import tracking_uri
     os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri(workspace))
-    rep = run_predict(tracks, out, model, engine=engine, workers=workers, scheduler=scheduler, clearances=clearances)
+    rep = run_predict(tracks, out, model, engine=engine, workers=workers, scheduler=scheduler, clearances=clearances,
+                      runtime=runtime)
     _table(f"predict {model}", {
         "partitions": rep["partitions"], "done": rep["partitions_done"], "skipped (finished before)": rep["partitions_skipped"],
         "failed": rep["partitions_failed"], "track points": rep["track_points"], "conflict steps": rep["conflict_steps"],

@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(work: Path, say: Callable[[str], None] = print, *, scenarios: int = 32, duration_s: float = 1800.0,
-        seed: int = 0, epochs: int = 15, sim_scenarios: int = 8, learn: bool = True) -> dict:
+def run(work: Path, say: Callable[[str], None] = print, *, scenarios: int = 48, duration_s: float = 1800.0,
+        seed: int = 0, epochs: int = 25, sim_scenarios: int = 8, learn: bool = True) -> dict:
     from atc_il.config import PipelineConfig
     from pipelines import actions as act
     from pipelines import conflicts as con
@@ -62,9 +62,12 @@ def run(work: Path, say: Callable[[str], None] = print, *, scenarios: int = 32, 
     from models.train import train
     uri_store = tracking_uri(work)
     os.environ["MLFLOW_TRACKING_URI"] = uri_store
-    # the default model with the session style code, narrower so that it trains in about a minute on 2 cores
+    # the default model with the session style code and the mlp encoder (the decision-time step with the history
+    # features and recent clearances), narrower, so that it trains in about a minute on 2 cores; the gru encoder
+    # gains a little more from the history (bench/RESULTS.md) at several times the training time
     mcfg = load_model_config(ROOT / "models" / "configs" / "gru_mdn.yaml", name="atc-resolver",
-                             encoder={"hidden": 64, "layers": 1}, head={"hidden": 64}, style={"enabled": True},
+                             encoder={"name": "mlp", "hidden": 64, "layers": 1}, head={"hidden": 64},
+                             style={"enabled": True},
                              train={"epochs": epochs, "device": "cpu", "patience": 4})
     tr = train(mcfg, sim / "dataset", work / "runs" / mcfg.name, resume=False, tracking_uri=uri_store,
                register_as=mcfg.name, alias="champion")

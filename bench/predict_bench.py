@@ -3,6 +3,7 @@ single-thread worker processes, side by side in one run on the same dense traffi
 
     .venv/bin/python bench/predict_bench.py [--days 2] [--hours 8] [--background 220] [--conflicts 40]
                                             [--config gru_mdn] [--by-hour] [--workdir /tmp/atc-il-predict]
+                                            [--peer DIR --peer-name NAME]
 
 Setup (cached in --workdir, not timed): a small sample trains the model (``--config``, one short epoch:
 throughput does not depend on the weights), then dense synthetic traffic is sampled and ingested into
@@ -76,6 +77,30 @@ def make_traffic(work: Path, days: int, hours: float, background: int, conflicts
     return out
 
 
+PEER = r"""
+import json, os, sys, time
+os.environ["ATC_IL_PROGRESS"] = "0"
+import torch
+from models.batch_predict import run
+t = time.perf_counter()
+rep = run(sys.argv[1], sys.argv[2], sys.argv[3], clearances=sys.argv[4], engine="local")
+rep["threads"] = torch.get_num_threads()
+print("RESULT " + json.dumps({k: v for k, v in rep.items() if k != "per_partition"} | {
+    "busy": sum(r["seconds"] for r in rep["per_partition"])}))
+"""
+
+
+def run_peer(code: Path, tracks: str, out: Path, uri: str, clearances: str) -> dict:
+    """``models.batch_predict.run`` (in-process engine) of another checkout, in a fresh process."""
+    import subprocess
+    env = dict(os.environ, PYTHONPATH=str(code), ATC_IL_PROGRESS="0")
+    proc = subprocess.run([sys.executable, "-c", PEER, tracks, str(out), uri, clearances], capture_output=True,
+                          text=True, env=env, cwd=str(code))
+    if proc.returncode:
+        sys.exit(f"peer failed:\n{proc.stderr[-3000:]}")
+    return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--days", type=int, default=2)
@@ -86,6 +111,10 @@ def main() -> None:
     ap.add_argument("--by-hour", action="store_true", help="hour partitions instead of day partitions")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/atc-il-predict"))
+    ap.add_argument("--peer", type=Path, default=None,
+                    help="a checkout of another version (e.g. `git archive main | tar -x -C DIR`): its in-process "
+                         "run is timed first, in a fresh process, on the same data and model")
+    ap.add_argument("--peer-name", default="peer")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -99,39 +128,56 @@ def main() -> None:
 
     from models.batch_predict import run
     results = {}
-    for name, kw in (("in-process", {"engine": "local"}), (f"Dask LocalCluster, {args.workers} workers",
-                                                          {"engine": "dask", "workers": args.workers})):
+    if args.peer:
+        out = args.workdir / "out" / "peer"
+        shutil.rmtree(out, ignore_errors=True)
+        rep = run_peer(args.peer.resolve(), data["tracks"], out, uri, data["clearances"])
+        name = f"{args.peer_name}: in-process, PyTorch ({rep['threads']} threads)"
+        results[name] = (rep, rep["busy"], out, 2)
+        print(f"{name:40s} {rep['seconds']:7.1f} s  {rep['points_per_s']:10,.0f} points/s", flush=True)
+    torch.set_num_threads(1)           # this version in-process: one core (ONNX Runtime and the head, 1 thread each)
+    for name, kw, cores in (("in-process, 1 thread", {"engine": "local"}, 1),
+                            (f"Dask LocalCluster, {args.workers} single-thread workers",
+                             {"engine": "dask", "workers": args.workers}, args.workers)):
         out = args.workdir / "out" / kw["engine"]
         shutil.rmtree(out, ignore_errors=True)
         rep = run(data["tracks"], out, uri, clearances=data["clearances"], **kw)
         if rep["partitions_failed"]:
             sys.exit(f"{name}: partitions failed: {rep['failed']}")
         busy = sum(r["seconds"] for r in rep["per_partition"])
-        results[name] = (rep, busy, out)
-        print(f"{name:32s} {rep['seconds']:7.1f} s  {rep['points_per_s']:10,.0f} points/s  "
+        name = f"{name}, {'/'.join(rep['runtime'])}"
+        results[name] = (rep, busy, out, cores)
+        print(f"{name:40s} {rep['seconds']:7.1f} s  {rep['points_per_s']:10,.0f} points/s  "
               f"{rep['predictions']:,} predictions", flush=True)
 
-    (loc, _, out_l), (dsk, _, out_d) = results.values()
     read = lambda o: pd.concat([pd.read_parquet(f) for f in sorted(o.rglob("part-0.parquet"))]).sort_values(
         ["time", "flight_id_1", "flight_id_2"]).reset_index(drop=True)
-    a, b = read(out_l), read(out_d)
-    same = len(a) == len(b) and (a[["time", "flight_id_1", "flight_id_2", "action_type"]] ==
-                                 b[["time", "flight_id_1", "flight_id_2", "action_type"]]).all().all()
-    dp = float((a["p_act"] - b["p_act"]).abs().max()) if len(a) == len(b) else float("nan")
+    outs = [read(o) for _, _, o, _ in results.values()]
+    ref = outs[0]
+    disc = ["time", "flight_id_1", "flight_id_2", "act", "aircraft", "action_type"]
+    same = all(len(o) == len(ref) and (o[disc] == ref[disc]).all().all() for o in outs[1:])
+    dp = max((float((o["p_act"] - ref["p_act"]).abs().max()) if len(o) == len(ref) else float("nan"))
+             for o in outs[1:])
+    first = next(iter(results.values()))[0]
     lines = ["| engine | partitions | track points | conflict steps | predictions | wall s | partition-busy s | "
-             "points / s | vs in-process |", "|---|---|---|---|---|---|---|---|---|"]
-    for name, (rep, busy, _) in results.items():
+             "points / s | cores | points / s per core | vs first row |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, (rep, busy, _, cores) in results.items():
         lines.append(f"| {name} | {rep['partitions']} | {rep['track_points']:,} | {rep['conflict_steps']:,} | "
                      f"{rep['predictions']:,} | {rep['seconds']:.1f} | {busy:.1f} | {rep['points_per_s']:,.0f} | "
-                     f"{rep['points_per_s'] / loc['points_per_s']:.2f}x |")
+                     f"{cores} | {rep['points_per_s'] / cores:,.0f} | {rep['points_per_s'] / first['points_per_s']:.2f}x |")
+    try:
+        load = f" Load average at the end: {os.getloadavg()[0]:.1f} (the machine is shared with other engineers' jobs)."
+    except OSError:
+        load = ""
     body = (f"`.venv/bin/python bench/predict_bench.py --days {args.days} --hours {args.hours:g} --background "
-            f"{args.background} --conflicts {args.conflicts} --config {args.config}{' --by-hour' if args.by_hour else ''}`: "
-            f"{data['points']:,} grid points (5 s) of dense synthetic traffic in {loc['partitions']} "
+            f"{args.background} --conflicts {args.conflicts} --config {args.config}{' --by-hour' if args.by_hour else ''}"
+            f"{' --peer ' + str(args.peer) + ' --peer-name ' + args.peer_name if args.peer else ''}`: "
+            f"{data['points']:,} grid points (5 s) of dense synthetic traffic in {first['partitions']} "
             f"{'hour' if args.by_hour else 'day'} partitions, model `{args.config}` (CPU), clearance log as features. "
-            f"Wall time is `models.batch_predict.run` end to end (the Dask row includes starting the cluster); "
-            f"partition-busy is the sum of the per-partition task times. In-process torch uses "
-            f"{torch.get_num_threads()} intra-op threads, each Dask worker 1. Same decisions from both engines: "
-            f"{'yes' if same else 'NO'} (max |p_act| difference {dp:.1e}).\n\n" + "\n".join(lines))
+            f"Wall time is `models.batch_predict.run` end to end (the Dask row includes starting the cluster; every "
+            f"row includes the one ONNX export where the runtime is onnxruntime); partition-busy is the sum of the "
+            f"per-partition task times. Same decisions in every row (time, pair, act, aircraft, type): "
+            f"{'yes' if same else 'NO'} (max |p_act| difference {dp:.1e}).{load}\n\n" + "\n".join(lines))
     print(body)
     if not args.no_record:
         append_results("Batch prediction: in-process vs Dask LocalCluster (bench/predict_bench.py)", body)

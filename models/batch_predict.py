@@ -46,7 +46,7 @@ from atc_il.io import MARKER, atomic_write_table, is_complete, mark_complete, pa
 from atc_il.progress import track
 from atc_il.runs import RUN_RECORD, checkpoint, require_complete
 from atc_il.schemas import ACTION_SCHEMA, DECISION_SCHEMA, TIME, TRACK_SCHEMA, conform, to_ns, to_table
-from models.serving import Predictor
+from models.serving import Predictor, Prepared, decisions_frame
 
 PREDICTION_SCHEMA = DECISION_SCHEMA       # the decision contract, one row per conflict and decision time
 
@@ -62,17 +62,41 @@ _PREDICTORS: dict = {}
 LOADS = {"count": 0}
 
 
-def get_predictor(uri: str):
-    """The :class:`models.serving.Predictor` for ``uri``, loaded on first use in this process."""
-    if uri not in _PREDICTORS:
-        _PREDICTORS[uri] = Predictor.from_uri(uri)
+def get_predictor(uri: str, runtime: str = "auto"):
+    """The :class:`models.serving.Predictor` for ``uri`` (and context-network ``runtime``, see
+    :func:`choose_runtime`), loaded on first use in this process."""
+    if (uri, runtime) not in _PREDICTORS:
+        _PREDICTORS[(uri, runtime)] = Predictor.from_uri(uri)
         LOADS["count"] += 1
-    return _PREDICTORS[uri]
+    return _PREDICTORS[(uri, runtime)]
 
 
 def load_count() -> int:
     """How many models this process has loaded (for tests: ``client.run(load_count)``)."""
     return LOADS["count"]
+
+
+RUNTIMES = ("auto", "onnx", "torch")
+
+
+def choose_runtime(predictor, feats: dict, runtime: str = "auto", model_bytes: bytes | None = None) -> str:
+    """Put ``predictor``'s context network on ONNX Runtime (``auto``, ``onnx``) or leave it on PyTorch
+    (``torch``), once per predictor. ONNX Runtime ran the default model's context network ~1.3x faster than
+    PyTorch on one core (bench/RESULTS.md); it is used only when it reproduces PyTorch on these features
+    (:func:`models.onnx_context.onnx_context`), else PyTorch stays (``onnx`` then raises). ``model_bytes``: the
+    graph the driver exported (workers open it instead of exporting again). Returns the runtime."""
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if runtime == "torch":
+        predictor.use_torch()
+        return predictor.runtime
+    if getattr(predictor, "onnx_tried", False) or predictor.runtime == "onnxruntime":
+        return predictor.runtime
+    predictor.onnx_tried = True
+    why = predictor.use_onnx([{k: v[:8] for k, v in feats.items()}], model_bytes)
+    if why and runtime == "onnx":
+        raise ConfigError(f"batch prediction on ONNX Runtime is not possible: {why}; use --runtime torch or auto")
+    return predictor.runtime
 
 
 # ------------------------------------------------------------------ the pure function
@@ -90,12 +114,13 @@ def on_grid(tracks: pd.DataFrame, step_s: float) -> bool:
 
 
 def predict_partition(tracks: pd.DataFrame, predictor, clearances: pd.DataFrame | None = None, *,
-                      start=None, chunk: int = CHUNK_SAMPLES) -> pd.DataFrame:
+                      start=None, chunk: int = CHUNK_SAMPLES, runtime: str = "auto") -> pd.DataFrame:
     """Decisions for every conflict step before CPA (``conflict`` and ``tcpa_s > 0``) at times >= ``start``.
 
     ``tracks``: canonical points; off the model's grid they are resampled with ``predictor.grid``.
     Points before ``start`` are history only (see the module doc for how much a caller must pass).
     ``clearances``: issued clearances (ACTION_SCHEMA), features of the decisions after them.
+    ``runtime``: the context network's runtime (:func:`choose_runtime`).
     Returns :data:`PREDICTION_SCHEMA` rows sorted by (time, flight_id_1, flight_id_2); ``attrs`` count
     the conflict steps (``conflict_steps``) at emitted times.
     """
@@ -103,7 +128,7 @@ def predict_partition(tracks: pd.DataFrame, predictor, clearances: pd.DataFrame 
     out.attrs["conflict_steps"] = 0
     if tracks.empty:
         return out
-    from pipelines.features import TrackIndex
+    from pipelines.features import Samples, TrackIndex
     grid = tracks if on_grid(tracks, predictor.step_s) else predictor.grid(tracks)
     grid = grid.reset_index(drop=True)
     conf = predictor.detect(grid)
@@ -123,8 +148,13 @@ def predict_partition(tracks: pd.DataFrame, predictor, clearances: pd.DataFrame 
         acts = acts[(acts["time"] >= samples["time"].min() - horizon) & (acts["time"] < samples["time"].max())]
         acts = acts.sort_values("time", kind="stable").reset_index(drop=True)
     idx = TrackIndex.build(grid, predictor.step_s)
-    parts = [predictor.predict_samples(samples.iloc[a:a + chunk].reset_index(drop=True), grid, acts, index=idx)[0]
-             for a in range(0, len(samples), chunk)]
+    parts = []
+    for a in range(0, len(samples), chunk):
+        s = Samples.of(samples.iloc[a:a + chunk].reset_index(drop=True), ("tcpa_s", "dcpa_nm"))
+        feats = predictor.features(s, idx, acts)
+        choose_runtime(predictor, feats, runtime)
+        (dec, _), = predictor.infer([Prepared(s, feats)])
+        parts.append(decisions_frame(dec))
     res = conform(pd.concat(parts, ignore_index=True), PREDICTION_SCHEMA, "decisions")
     res.attrs["conflict_steps"] = out.attrs["conflict_steps"]
     return res
@@ -236,9 +266,12 @@ def process_partition(job: dict) -> dict:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         _clear(folder)
-        predictor = get_predictor(job["uri"])
+        runtime = job.get("runtime", "auto")
+        predictor = get_predictor(job["uri"], runtime)
+        choose_runtime(predictor, predictor.example_features(), runtime, job.get("onnx"))
         tracks, res["points"] = read_context(job["part"], job["previous"], predictor)
-        dec = predict_partition(tracks, predictor, job.get("clearances"), start=job["part"]["start"])
+        dec = predict_partition(tracks, predictor, job.get("clearances"), start=job["part"]["start"], runtime=runtime)
+        res["runtime"] = predictor.runtime
         atomic_write_table(to_table(dec, PREDICTION_SCHEMA, "decisions"), folder / PART_FILE)
         res.update(conflict_steps=int(dec.attrs.get("conflict_steps", 0)), predictions=len(dec))
         write_json({k: res[k] for k in ("key", "points", "conflict_steps", "predictions")}, folder / STATS_FILE)
@@ -263,7 +296,7 @@ def read_clearances(path: str | Path | None) -> pd.DataFrame | None:
     return read_clearance_log(path)
 
 
-def _jobs(parts: list[dict], out: Path, uri: str, clearances, horizon_s: float) -> list[dict]:
+def _jobs(parts: list[dict], out: Path, uri: str, clearances, horizon_s: float, runtime: str = "auto") -> list[dict]:
     jobs = []
     for i, p in enumerate(parts):
         prev = [q for q in parts[:i][::-1] if q["start"] is not None] if p["start"] is not None else []
@@ -273,7 +306,7 @@ def _jobs(parts: list[dict], out: Path, uri: str, clearances, horizon_s: float) 
                               & (clearances["time"] < p["end"])].reset_index(drop=True)
         elif clearances is not None:
             acts = clearances
-        jobs.append({"key": p["key"], "part": p, "previous": prev, "uri": uri, "clearances": acts,
+        jobs.append({"key": p["key"], "part": p, "previous": prev, "uri": uri, "clearances": acts, "runtime": runtime,
                      "out": str(out if p["key"] == "." else out / p["key"])})
     return jobs
 
@@ -318,16 +351,19 @@ def _execute(jobs: list[dict], engine: str, workers: int, scheduler: str | None,
 
 def run(tracks_dir: str | Path, out_dir: str | Path, model_uri: str, *, engine: str | None = None, workers: int = 1,
         scheduler: str | None = None, clearances: str | Path | pd.DataFrame | None = None,
-        progress: bool | None = None) -> dict:
+        progress: bool | None = None, runtime: str = "auto") -> dict:
     """Predict every partition of ``tracks_dir`` into ``out_dir``; returns the summary (also in
     OUT/predict_report.json). ``engine``: ``local`` (in-process) or ``dask`` (a LocalCluster of
-    ``workers`` single-thread processes, or the cluster at ``scheduler``); default local for one worker."""
+    ``workers`` single-thread processes, or the cluster at ``scheduler``); default local for one worker.
+    ``runtime``: the context network's (``auto``: ONNX Runtime where it reproduces PyTorch; :func:`choose_runtime`)."""
     t = _time.perf_counter()
     engine = engine or ("dask" if workers > 1 or scheduler else "local")
     if engine not in ("local", "dask"):
         raise ConfigError(f"unknown engine {engine!r}; choose local or dask")
     require_complete(tracks_dir, "ingest")
-    predictor = get_predictor(str(model_uri))        # fails early on a bad URI; reused by the local engine
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    predictor = get_predictor(str(model_uri), runtime)   # fails early on a bad URI; reused by the local engine
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     _check_model(out, predictor)
@@ -335,7 +371,12 @@ def run(tracks_dir: str | Path, out_dir: str | Path, model_uri: str, *, engine: 
     acts = clearances if isinstance(clearances, pd.DataFrame) or clearances is None else read_clearances(clearances)
     if acts is not None:
         acts = conform(acts, ACTION_SCHEMA, "clearances").sort_values("time", kind="stable").reset_index(drop=True)
-    jobs = _jobs(find_partitions(tracks_dir), out, str(model_uri), acts, predictor.dcfg.clearance_horizon_s)
+    # the context network is exported to ONNX once, here; workers open the same graph (no export per process)
+    choose_runtime(predictor, predictor.example_features(), runtime)
+    onnx = getattr(predictor.encode, "model_bytes", None) if predictor.runtime == "onnxruntime" else None
+    jobs = _jobs(find_partitions(tracks_dir), out, str(model_uri), acts, predictor.dcfg.clearance_horizon_s, runtime)
+    for j in jobs:
+        j["onnx"] = onnx
     todo = [j for j in jobs if not finished(j["out"])]
     results = _execute(todo, engine, workers, scheduler, progress) if todo else []
     seconds = _time.perf_counter() - t
@@ -343,7 +384,8 @@ def run(tracks_dir: str | Path, out_dir: str | Path, model_uri: str, *, engine: 
     failed = {r["key"]: r["error"] for r in results if r["status"] == "failed"}
     points = sum(r["points"] for r in done)
     report = {
-        "model": str(model_uri), "engine": engine, "workers": workers if engine == "dask" and not scheduler else 1,
+        "model": str(model_uri), "engine": engine,
+        "runtime": sorted({r.get("runtime", "") for r in done}) or [runtime], "workers": workers if engine == "dask" and not scheduler else 1,
         "scheduler": scheduler, "partitions": len(jobs), "partitions_done": len(done),
         "partitions_skipped": len(jobs) - len(todo), "partitions_failed": len(failed),
         "track_points": points, "conflict_steps": sum(r["conflict_steps"] for r in done),

@@ -34,9 +34,10 @@ ATOL = 1e-4     # the largest context difference accepted from the export check
 class OnnxContext:
     """``ctx = OnnxContext(...)(obs)``: the policy's :class:`Context` (B, C), float32, as ``policy.encode(obs)``."""
 
-    def __init__(self, session):
+    def __init__(self, session, model_bytes: bytes = b""):
         self.session = session
         self.inputs = [i.name for i in session.get_inputs()]
+        self.model_bytes = model_bytes      # the exported graph: other processes open it without exporting again
 
     def __call__(self, obs: Observations) -> Context:
         feed = {name: np.ascontiguousarray(getattr(obs, name).detach().cpu().numpy(), dtype=np.float32)
@@ -44,9 +45,13 @@ class OnnxContext:
         return Context(torch.from_numpy(self.session.run(None, feed)[0]))
 
 
-def onnx_context(policy: PolicyInterface, examples: list[dict]) -> tuple[OnnxContext | None, str]:
+def onnx_context(policy: PolicyInterface, examples: list[dict],
+                 model_bytes: bytes | None = None) -> tuple[OnnxContext | None, str]:
     """(the ONNX Runtime context network, "") or (None, why not). ``examples``: feature dicts (numpy arrays
-    per observation tensor) it must reproduce within :data:`ATOL`; the first is also the export example."""
+    per observation tensor) it must reproduce within :data:`ATOL`; the first is also the export example.
+    ``model_bytes``: a graph this function exported for the same policy in another process (its
+    ``OnnxContext.model_bytes``, e.g. batch prediction's driver for its workers): opened instead of exporting
+    again (the export takes ~10-20 s), and checked against PyTorch all the same."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -60,6 +65,15 @@ def onnx_context(policy: PolicyInterface, examples: list[dict]) -> tuple[OnnxCon
     path = Path(tempfile.mkdtemp(prefix="atc-il-onnx-")) / "context.onnx"
     quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript", "onnx_ir")]
     levels = [q.level for q in quiet]
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if model_bytes:
+        try:
+            session = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:   # noqa: BLE001
+            return None, f"the exported graph did not open ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        return _checked(OnnxContext(session, model_bytes), policy, examples)
     try:
         for q in quiet:
             q.setLevel(logging.ERROR)
@@ -67,18 +81,21 @@ def onnx_context(policy: PolicyInterface, examples: list[dict]) -> tuple[OnnxCon
             warnings.simplefilter("ignore")
             torch.onnx.export(net, ex, str(path), input_names=list(OBS_KEYS), output_names=["context"],
                               dynamic_shapes={"pair": {0: batch}, "neighbours": {0: batch}, "geometry": {0: batch},
-                                              "clearances": {0: batch}}, dynamo=True, verbose=False)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+                                              "clearances": {0: batch}}, dynamo=True, verbose=False,
+                              external_data=False)   # one self-contained graph (opened from bytes elsewhere)
+        model_bytes = path.read_bytes()
+        session = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:   # noqa: BLE001  (any exporter or runtime failure: keep PyTorch, say why)
         return None, f"the export to ONNX failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
     finally:
         for q, lv in zip(quiet, levels):
             q.setLevel(lv)
         shutil.rmtree(path.parent, ignore_errors=True)     # the session holds the graph in memory
-    fast = OnnxContext(session)
+    return _checked(OnnxContext(session, model_bytes), policy, examples)
+
+
+def _checked(fast: OnnxContext, policy: PolicyInterface, examples: list[dict]) -> tuple[OnnxContext | None, str]:
+    """``fast`` if it reproduces the PyTorch context network on ``examples`` and perturbed copies of them."""
     rng = np.random.default_rng(0)
     with torch.inference_mode():
         for f in [g for e in examples for g in (e, _perturbed(e, rng))]:

@@ -20,11 +20,12 @@ from atc_il.errors import DataError, LimitError, ModelError
 from atc_il.feature_spec import FeatureSpec
 from atc_il.schemas import ACTION_SCHEMA, ACTION_TYPES, ACTION_UNITS, DECISION_SCHEMA, TRACK_SCHEMA, conform
 from models.ceiling import MODE_TOLERANCE
-from models.interface import Observations, PolicyInterface
+from models.interface import Context, Observations, PolicyInterface
 from pipelines.features import Samples, TrackIndex, build_features
 from pipelines.picture import Picture
 
 DECISION_COLUMNS = list(DECISION_SCHEMA.names)     # the decision contract's columns (atc_il/schemas.py)
+ENCODE_BATCH = 128      # rows per context-network pass in large batches (cache-sized; see encode_batches)
 
 
 @dataclass
@@ -41,14 +42,24 @@ class Predictor:
         self.encode = self.policy.encode        # the context network: PyTorch, or ONNX Runtime (use_onnx)
         self.runtime = "torch"
 
-    def use_onnx(self, examples: list[dict]) -> str:
+    def use_onnx(self, examples: list[dict], model_bytes: bytes | None = None) -> str:
         """Run the context network on ONNX Runtime (:mod:`models.onnx_context`) when it reproduces PyTorch on
-        the feature dicts ``examples``; returns "" or why it stays on PyTorch."""
+        the feature dicts ``examples`` (``model_bytes``: a graph exported for this policy before, opened instead
+        of exporting again); returns "" or why it stays on PyTorch."""
         from models.onnx_context import onnx_context
-        fast, why = onnx_context(self.policy, examples)
+        fast, why = onnx_context(self.policy, examples, model_bytes) if model_bytes else onnx_context(self.policy, examples)
         if fast is not None:
             self.encode, self.runtime = fast, "onnxruntime"
         return why
+
+    def example_features(self, n: int = 2) -> dict:
+        """Feature arrays of ``n`` all-padding samples in the model's shapes (e.g. to export the context network
+        before any real feature is built; :func:`models.onnx_context.onnx_context` also checks perturbed copies)."""
+        return {name: np.zeros((n, *t.shape), dtype=np.float32) for name, t in self.feature_spec.tensors.items()}
+
+    def use_torch(self) -> None:
+        """Run the context network on PyTorch (undoes :meth:`use_onnx`)."""
+        self.encode, self.runtime = self.policy.encode, "torch"
 
     @classmethod
     def from_uri(cls, uri: str, **kwargs) -> Predictor:
@@ -111,6 +122,19 @@ class Predictor:
         return build_features(samples, index, acts, self.dcfg, flight_plans)
 
     @torch.inference_mode()
+    def encode_batches(self, feats: dict) -> Context:
+        """The context network on feature arrays, :data:`ENCODE_BATCH` rows per pass: the intermediate tensors of
+        a pass (the neighbour MLP alone is (B, H, K, hidden)) then stay in the CPU's cache; on the 2-core
+        machine a pass of 8192 rows ran at about 60 % of the throughput of passes of 128 (bench/RESULTS.md).
+        Every row's context is the same as in one pass (rows do not interact)."""
+        n = len(feats["pair"])
+        if n <= ENCODE_BATCH:
+            return self.encode(Observations.from_dict(feats))
+        parts = [self.encode(Observations.from_dict({k: v[a:a + ENCODE_BATCH] for k, v in feats.items()})).tensor
+                 for a in range(0, n, ENCODE_BATCH)]
+        return Context(torch.cat(parts))
+
+    @torch.inference_mode()
     def infer(self, items: list[Prepared]) -> list[tuple[dict, list]]:
         """One forward pass for the conflicts of all ``items`` (requests): per item, its decisions as arrays
         (:data:`DECISION_COLUMNS`) and, when it asked for alternatives, their modes per conflict (sampled
@@ -118,8 +142,9 @@ class Predictor:
         live = [it for it in items if it.features is not None]
         if not live:
             return [(_decision_arrays(it.samples, None), []) for it in items]
-        obs = Observations.from_dict({k: np.concatenate([it.features[k] for it in live]) for k in live[0].features})
-        ctx = self.encode(obs)
+        feats = {k: np.concatenate([it.features[k] for it in live]) if len(live) > 1 else live[0].features[k]
+                 for k in live[0].features}
+        ctx = self.encode_batches(feats)
         cond = self.policy.predict_action(ctx)
         p_act = self.policy.p_act(ctx)
         cols = {"aircraft": cond.aircraft.cpu().numpy(), "type": cond.type.cpu().numpy(),

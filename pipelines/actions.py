@@ -53,6 +53,7 @@ LOG_COLUMNS = ("time", "flight_id", "action_type", "value", "unit", "target_valu
                "source", "confidence", "action_id", "against_flight_id")
 MAX_STATE_AGE_S = 60.0
 DUPLICATE_WINDOW_S = 60.0
+DETECTORS = ("rules", "learned")
 # heading, direct-to and resume are one lateral manoeuvre for duplicate detection
 DUPLICATE_GROUP = {"heading": "lateral", "direct_to": "lateral", "resume": "lateral",
                    "altitude": "altitude", "speed": "speed"}
@@ -368,8 +369,13 @@ def drop_logged_duplicates(inferred: pd.DataFrame, logged: pd.DataFrame,
 
 # ---------------------------------------------------------------- stage
 def run(tracks_dir, out_dir, cfg: ActionConfig = ActionConfig(), *, log=None, log_mapping=None, flight_plans=None,
-        episodes_dir=None, infer: bool = True, progress=None, enroute: EnRouteConfig = EnRouteConfig()) -> dict:
+        episodes_dir=None, infer: bool = True, progress=None, enroute: EnRouteConfig = EnRouteConfig(),
+        detector: str = "rules", detector_model=None, detector_threshold: float | None = None) -> dict:
     """Actions stage: clearance log + inferred actions -> out_dir/actions/, links -> out_dir/action_links/.
+
+    ``detector``: ``rules`` (``pipelines.manoeuvres``) or ``learned`` (``pipelines.detector``, with the shipped
+    model or ``detector_model``, a path; actions with a calibrated confidence under ``detector_threshold``, default the
+    model's own per-signal threshold, are left out).
 
     ``enroute`` (default: keep everything) leaves out the actions whose aircraft is below its floor or outside
     its airspace at the action's time (``pipelines.enroute``), counted by reason in the summary."""
@@ -383,10 +389,17 @@ def run(tracks_dir, out_dir, cfg: ActionConfig = ActionConfig(), *, log=None, lo
         if hit is not None:
             raise ConfigError(f"input {given} lies inside the actions stage's own output folder {hit}, which a run "
                               f"replaces; copy it elsewhere first (nothing was changed)")
+    if detector not in DETECTORS:
+        raise ConfigError(f"unknown detector {detector!r}; choose one of {list(DETECTORS)}")
+    model = None
+    if infer and detector == "learned":
+        from pipelines.detector_model import DetectorModel, load_default
+        model = DetectorModel.load(detector_model) if detector_model is not None else load_default()
     flt = EnRouteFilter(enroute)
     staged = StagedRun(out_dir, "actions", names)
     try:
-        summary = _run(tracks_dir, staged, cfg, log, log_mapping, flight_plans, episodes_dir, infer, progress, flt)
+        summary = _run(tracks_dir, staged, cfg, log, log_mapping, flight_plans, episodes_dir, infer, progress, flt,
+                       model, detector_threshold)
         staged.commit({"tracks": str(tracks_dir), "log": str(log) if log is not None else None,
                        "actions": summary["actions"], "links": summary.get("links"),
                        **{k: summary[k] for k in ("enroute", "actions_left_out", "actions_left_out_by_reason")}})
@@ -399,12 +412,18 @@ def run(tracks_dir, out_dir, cfg: ActionConfig = ActionConfig(), *, log=None, lo
 
 
 def _run(tracks_dir, staged: StagedRun, cfg, log, log_mapping, flight_plans, episodes_dir, infer, progress,
-         flt: EnRouteFilter) -> dict:
+         flt: EnRouteFilter, model=None, threshold: float | None = None) -> dict:
     tracks = read_table(tracks_dir, TRACK_SCHEMA)
     plans = flight_plans if isinstance(flight_plans, pd.DataFrame) or flight_plans is None \
         else read_flight_plans(flight_plans)
     logged = read_clearance_log(log, log_mapping, tracks, flight_plans=plans) if log is not None else empty(ACTION_SCHEMA)
-    inferred = infer_actions(tracks, cfg, plans, progress=progress) if infer else empty(ACTION_SCHEMA)
+    if not infer:
+        inferred = empty(ACTION_SCHEMA)
+    elif model is not None:
+        from pipelines.detector import detect_actions
+        inferred = detect_actions(tracks, plans, model, threshold, progress=progress)
+    else:
+        inferred = infer_actions(tracks, cfg, plans, progress=progress)
     rejected = dict(inferred.attrs.get("rejected", {}))
     inferred, n_dup = drop_logged_duplicates(inferred, logged)
     parts = [p for p in (logged, inferred) if len(p)]
@@ -417,6 +436,7 @@ def _run(tracks_dir, staged: StagedRun, cfg, log, log_mapping, flight_plans, epi
         "track_points": int(len(tracks)), "flights": int(tracks["flight_id"].nunique()),
         "logged_actions": int(len(logged)), "log_duplicate_rows": int(logged.attrs.get("duplicate_rows", 0)),
         "log_value_unresolved": int(logged.attrs.get("value_unresolved", 0)),
+        "detector": "learned" if model is not None else "rules" if infer else None,
         "inferred_actions": int(len(inferred)), "inferred_dropped_as_log_duplicates": n_dup,
         "inference_rejected": rejected, "actions": int(len(actions)),
         "actions_by_type": {k: int(v) for k, v in actions["action_type"].value_counts().sort_index().items()},

@@ -43,6 +43,7 @@ from atc_il.progress import track
 from atc_il.runs import StagedRun, checkpoint, require_complete
 from atc_il.schemas import CONFLICT_SCHEMA, EPISODE_SCHEMA, TRACK_SCHEMA, conform, empty
 from atc_il.units import EARTH_RADIUS_M, FT_M, NM_M
+from pipelines import cd_kernel
 from pipelines.enroute import EnRouteFilter, filter_episodes
 from pipelines.episodes import build_episodes
 
@@ -229,26 +230,43 @@ def _evaluate(st: _State, i, j, cfg: ConflictConfig) -> dict:
             "tin_s": tin, "dx": dx, "dy": dy, "conflict": conflict, "los": los_h & los_v}
 
 
-def _detect_rows(st: _State, cfg: ConflictConfig, n_slices: int | None = None, stats: dict | None = None):
-    """Pairs of rows (i < j, same group) in conflict or LoS, sorted, with their PAIR_COLUMNS."""
+def _detect_rows(st: _State, cfg: ConflictConfig, n_slices: int | None = None, stats: dict | None = None,
+                 method: str = "auto"):
+    """Pairs of rows (i < j, same group) in conflict or LoS, sorted, with their PAIR_COLUMNS.
+
+    ``method``: how candidate pairs are found before the exact test: ``kernel`` (the compiled sweep,
+    :mod:`pipelines.cd_kernel`; the default where numba is installed), ``numpy`` (the swept-box grid,
+    :func:`_candidates`, or every pair for small snapshots; with ``n_slices`` always this one). The exact
+    test and so the result are the same whichever finds the candidates."""
     if len(st.lat) < 2:
         i = np.zeros(0, dtype=np.int64)
         return i, i, {c: np.zeros(0, dtype=bool if c in ("conflict", "los") else float) for c in PAIR_COLUMNS}
     g = st.group
-    sizes = np.bincount(g - g[0]) if (g[1:] >= g[:-1]).all() else None
-    if sizes is not None and n_slices is None and (sizes * (sizes - 1)).sum() <= 2 * SMALL_PAIRS_PER_ROW * len(g):
+    ordered = bool((g[1:] >= g[:-1]).all())
+    if method == "auto":
+        method = "kernel" if cd_kernel.AVAILABLE and ordered and n_slices is None else "numpy"
+    if method == "kernel":                                    # compiled sweep: altitude, then horizontal
+        i, j = cd_kernel.candidates(st.latr, st.lonr, st.alt, st.u, st.v, st.w, g, cfg.rpz_nm, cfg.hpz_ft,
+                                    cfg.lookahead_s, DVS_MIN, VREL2_MIN, _TOL_FT)
+        if stats is not None:
+            stats.update(kernel=True, candidates=len(i))
+    elif (sizes := np.bincount(g - g[0]) if ordered else None) is not None and n_slices is None \
+            and (sizes * (sizes - 1)).sum() <= 2 * SMALL_PAIRS_PER_ROW * len(g):
         i, j = _all_pairs(g)                                  # small snapshots: testing every pair is cheaper
         if stats is not None:
             stats.update(all_pairs=True, candidates=len(i))
     else:
         i, j = _candidates(st, cfg, n_slices, stats)
     ev = _evaluate(st, i, j, cfg)
-    hit = ev["conflict"] | ev["los"]
-    i, j = i[hit], j[hit]
-    _, first = np.unique(i * len(st.lat) + j, return_index=True)   # sorted by (i, j), duplicates dropped
-    i, j = i[first], j[first]
-    out = {c: ev[c][hit][first] for c in ("dist_nm", "dalt_ft", "tcpa_s", "dcpa_nm", "tin_s", "conflict", "los")}
-    out["qdr_deg"] = np.degrees(np.arctan2(ev["dx"][hit][first], ev["dy"][hit][first])) % 360.0
+    sel = np.flatnonzero(ev["conflict"] | ev["los"])
+    key = i[sel] * len(st.lat) + j[sel]
+    if method == "kernel":                                    # unique pairs: sort them by (i, j)
+        sel = sel[np.argsort(key, kind="stable")]
+    else:                                                     # sorted by (i, j), duplicates dropped
+        sel = sel[np.unique(key, return_index=True)[1]]
+    i, j = i[sel], j[sel]
+    out = {c: ev[c][sel] for c in ("dist_nm", "dalt_ft", "tcpa_s", "dcpa_nm", "tin_s", "conflict", "los")}
+    out["qdr_deg"] = np.degrees(np.arctan2(ev["dx"][sel], ev["dy"][sel])) % 360.0
     if stats is not None:
         stats["pairs"] = len(i)
     return i, j, out
@@ -290,8 +308,12 @@ def detect_snapshot(flight_id, lat_deg, lon_deg, alt_ft, gs_kt, trk_deg, vs_fpm,
         raise DataError(f"detect_snapshot: duplicate flight ids {sorted(set(ids[1:][ids[1:] == ids[:-1]]))[:5]}")
     st = _State(*(a[order] for a in arrs), np.zeros(len(order), dtype=np.int64))
     i, j, cols = _detect_rows(st, cfg)
-    names = ids.astype(object)
-    df = _frame(names[i], names[j], cols)
+    if 2 * len(i) < len(ids):                          # few pairs: convert only their ids
+        pair_ids = pd.array(np.concatenate([ids[i], ids[j]]).astype(object), dtype="str")
+        df = _frame(pair_ids[:len(i)], pair_ids[len(i):], cols)
+    else:                                              # many: convert every id once, take the pairs' from it
+        names = pd.array(ids.astype(object), dtype="str")
+        df = _frame(names.take(i), names.take(j), cols)
     df.attrs.update(skipped_missing_state=n_missing, skipped_below_min_alt=n_low)
     return df
 
@@ -317,8 +339,8 @@ def detect(tracks: pd.DataFrame, cfg: ConflictConfig = ConflictConfig(), progres
     if not len(cat["time"]):
         out = empty(CONFLICT_SCHEMA)
     else:
-        names = np.asarray(flights, dtype=object)
-        out = _frame(names[cat["c1"]], names[cat["c2"]], cat)
+        names = pd.array(np.asarray(flights, dtype=object), dtype="str")
+        out = _frame(names.take(cat["c1"]), names.take(cat["c2"]), cat)
         out.insert(0, "time", pd.to_datetime(cat["time"], utc=True))
         out["episode_id"] = None
         out = conform(out, CONFLICT_SCHEMA, "conflicts")

@@ -10,6 +10,7 @@ fixed-size-list columns, loaded as tensors without a Python loop per sample (:fu
 from __future__ import annotations
 
 import time as _time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -172,24 +173,33 @@ def _build(work: Path, out: Path, config: PipelineConfig, progress, flight_plans
     counts = {s: 0 for s in SPLITS}
     files: dict[str, list[str]] = {s: [] for s in SPLITS}
     chunks = range(0, len(samples), cfg.shard_rows)
-    for i, start in enumerate(track(chunks, "dataset shards", show=progress)):
-        part = samples.iloc[start:start + cfg.shard_rows]
-        tensors = build_features(part, idx, actions, cfg, plans)
-        psplit = split.iloc[start:start + cfg.shard_rows].to_numpy()
-        for s in SPLITS:
-            sel = psplit == s
-            if not sel.any():
-                continue
-            if s == "train":
-                for name, arr in tensors.items():
-                    stats[name].update(arr[sel])
-            path = out / f"split={s}" / f"shard-{i:05d}.parquet"
-            write_shard(path, part.loc[sel, META].reset_index(drop=True),
-                        {k: v[sel] for k, v in tensors.items()},
-                        labels.iloc[start:start + cfg.shard_rows][sel].reset_index(drop=True))
-            files[s].append(path.name)
-            counts[s] += int(sel.sum())
-        checkpoint("dataset")
+    # a shard is written (parquet encoding, compression, I/O: ~20 % of the stage, in pyarrow without the GIL)
+    # while the next one's features are built; at most one chunk's shards are in flight (memory stays bounded)
+    with ThreadPoolExecutor(1, thread_name_prefix="atc-il-shards") as writer:
+        in_flight: list[Future] = []
+        for i, start in enumerate(track(chunks, "dataset shards", show=progress)):
+            part = samples.iloc[start:start + cfg.shard_rows]
+            tensors = build_features(part, idx, actions, cfg, plans)
+            psplit = split.iloc[start:start + cfg.shard_rows].to_numpy()
+            for f in in_flight:                  # the previous chunk's shards are written before this chunk's
+                f.result()
+            in_flight = []
+            for s in SPLITS:
+                sel = psplit == s
+                if not sel.any():
+                    continue
+                if s == "train":
+                    for name, arr in tensors.items():
+                        stats[name].update(arr[sel])
+                path = out / f"split={s}" / f"shard-{i:05d}.parquet"
+                in_flight.append(writer.submit(write_shard, path, part.loc[sel, META].reset_index(drop=True),
+                                               {k: v[sel] for k, v in tensors.items()},
+                                               labels.iloc[start:start + cfg.shard_rows][sel].reset_index(drop=True)))
+                files[s].append(path.name)
+                counts[s] += int(sel.sum())
+            checkpoint("dataset")
+        for f in in_flight:
+            f.result()
     for s in SPLITS:
         if files[s]:
             mark_complete(out / f"split={s}", files[s])

@@ -22,7 +22,7 @@ import pandas as pd
 
 from atc_il.config import DatasetConfig
 from atc_il.errors import DataError
-from atc_il.geometry import cpa, kwik_qdr_dist_nm, to_local_nm, velocity_kt
+from atc_il.geometry import cpa, kwik_dist_nm, kwik_qdr_dist_nm, to_local_nm, velocity_kt
 from atc_il.schemas import ACTION_TYPES, to_ns
 from pipelines.goal import GOAL, goal_features
 from pipelines.history import HISTORY, history_features, last_before_pair
@@ -90,6 +90,12 @@ class TrackIndex:
     cols: dict             # column -> numpy array
     by_time: np.ndarray    # rows sorted by tidx
     time_bounds: np.ndarray
+    # per flight code, a dense table of its rows over [t_first, t_last] (-1 in gaps): an O(1) lookup;
+    # None where flights span far more steps than they have points (then a binary search in ``keys``)
+    dense: np.ndarray | None = None
+    t_first: np.ndarray | None = None
+    t_last: np.ndarray | None = None
+    offset: np.ndarray | None = None
 
     def codes_of(self, ids) -> np.ndarray:
         """Codes of flight ids (-1 where absent). A binary search in the sorted ids for the few ids of a
@@ -126,10 +132,28 @@ class TrackIndex:
             raise DataError("dataset: duplicate (flight_id, time) rows in tracks")
         by_time = np.argsort(tidx, kind="stable")
         bounds = np.searchsorted(tidx[by_time], np.arange(n_t + 1))
-        return cls(t0, step_ns, n_t, keys[order], order, codes, tidx, flights, cols, by_time, bounds)
+        idx = cls(t0, step_ns, n_t, keys[order], order, codes, tidx, flights, cols, by_time, bounds)
+        n_codes = len(flights)
+        if len(codes) and codes.min() >= 0:
+            t_first = np.full(n_codes, n_t, dtype=np.int64)
+            t_last = np.full(n_codes, -1, dtype=np.int64)
+            np.minimum.at(t_first, codes, tidx)
+            np.maximum.at(t_last, codes, tidx)
+            span = np.maximum(t_last - t_first + 1, 0)
+            if span.sum() <= 4 * len(codes) + 1_000_000:          # not for ids that recur days apart
+                offset = np.concatenate([[0], np.cumsum(span)[:-1]])
+                dense = np.full(int(span.sum()), -1, dtype=np.int64)
+                dense[offset[codes] + tidx - t_first[codes]] = np.arange(len(codes))
+                idx.dense, idx.t_first, idx.t_last, idx.offset = dense, t_first, t_last, offset
+        return idx
 
     def lookup(self, codes: np.ndarray, tidx: np.ndarray) -> np.ndarray:
         """Track rows for (flight code, grid step) arrays of any shape; -1 where absent."""
+        if self.dense is not None and self.t_first is not None and self.t_last is not None \
+                and self.offset is not None and len(self.dense):
+            c = np.clip(codes, 0, len(self.t_first) - 1)
+            ok = (codes >= 0) & (codes < len(self.t_first)) & (tidx >= self.t_first[c]) & (tidx <= self.t_last[c])
+            return np.where(ok, self.dense[np.where(ok, self.offset[c] + tidx - self.t_first[c], 0)], -1)
         k = codes.astype(np.int64) * self.n_t + tidx
         pos = np.searchsorted(self.keys, k)
         pos = np.minimum(pos, len(self.keys) - 1)
@@ -200,7 +224,7 @@ def _neighbours(idx: TrackIndex, s_tidx, lat_mid, lon_mid, c1, c2, k: int, range
     for t, a, b in zip(uniq, starts, ends):
         rows = idx.by_time[idx.time_bounds[t]:idx.time_bounds[t + 1]]
         sel = order[a:b]
-        _, d = kwik_qdr_dist_nm(lat_mid[sel, None], lon_mid[sel, None], lat[rows][None, :], lon[rows][None, :])
+        d = kwik_dist_nm(lat_mid[sel, None], lon_mid[sel, None], lat[rows][None, :], lon[rows][None, :])
         codes = idx.codes[rows][None, :]
         d = np.where((codes == c1[sel, None]) | (codes == c2[sel, None]) | (d > range_nm), np.inf, d)
         kk = min(k, d.shape[1])

@@ -31,9 +31,9 @@ class RunningStats:
         self.ss = np.zeros(n_features)
 
     def update(self, x: np.ndarray) -> None:
-        flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
+        flat = x.reshape(-1, x.shape[-1])
         valid = flat[:, -1] > 0.5          # the last feature of every tensor is `valid`
-        v = flat[valid]
+        v = flat[valid].astype(np.float64)  # the valid rows only, then float64 (the same values and order)
         self.n += len(v)
         self.s += v.sum(0)
         self.ss += (v * v).sum(0)

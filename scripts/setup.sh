@@ -19,7 +19,7 @@ fi
 if ! python -c "import atc_il, pytest" >/dev/null 2>&1 || [ pyproject.toml -nt .venv/.atc-il-installed ]; then
   echo "[setup] installing atc-il and its dependencies"
   pip install -q -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
-  python -c "import atc_il, atc_il_cli, pipelines, bluesky, mlflow, fastapi, dask, torch, onnxruntime, pytest" \
+  python -c "import atc_il, atc_il_cli, pipelines, bluesky, mlflow, fastapi, dask, torch, onnxruntime, numba, pytest" \
     || { echo "[setup] install failed" >&2; exit 1; }
   touch .venv/.atc-il-installed
 fi

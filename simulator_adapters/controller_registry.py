@@ -1,4 +1,4 @@
-"""Controllers by name: ``make_controller("atco")``, ``"mvp"``, ``"none"`` or ``"model:URI"``.
+"""Controllers by name: ``make_controller("atco")``, ``"varied"``, ``"mvp"``, ``"none"`` or ``"model:URI"``.
 
 A table of names to ``"module:attribute"`` resolved with importlib when a controller is made, so that this
 module imports none of the modules that define controllers (no import cycle, and ``model:URI`` loads the
@@ -17,6 +17,7 @@ BUILTIN = {
     "none": "simulator_adapters.controllers:NoController",
     "mvp": "simulator_adapters.controllers:MVPController",
     "atco": "simulator_adapters.atco:SyntheticAtco",
+    "varied": "simulator_adapters.varied:VariedController",  # real-world clearance kinds, for extraction benches
     "model": "simulator_adapters.model_controller:ModelController",   # model:URI, a learned policy in the loop
 }
 _PLUGINS: dict[str, Callable[..., Any]] = {}

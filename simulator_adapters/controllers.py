@@ -77,6 +77,8 @@ class Controller(ABC):
     name: str = "controller"
     #: BlueSky conflict-resolution method to enable in the simulator while this controller runs
     sim_resolution: str = "OFF"
+    #: BlueSky stack commands run for each aircraft right after it is created ("{fid}" is its id); none by default
+    spawn_commands: tuple[str, ...] = ()
 
     def reset(self, scenario_name: str, seed: int) -> None:  # noqa: B027  (optional hook)
         """Start a controller session (one scenario)."""

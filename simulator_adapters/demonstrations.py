@@ -102,14 +102,21 @@ def flight_plans(scenarios: list[Scenario]) -> pd.DataFrame:
 
 
 def simulate(out: str | Path, n_scenarios: int, expert: str = "atco", seed: int = 0, workers: int = 1,
-             client=None, scenario_kwargs: dict | None = None, progress: bool | None = None) -> dict:
-    """Generate ``n_scenarios`` scenarios, run them under ``expert`` and write the demonstrations."""
+             client=None, scenario_kwargs: dict | None = None, progress: bool | None = None,
+             dense_routes: bool = False) -> dict:
+    """Generate ``n_scenarios`` scenarios, run them under ``expert`` and write the demonstrations.
+
+    ``dense_routes``: flight plans with waypoints 2-4 minutes apart, a few NM off the straight line
+    (:func:`simulator_adapters.varied.dense_routes`), as real routes through beacons are."""
     from atc_il.progress import track
     from simulator_adapters.parallel import run_parallel
 
     out = reset_dir(out)
     wall = _time.perf_counter()
     scenarios = scenario_set(n_scenarios, seed, **(scenario_kwargs or {}))
+    if dense_routes:
+        from simulator_adapters.varied import dense_routes as densify
+        scenarios = [densify(sc, sc.seed) for sc in scenarios]
     (out / "scenarios").mkdir()
     for sc in scenarios:
         sc.save(out / "scenarios" / f"{sc.name}.json")
@@ -136,7 +143,7 @@ def simulate(out: str | Path, n_scenarios: int, expert: str = "atco", seed: int 
         truth.to_parquet(out / "expert_truth.parquet", index=False)
     sim_s = sum(r["meta"]["sim_s"] for r in results)
     wall_s = _time.perf_counter() - wall
-    report = {"scenarios": n_scenarios, "expert": expert, "seed": seed, "workers": workers,
+    report = {"scenarios": n_scenarios, "expert": expert, "seed": seed, "workers": workers, "dense_routes": dense_routes,
               "track_points": len(tracks), "flights": int(tracks["flight_id"].nunique()), "clearances": len(actions),
               "expert_decisions": int(sum(len(t) for t in truths)),
               "styles": {r["meta"]["scenario"]: r["meta"]["style"] for r in results},

@@ -148,6 +148,9 @@ def rollout(scenario: Scenario, controller: Controller, sim: BlueSkySim, cfg: Ro
         due = [f for f in pending if f.spawn_s <= t and f.flight_id not in spawned]
         if due:
             sim.create([aircraft_init(f) for f in due])
+            for f in due:
+                for cmd in controller.spawn_commands:
+                    sim.stack(cmd.format(fid=f.flight_id))
             for f in due:       # the planned climb or descent (flight plan, not a controller clearance)
                 if abs(f.cleared_alt_ft - f.alt_ft) >= 100:
                     sim.stack(f"ALT {f.flight_id} {f.cleared_alt_ft:.0f}")

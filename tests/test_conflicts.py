@@ -197,6 +197,69 @@ def test_prefilter_never_misses_a_pair(name, lookahead):
         assert any(abs(a - b) > 180 for a, b in [(st.lon[p], st.lon[q]) for p, q in expected]), "no pair across 180"
 
 
+@pytest.mark.parametrize("name", list(CASES))
+def test_compiled_kernel_equals_numpy_prefilter_and_brute_force(name):
+    """The compiled sweep (pipelines/cd_kernel.py) finds exactly the pairs the numpy pre-filter and brute force
+    find, with bit-identical pair columns (the exact test is the same numpy code), over several snapshots."""
+    if not C.cd_kernel.AVAILABLE:
+        pytest.skip("numba is not installed")
+    cfg = ConflictConfig()
+    n = CASES[name]["n"]
+    arrays = [random_traffic(seed=seed, **CASES[name]) for seed in range(3)]
+    st = C._State(*[np.concatenate([a[k] for a in arrays]) for k in range(6)], np.repeat(np.arange(3), n))
+    stats = {}
+    ik, jk, ck = C._detect_rows(st, cfg, stats=stats, method="kernel")
+    inum, jnum, cnum = C._detect_rows(st, cfg, method="numpy")
+    # the kernel's own test leaves the hits and the pairs within rounding of a threshold (e.g. dalt = hpz)
+    assert stats["kernel"] and len(ik) <= stats["candidates"] <= 1.1 * len(ik) + 5
+    assert np.array_equal(ik, inum) and np.array_equal(jk, jnum)
+    for c in C.PAIR_COLUMNS:
+        assert np.array_equal(ck[c], cnum[c]), c
+    for g in range(3):
+        sub = C._State(*arrays[g], np.zeros(n, dtype=np.int64))
+        sel = st.group[ik] == g
+        assert set(zip((ik[sel] - g * n).tolist(), (jk[sel] - g * n).tolist())) == brute_force(sub, cfg)
+
+
+def test_compiled_kernel_in_float64_when_float32_margins_do_not_cover_the_reach():
+    """A long look-ahead (pairs up to thousands of NM apart can conflict) takes the float64 sweep; same pairs."""
+    if not C.cd_kernel.AVAILABLE:
+        pytest.skip("numba is not installed")
+    cfg = ConflictConfig(lookahead_s=7200.0)
+    st = C._State(*random_traffic(300, 5), np.zeros(300, dtype=np.int64))
+    gs_max = float(np.hypot(st.u, st.v).max())
+    reach, ri = cfg.rpz_nm + 2 * gs_max * cfg.lookahead_s, 1.05 * cfg.rpz_nm + 0.05
+    assert reach * reach * 1e-5 >= ri * ri - cfg.rpz_nm ** 2            # the float32 margins do not hold here
+    i, j, _ = C._detect_rows(st, cfg, method="kernel")
+    assert set(zip(i.tolist(), j.tolist())) == brute_force(st, cfg) and len(i) > 50
+
+
+def test_compiled_kernel_keeps_pairs_at_the_thresholds():
+    """Pairs placed exactly at (or within rounding of) rpz, hpz, the look-ahead and the 1e-6 m/s level
+    threshold get the reference's answer: the kernel's inflated test keeps them for the exact one."""
+    cfg = ConflictConfig()
+    cases = [
+        ((0, 0, 30000, 400, 0, 0), (cfg.rpz_nm, 0, 30000, 400, 0, 0)),                   # distance = rpz
+        ((0, 0, 30000, 400, 0, 0), (cfg.rpz_nm - 1e-9, 0, 30000, 400, 0, 0)),            # just inside
+        ((0, 0, 30000, 400, 0, 0), (0, 1, 30000 + cfg.hpz_ft, 400, 0, 0)),               # dalt = hpz
+        ((0, 0, 30000, 400, 0, 0), (0, 1, 30000 + cfg.hpz_ft - 1e-7, 400, 0, 0)),        # just inside
+        ((0, 0, 30000, 450, 90, 0), (cfg.rpz_nm, 0, 30000, 450, 270, 0)),                # head-on at rpz
+        ((0, 0, 30000, 400, 90, 0), (100.0, cfg.rpz_nm - 1e-6, 30000, 200, 270, 0)),     # dcpa just inside
+        ((0, 0, 30000, 400, 90, 0), (400 * 600 / 3600 + 400 * 600 / 3600 + cfg.rpz_nm, 0, 30000, 400, 270, 0)),
+        ((0, 0, 30000, 400, 90, 0), (0, 3, 30000 + cfg.hpz_ft + 600 * 1e-6 / 0.3048 * 60, 400, 90,
+                                     1e-6 / 0.3048 * 60)),                               # |dvs| at the threshold
+        ((0, 0, 30000, 400, 90, 1000), (50, 0, 40000, 400, 270, 0)),                     # climbs into it
+    ]
+    for p1, p2 in cases:
+        a = np.array([p1, p2], dtype=float)
+        lat, lon = from_local_nm(a[:, 0], a[:, 1], LAT0, LON0)
+        st = C._State(lat, lon, a[:, 2], a[:, 3], a[:, 4], a[:, 5], np.zeros(2, dtype=np.int64))
+        got = C._detect_rows(st, cfg, method="kernel")
+        ref = C._detect_rows(st, cfg, method="numpy")
+        assert got[0].tolist() == ref[0].tolist() and got[1].tolist() == ref[1].tolist(), (p1, p2)
+        assert set(zip(got[0].tolist(), got[1].tolist())) == brute_force(st, cfg), (p1, p2)
+
+
 def test_detect_rows_over_many_groups_equals_per_group():
     cfg = ConflictConfig()
     arrays = [random_traffic(200, seed) for seed in range(4)]

@@ -7,7 +7,7 @@ import pytest
 from atc_il import units
 from atc_il.config import PipelineConfig, load_pipeline_config
 from atc_il.errors import ConfigError, DataError
-from atc_il.geometry import cpa, from_local_nm, haversine_nm, kwik_qdr_dist_nm, to_local_nm, wrap180
+from atc_il.geometry import cpa, from_local_nm, haversine_nm, kwik_dist_nm, kwik_qdr_dist_nm, to_local_nm, wrap180
 from atc_il.io import is_complete, read_table, write_partitioned
 from atc_il.schemas import TRACK_SCHEMA, conform, to_ns
 
@@ -77,3 +77,9 @@ def test_partitioned_write_is_marked_and_reads_back(tmp_path):
     back = read_table(tmp_path / "tracks", TRACK_SCHEMA)
     assert len(back) == 2 and list(to_ns(back["time"])) == list(to_ns(times))
     assert not list((tmp_path / "tracks").rglob(".tmp-*"))
+
+
+def test_kwik_dist_is_bit_identical_to_the_distance_with_bearing():
+    rng = np.random.default_rng(3)
+    a = [rng.uniform(-80, 80, 500), rng.uniform(-180, 180, 500), rng.uniform(-80, 80, 500), rng.uniform(-180, 180, 500)]
+    np.testing.assert_array_equal(kwik_dist_nm(*a), kwik_qdr_dist_nm(*a)[1])

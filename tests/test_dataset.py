@@ -102,3 +102,31 @@ def test_default_feature_spec_hash_is_unchanged():
     assert spec_hash(feature_spec(DatasetConfig(goal=True, **off), 5.0)) == "567091ca0f6852bb"
     assert spec_hash(feature_spec(DatasetConfig(nuisance=True, **off), 5.0)) == "b697eea56e027bb7"
     assert spec_hash(feature_spec(DatasetConfig(), 5.0)) == "cdf2d645866c77dc"   # the default since then
+
+
+def test_dense_track_lookup_equals_the_binary_search():
+    """TrackIndex.lookup's per-flight dense table gives the rows the sorted-key binary search gives, for
+    points in gaps, before and after a flight, at unknown codes and off the index's time range."""
+    rng = np.random.default_rng(0)
+    n_flights, n_t = 40, 300
+    codes, tidx = [], []
+    for c in range(n_flights):
+        start = rng.integers(0, n_t - 50)
+        steps = np.arange(start, min(n_t, start + rng.integers(20, 200)))
+        steps = steps[rng.random(len(steps)) > 0.1]                      # gaps
+        codes.append(np.full(len(steps), c))
+        tidx.append(steps)
+    codes, tidx = np.concatenate(codes), np.concatenate(tidx)
+    perm = rng.permutation(len(codes))
+    codes, tidx = codes[perm], tidx[perm]
+    ns = 1_700_000_000_000_000_000 + tidx * 5_000_000_000
+    cols = {c: rng.random(len(codes)) for c in ("lat_deg", "lon_deg", "alt_ft", "gs_kt", "trk_deg", "vs_fpm", "cfl_ft")}
+    idx = TrackIndex.from_arrays(ns, codes, pd.Index([f"F{i:02d}" for i in range(n_flights)]), cols, 5.0)
+    assert idx.dense is not None
+    q_codes = rng.integers(-2, n_flights + 2, (500, 7))
+    q_tidx = rng.integers(-5, idx.n_t + 5, (500, 7))
+    fast = idx.lookup(q_codes, q_tidx)
+    idx.dense = None                                                        # the binary search
+    slow = idx.lookup(q_codes, q_tidx)
+    np.testing.assert_array_equal(fast, slow)
+    assert (fast >= 0).sum() > 100 and (fast == -1).sum() > 100

@@ -177,6 +177,30 @@ def test_decisions_at_the_start_of_a_day_equal_processing_both_days_at_once(ws, 
     assert np.abs(naive["p_act"] - ok["p_act"]).max() > 1e-4
 
 
+def test_onnx_runtime_and_sub_batches_give_the_same_decisions_as_pytorch_in_one_pass(ws, uri):
+    """The fast path (context network on ONNX Runtime, passes of ENCODE_BATCH rows) decides as PyTorch does
+    on a whole chunk in one pass: same aircraft, type and act; p_act and value within float32 rounding."""
+    from models import serving
+    tracks = read_table(ws / "tracks", TRACK_SCHEMA)
+    acts = read_table(ws / "actions", ACTION_SCHEMA)
+    torch_pred = P.Predictor.from_uri(uri)
+    big = serving.ENCODE_BATCH
+    try:
+        serving.ENCODE_BATCH = 1 << 30                      # the old path: one pass per chunk
+        ref = P.predict_partition(tracks, torch_pred, acts, runtime="torch")
+    finally:
+        serving.ENCODE_BATCH = big
+    fast_pred = P.Predictor.from_uri(uri)
+    fast = P.predict_partition(tracks, fast_pred, acts, chunk=1000, runtime="auto")
+    assert fast_pred.runtime == "onnxruntime" and len(ref) > 3 * big
+    for c in ("time", "flight_id_1", "flight_id_2", "act", "aircraft", "flight_id", "action_type", "unit"):
+        assert (fast[c].to_numpy() == ref[c].to_numpy()).all(), c
+    for c in ("p_act", "value", "tcpa_s", "dcpa_nm"):
+        np.testing.assert_allclose(fast[c].to_numpy(), ref[c].to_numpy(), rtol=1e-4, atol=1e-4, err_msg=c)
+    with pytest.raises(Exception, match="unknown runtime"):
+        P.predict_partition(tracks, fast_pred, acts, runtime="tpu")
+
+
 def test_off_grid_tracks_are_resampled_onto_the_model_grid(ws, uri):
     predictor = P.get_predictor(uri)
     tracks = read_table(ws / "tracks" / sorted(p.name for p in (ws / "tracks").glob("day=*"))[0], TRACK_SCHEMA)
