@@ -12,13 +12,18 @@ import numpy as np
 from atc_il.units import EARTH_RADIUS_M, NM_M
 
 
-def kwik_qdr_dist_nm(lat1, lon1, lat2, lon2):
-    """Bearing (deg, 0..360, from point 1 to point 2) and distance (NM), element-wise."""
+def _kwik(lat1, lon1, lat2, lon2):
+    """(dlat, dlon, cos of the mean latitude), radians: the flat-earth terms of BlueSky's kwikdist."""
     lat1 = np.asarray(lat1, dtype=float)
     lat2 = np.asarray(lat2, dtype=float)
     dlat = np.radians(lat2 - lat1)
     dlon = np.radians(((np.asarray(lon2, dtype=float) - lon1) + 180.0) % 360.0 - 180.0)
-    cavelat = np.cos(np.radians(lat1 + lat2) * 0.5)
+    return dlat, dlon, np.cos(np.radians(lat1 + lat2) * 0.5)
+
+
+def kwik_qdr_dist_nm(lat1, lon1, lat2, lon2):
+    """Bearing (deg, 0..360, from point 1 to point 2) and distance (NM), element-wise."""
+    dlat, dlon, cavelat = _kwik(lat1, lon1, lat2, lon2)
     dangle = np.sqrt(dlat * dlat + dlon * dlon * cavelat * cavelat)
     dist_nm = EARTH_RADIUS_M * dangle / NM_M
     qdr = np.degrees(np.arctan2(dlon * cavelat, dlat)) % 360.0
@@ -27,11 +32,7 @@ def kwik_qdr_dist_nm(lat1, lon1, lat2, lon2):
 
 def kwik_dist_nm(lat1, lon1, lat2, lon2):
     """The distance of :func:`kwik_qdr_dist_nm` (NM, the same floating-point values) without the bearing."""
-    lat1 = np.asarray(lat1, dtype=float)
-    lat2 = np.asarray(lat2, dtype=float)
-    dlat = np.radians(lat2 - lat1)
-    dlon = np.radians(((np.asarray(lon2, dtype=float) - lon1) + 180.0) % 360.0 - 180.0)
-    cavelat = np.cos(np.radians(lat1 + lat2) * 0.5)
+    dlat, dlon, cavelat = _kwik(lat1, lon1, lat2, lon2)
     dangle = np.sqrt(dlat * dlat + dlon * dlon * cavelat * cavelat)
     return EARTH_RADIUS_M * dangle / NM_M
 

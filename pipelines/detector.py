@@ -40,7 +40,7 @@ import pandas as pd
 from atc_il.geometry import bearing_deg, to_local_nm, wrap180
 from atc_il.progress import track as progress_track
 from atc_il.schemas import ACTION_SCHEMA, ACTION_UNITS, action_id, conform, empty
-from pipelines.manoeuvres import _fill_kinematics, _interp_nan, _pieces, _plans_by_flight
+from pipelines.manoeuvres import _fill_kinematics, _interp_nan, _pieces, _plans_by_flight, flight_arrays
 
 SIGNALS = ("altitude", "speed", "track")
 CLASSES = {"altitude": ("none", "altitude"), "speed": ("none", "speed"), "track": ("none", "heading", "direct_to")}
@@ -312,12 +312,7 @@ def flight_candidates(tracks: pd.DataFrame, flight_plans: pd.DataFrame | None = 
     if tracks is None or tracks.empty:
         return []
     plans = _plans(flight_plans)
-    df = tracks.sort_values(["flight_id", "time"], kind="stable")
-    t_all = pd.DatetimeIndex(df["time"]).as_unit("ns").asi8
-    cols = {c: (df[c].to_numpy(float, na_value=np.nan) if c in df else np.full(len(df), np.nan))
-            for c in ("lat_deg", "lon_deg", "alt_ft", "trk_deg", "gs_kt")}
-    fids = df["flight_id"].to_numpy(object)
-    bounds = np.r_[0, np.flatnonzero(fids[1:] != fids[:-1]) + 1, len(df)]
+    t_all, cols, fids, bounds = flight_arrays(tracks)
     out = []
     for a, b in progress_track(list(zip(bounds[:-1], bounds[1:])), "detecting manoeuvres", show=progress):
         fid = fids[a]

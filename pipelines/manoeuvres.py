@@ -161,6 +161,18 @@ def detect(x: np.ndarray, dt: float, spec: _Spec, rejected: Counter) -> list[_Ma
 
 
 # ---------------------------------------------------------------- flight plans
+def flight_arrays(tracks: pd.DataFrame) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Tracks sorted by flight and time as arrays: times (ns), the kinematic columns (NaN where absent), flight
+    ids, and the bounds of each flight's rows (flight i is rows bounds[i]:bounds[i + 1])."""
+    df = tracks.sort_values(["flight_id", "time"], kind="stable")
+    t_all = pd.DatetimeIndex(df["time"]).as_unit("ns").asi8
+    cols = {c: (df[c].to_numpy(float, na_value=np.nan) if c in df else np.full(len(df), np.nan))
+            for c in ("lat_deg", "lon_deg", "alt_ft", "trk_deg", "gs_kt")}
+    fids = df["flight_id"].to_numpy(object)
+    bounds = np.r_[0, np.flatnonzero(fids[1:] != fids[:-1]) + 1, len(df)]
+    return t_all, cols, fids, bounds
+
+
 def _plans_by_flight(flight_plans: pd.DataFrame | None) -> dict:
     if flight_plans is None or flight_plans.empty:
         return {}
@@ -295,12 +307,7 @@ def infer_actions(tracks: pd.DataFrame, cfg: ActionConfig = ActionConfig(),
         result.attrs["rejected"] = {}
         return result
     plans = _plans_by_flight(flight_plans)
-    df = tracks.sort_values(["flight_id", "time"], kind="stable")
-    t_all = pd.DatetimeIndex(df["time"]).as_unit("ns").asi8
-    cols = {c: (df[c].to_numpy(float, na_value=np.nan) if c in df else np.full(len(df), np.nan))
-            for c in ("lat_deg", "lon_deg", "alt_ft", "trk_deg", "gs_kt")}
-    fids = df["flight_id"].to_numpy(object)
-    bounds = np.r_[0, np.flatnonzero(fids[1:] != fids[:-1]) + 1, len(df)]
+    t_all, cols, fids, bounds = flight_arrays(tracks)
     rows: list[dict] = []
     for a, b in progress_track(list(zip(bounds[:-1], bounds[1:])), "inferring actions", show=progress):
         fid = fids[a]
