@@ -93,6 +93,26 @@ class StyleCode(nn.Module):
             return self.log_prior + beta * n @ torch.log_softmax(self.habits.float(), -1).T
         return self.q(geometry_n[:, -1].index_select(-1, self.session_idx)).float()
 
+    @torch.no_grad()
+    def init_habits(self, geometry: torch.Tensor, seed: int = 0, min_clearances: int = 3) -> bool:
+        """Start the codes' habits pi_c at the clusters (k-means) of the sessions' mixes of clearance kinds, over
+        the decision steps with at least ``min_clearances`` earlier clearances, from the raw geometry tensor
+        (N, H, F) of the training split. The mixture over codes starts symmetric, and the likelihood alone broke
+        the symmetry in one seed of three (bench/RESULTS.md); returns whether the habits were set."""
+        if self.kind != "counts":
+            return False
+        n = geometry[:, -1].index_select(-1, self.session_idx.to(geometry.device)).float().clamp_min(0.0).cpu()
+        total = n.sum(-1)
+        sel = total >= min_clearances
+        if int(sel.sum()) < 10 * self.K:
+            return False
+        from sklearn.cluster import KMeans
+        shares = (n[sel] / total[sel, None]).numpy()
+        centres = KMeans(self.K, n_init=4, random_state=seed).fit(shares).cluster_centers_
+        c = torch.tensor(centres, dtype=torch.float32).clamp_min(1e-3)
+        self.habits.copy_(torch.log(c / c.sum(-1, keepdim=True)).to(self.habits.device))
+        return True
+
     def hide_session(self, obs_n: Observations) -> Observations:
         """``obs_n`` with the session_* geometry features set to 0 (their normalised mean) at every step."""
         keep = torch.ones(obs_n.geometry.shape[-1], dtype=obs_n.geometry.dtype, device=obs_n.geometry.device)

@@ -275,6 +275,8 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path | None 
         spec = train_data.feature_spec
         val_data = load_data(data_dir, "val", expect=spec)
         policy = build_policy(config, spec).to(device)
+        if policy.style is not None:
+            policy.style.init_habits(train_data.tensors["geometry"], seed=tc.seed)
         optimizer = _optimizer(policy, tc)
         loader = BatchLoader(train_data, tc.batch_size, True, tc.seed, rank, world, cuda, tc.num_workers)
         # under DDP the val shards are padded like the train shards (a few samples count twice; every rank has data)

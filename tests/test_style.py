@@ -133,3 +133,22 @@ def test_action_marginals_are_the_policys_aircraft_and_type_distributions_given_
                     joint[:, a, t] += w[:, k] * (terms["aircraft"] + terms["type"]).exp()
     assert torch.allclose(p_ac.sum(1), torch.ones(N), atol=1e-5) and torch.allclose(p_ty.sum(1), torch.ones(N), atol=1e-5)
     assert torch.allclose(p_ac, joint.sum(2), atol=1e-5) and torch.allclose(p_ty, joint.sum(1), atol=1e-5)
+
+
+def test_the_codes_habits_start_at_the_clusters_of_the_sessions_clearance_mixes():
+    """StyleCode.init_habits: three kinds of session (mostly heading, mostly altitude, mostly speed clearances) give
+    three codes, each preferring one of those kinds; too little history leaves the habits as they were."""
+    pol = _policy()
+    st = pol.style
+    names = pol.feature_spec.feature_names("geometry")
+    g = torch.Generator().manual_seed(0)
+    geom = torch.zeros(300, 1, len(names))
+    for i, kind in enumerate((0, 1, 2)):
+        counts = torch.randint(0, 2, (100, 4), generator=g).float()
+        counts[:, kind] += 6.0
+        geom[i * 100:(i + 1) * 100, 0, st.session_idx] = counts
+    before = st.habits.clone()
+    assert not st.init_habits(geom[:5])                        # too few steps with history: unchanged
+    assert torch.equal(st.habits, before)
+    assert st.init_habits(geom)
+    assert sorted(st.habits.argmax(-1).tolist()) == [0, 1, 2]
