@@ -349,13 +349,12 @@ def candidate_table(cands) -> pd.DataFrame:
     return df
 
 
-def detect_actions(tracks: pd.DataFrame, flight_plans: pd.DataFrame | None = None, model=None,
+def detect_actions(tracks: pd.DataFrame, flight_plans: pd.DataFrame | None, model,
                    threshold: float | None = None, progress: bool | None = None) -> pd.DataFrame:
     """Actions (ACTION_SCHEMA, source ``track_inferred``) found by the learned detector; ``model`` a
-    :class:`pipelines.detector_model.DetectorModel` (default: the one shipped with the package).
+    :class:`pipelines.detector_model.DetectorModel` (the one shipped with the package:
+    ``pipelines.detector_model.load_default()``; that module builds on this one, so the caller loads it).
     ``result.attrs["candidates"]`` counts the candidates per signal, ``attrs["rejected"]`` those under threshold."""
-    from pipelines.detector_model import load_default
-    model = model if model is not None else load_default()
     cand = candidate_table(flight_candidates(tracks, flight_plans, progress))
     result = empty(ACTION_SCHEMA)
     result.attrs["candidates"] = {k: int(v) for k, v in cand["signal"].value_counts().items()} if len(cand) else {}

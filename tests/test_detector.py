@@ -144,7 +144,7 @@ def test_detector_finds_each_manoeuvre(interval, kinematics):
     tracks, truth = all_cases()
     grid = resampled(tracks, interval, kinematics)
     fp = plans(["DCT"])
-    det = detect_actions(grid, fp)
+    det = detect_actions(grid, fp, load_default())
     assert list(det.columns) == ACTION_SCHEMA.names
     thr = det["action_type"].map({"altitude": "altitude", "speed": "speed"}).fillna("track").map(load_default().thresholds)
     assert (det["confidence"] <= 1.0).all() and (det["confidence"] >= thr).all()

@@ -23,6 +23,10 @@ def _data(seed: int = 0):
     f = {k: torch.randn((N, *t["shape"]), generator=g) for k, t in spec["tensors"].items()}
     for x in f.values():
         x[..., -1] = 1.0
+    # the session features are counts of clearances, as in a data set (the style code's posterior reads them as such)
+    names = [feat["name"] for feat in spec["tensors"]["geometry"]["features"]]
+    session = [i for i, n in enumerate(names) if n.startswith("session_")]
+    f["geometry"][..., session] = torch.randint(0, 5, f["geometry"][..., session].shape, generator=g).float()
     x = f["geometry"][:, -1]
     act = (x[:, 0] > 0.5).long()                                   # decisions that are functions of the inputs
     aircraft = torch.where(act == 1, (x[:, 1] > 0).long(), -1)
