@@ -275,8 +275,6 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path | None 
         spec = train_data.feature_spec
         val_data = load_data(data_dir, "val", expect=spec)
         policy = build_policy(config, spec).to(device)
-        if policy.style is not None:
-            policy.style.init_habits(train_data.tensors["geometry"], seed=tc.seed)
         optimizer = _optimizer(policy, tc)
         loader = BatchLoader(train_data, tc.batch_size, True, tc.seed, rank, world, cuda, tc.num_workers)
         # under DDP the val shards are padded like the train shards (a few samples count twice; every rank has data)
@@ -291,6 +289,8 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path | None 
         if resume and ckpt_path.exists():
             st = _resume(ckpt_path, policy, optimizer, scheduler, config, spec, total_steps, data_dir)
             resumed = True
+        elif policy.style is not None:     # a fresh run: the codes' habits start at the sessions' clusters
+            policy.style.init_habits(train_data.tensors["geometry"], seed=tc.seed)
         bf16 = cuda and tc.bf16
         compiled = cuda and tc.compile
         if compiled:
