@@ -283,6 +283,14 @@ def simeval(controller: List[str] = typer.Option(["none", "atco", "mvp"], "--con
     typer.echo(f"written: {out}/results.json, results.md, results.png, per_scenario.csv")
 
 
+def _model_config_path(config: Path) -> Path:
+    """A YAML path, or a bare name or path inside the project's models/configs."""
+    if not config.exists() and not config.is_absolute():
+        packaged = Path(__file__).resolve().parents[1] / "models" / "configs"
+        config = next((p for p in (packaged / config.name, packaged / f"{config.name}.yaml") if p.exists()), config)
+    return config
+
+
 @app.command()
 @_guard
 def train(config: Path = typer.Option(Path("models/configs/gru_mdn.yaml"), "--config", "-c",
@@ -302,9 +310,7 @@ def train(config: Path = typer.Option(Path("models/configs/gru_mdn.yaml"), "--co
     from models.registry import tracking_uri
     from models.train import train as run_train
 
-    if not config.exists() and not config.is_absolute():   # a bare name or path inside the project's models/configs
-        packaged = Path(__file__).resolve().parents[1] / "models" / "configs"
-        config = next((p for p in (packaged / config.name, packaged / f"{config.name}.yaml") if p.exists()), config)
+    config = _model_config_path(config)
     overrides = {k: v for k, v in {"epochs": epochs, "max_steps": max_steps}.items() if v is not None}
     cfg = load_model_config(config, **({"train": overrides} if overrides else {}))
     s = run_train(cfg, data or workspace / "dataset", out or workspace / "runs" / cfg.name, resume=resume,
@@ -316,6 +322,46 @@ def train(config: Path = typer.Option(Path("models/configs/gru_mdn.yaml"), "--co
         "early stopped": "yes" if s["early_stopped"] else "no", "samples/s": s["samples_per_s"], "device": s["device"],
         "processes": s["world_size"], "run id": s["run_id"], "best policy": s["best_dir"],
         "model URI": s["model_uri"], "tracking": s["tracking_uri"]})
+
+
+@app.command()
+@_guard
+def dagger(data: Path = typer.Option(..., "--data", "-d", help="the expert demonstrations' data set (split by scenario, "
+                                     "expert_truth.parquet beside it): its train split starts the aggregate, its test "
+                                     "split measures every iteration"),
+           config: Path = typer.Option(Path("models/configs/gru_mdn.yaml"), "--config", "-c",
+                                       help="model configuration: YAML file or a name in models/configs"),
+           init: Optional[Path] = typer.Option(None, "--init", help="a saved policy folder to start from (default: "
+                                               "train one on the demonstrations first: iteration 0, behavioural cloning)"),
+           iterations: int = typer.Option(3, min=1, help="DAgger iterations"),
+           scenarios: int = typer.Option(10, "--scenarios", "-n", min=1, help="new scenarios rolled out per iteration"),
+           beta: float = typer.Option(0.5, min=0.0, max=1.0, help="the expert's share of control at iteration 1"),
+           beta_decay: float = typer.Option(0.5, min=0.0, max=1.0, help="beta_i = beta * beta_decay^(i-1)"),
+           workers: int = typer.Option(2, min=1, help="parallel BlueSky processes for the rollouts"),
+           seed: int = typer.Option(1000, help="iteration i rolls out the scenario set of seed + i"),
+           warm_start: bool = typer.Option(True, "--warm-start/--from-scratch",
+                                           help="retrain each iteration from the last policy's weights"),
+           epochs: Optional[int] = typer.Option(None, min=1, help="override train.epochs"),
+           duration_s: float = typer.Option(1800.0, help="scenario length (simulated seconds)"),
+           conflicts_per_scenario: int = typer.Option(8, "--conflicts", help="injected conflict pairs per scenario"),
+           workspace: Path = typer.Option(Path("workspace"), "--workspace", "-w", help="where the MLflow store is"),
+           out: Path = typer.Option(Path("workspace/dagger"), "--out", help="output folder (iter-NN/, dagger_report.json)")):
+    """DAgger with the synthetic expert: roll the policy out in BlueSky, let the expert label every state it
+    visits, aggregate with the demonstrations, retrain; each iteration tracked in MLflow."""
+    from models.config import load_model_config
+    from models.registry import tracking_uri
+    from simulator_adapters.dagger import DaggerConfig, run_dagger
+
+    cfg = load_model_config(_model_config_path(config), **({"train": {"epochs": epochs}} if epochs else {}))
+    dcfg = DaggerConfig(iterations=iterations, scenarios=scenarios, beta=beta, beta_decay=beta_decay, workers=workers,
+                        seed=seed, warm_start=warm_start, duration_s=duration_s, conflicts=conflicts_per_scenario)
+    rep = run_dagger(cfg, data, out, dcfg, init=init, tracking_uri=tracking_uri(workspace), log=typer.echo)
+    last = rep["iterations"][-1]
+    _table(f"dagger: {iterations} iterations of {scenarios} scenarios", {
+        "last policy": rep["policy"], "train samples": last.get("train_samples"),
+        "test discrete NLL": last.get("nll_discrete"), "gap to the ceiling": last.get("gap_discrete_nll"),
+        "on-policy NLL gap (expert's view)": last.get("onpolicy_nll_gap"), "MLflow run": rep["mlflow_run_id"],
+        "report": f"{out}/dagger_report.json"})
 
 
 @app.command()

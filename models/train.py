@@ -245,9 +245,25 @@ def _resume(path: Path, policy, optimizer, scheduler, config: ModelConfig, spec:
 
 
 # -- the entry point --------------------------------------------------------------------------------
+def _warm_start(policy: nn.Module, init: Path, spec: FeatureSpec) -> None:
+    """Copy the weights of the saved policy ``init`` into ``policy`` (same architecture and features)."""
+    from models.policy import load_policy
+    src = load_policy(init)
+    have, want = FeatureSpec.of(src.spec).hash(), spec.hash()
+    if have != want:
+        raise ModelError(f"warm start: {init} was trained on other features (spec {have} vs the data set's {want}); "
+                         "train from scratch or rebuild the data set")
+    try:
+        policy.load_state_dict(src.state_dict())
+    except RuntimeError as exc:
+        raise ModelError(f"warm start: {init} does not fit this model config ({str(exc).splitlines()[0]}); "
+                         "use the config it was trained with") from None
+
+
 def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path | None = None, *, resume: bool = True,
           tracking_uri: str | None | bool = None, register_as: str | None = None, alias: str | None = "champion",
-          progress: bool | None = None, callback: Callable[[dict], None] | None = None) -> dict:
+          progress: bool | None = None, callback: Callable[[dict], None] | None = None,
+          init: str | Path | None = None) -> dict:
     """Train ``config`` on the data set in ``data_dir`` (splits train and val); return a summary.
 
     ``out_dir`` defaults to ``<data_dir>/../runs/<config.name>``; with ``resume`` an existing
@@ -256,6 +272,8 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path | None 
     policy under this name and point ``alias`` at it. ``progress``: show bars (None: on a terminal).
     ``callback(record)`` is called after each epoch's checkpoint (rank 0). Under DDP ``train.batch_size`` is
     per process. Resuming applies changed epochs, max_steps and patience; the optimiser keeps its saved state.
+    ``init``: a fresh run starts from the weights of this saved policy folder (a warm start: the same model
+    config and features; DAgger retrains each iteration's policy from the last one's), not from a random start.
     """
     from models.policy import build_policy
     from models.registry import Tracker
@@ -289,6 +307,8 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path | None 
         if resume and ckpt_path.exists():
             st = _resume(ckpt_path, policy, optimizer, scheduler, config, spec, total_steps, data_dir)
             resumed = True
+        elif init is not None:
+            _warm_start(policy, Path(init), spec)
         elif policy.style is not None:     # a fresh run: the codes' habits start at the sessions' clusters
             policy.style.init_habits(train_data.tensors["geometry"], seed=tc.seed)
         bf16 = cuda and tc.bf16

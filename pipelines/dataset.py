@@ -112,7 +112,8 @@ def _read_plans(work: Path, path: str | Path | None) -> pd.DataFrame:
 
 
 def build(work: str | Path, out: str | Path | None = None, config: PipelineConfig = PipelineConfig(),
-          progress: bool | None = None, flight_plans: str | Path | None = None) -> dict:
+          progress: bool | None = None, flight_plans: str | Path | None = None,
+          labels: str | Path | None = None) -> dict:
     """Build observation-history shards from a workspace holding tracks/, conflicts/, episodes/,
     actions/ and action_links/ (the outputs of the earlier stages). Returns a summary.
 
@@ -120,20 +121,27 @@ def build(work: str | Path, out: str | Path | None = None, config: PipelineConfi
     both at or above its floor and inside its airspace at first detection (``pipelines.enroute``), counted.
 
     With ``config.dataset.goal``, flight plans are read from ``flight_plans`` (a CSV or parquet table in the
-    flight-plan contract) or else ``WORK/flight_plans.parquet`` (written by ``atc-il simulate``)."""
+    flight-plan contract) or else ``WORK/flight_plans.parquet`` (written by ``atc-il simulate``).
+
+    ``labels``: a folder holding the ``action_links`` of another action log (an actions stage run over it)
+    whose actions label the samples, while the features' clearance history stays the executed one in
+    ``WORK/actions``: DAgger, where the expert labels the states a learner visits and the learner's own
+    clearances are what was executed. Default: the executed actions label the samples."""
     t_start = _time.perf_counter()
     work = Path(work)
     final = Path(out) if out else work / "dataset"
     for name, stage in (("tracks", "ingest"), ("conflicts", "conflicts"), ("episodes", "conflicts"),
                         ("actions", "actions"), ("action_links", "actions")):
         require_complete(work / name, stage, work)
+    if labels is not None:
+        require_complete(Path(labels) / "action_links", "actions", Path(labels))
     if flight_plans is not None and inside(flight_plans, [final]) is not None:
         raise ConfigError(f"flight plans {flight_plans} lie inside the data set folder {final}, which a run replaces; "
                           f"copy them elsewhere first (nothing was changed)")
     flt = EnRouteFilter(config.enroute)          # an unusable airspace file is refused before anything is touched
     staged = StagedRun(final.parent, "dataset", [final.name])
     try:
-        summary = _build(work, staged.path(final.name), config, progress, flight_plans, t_start, flt)
+        summary = _build(work, staged.path(final.name), config, progress, flight_plans, t_start, flt, labels)
         staged.commit({"work": str(work), "samples": summary["samples"], "spec_hash": summary["spec_hash"],
                        **{k: summary[k] for k in ("enroute", "episodes_left_out", "episodes_left_out_by_reason",
                                                   "samples_left_out")}})
@@ -144,14 +152,15 @@ def build(work: str | Path, out: str | Path | None = None, config: PipelineConfi
 
 
 def _build(work: Path, out: Path, config: PipelineConfig, progress, flight_plans, t_start: float,
-           flt: EnRouteFilter) -> dict:
+           flt: EnRouteFilter, labels: str | Path | None = None) -> dict:
     cfg = config.dataset
     tracks = read_table(work / "tracks", TRACK_SCHEMA)
     conflicts = read_table(work / "conflicts", CONFLICT_SCHEMA)
     episodes = read_table(work / "episodes", EPISODE_SCHEMA)
     actions = read_table(work / "actions", ACTION_SCHEMA) if (work / "actions").exists() else \
         ACTION_SCHEMA.empty_table().to_pandas()
-    links = read_table(work / "action_links", ACTION_LINK_SCHEMA) if (work / "action_links").exists() else \
+    link_dir = Path(labels) / "action_links" if labels is not None else work / "action_links"
+    links = read_table(link_dir, ACTION_LINK_SCHEMA) if link_dir.exists() else \
         ACTION_LINK_SCHEMA.empty_table().to_pandas()
     actions = actions.sort_values("time", kind="stable").reset_index(drop=True)
     plans = _read_plans(work, flight_plans) if cfg.goal else None

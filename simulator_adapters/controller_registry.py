@@ -19,6 +19,7 @@ BUILTIN = {
     "atco": "simulator_adapters.atco:SyntheticAtco",
     "varied": "simulator_adapters.varied:VariedController",  # real-world clearance kinds, for extraction benches
     "model": "simulator_adapters.model_controller:ModelController",   # model:URI, a learned policy in the loop
+    "dagger": "simulator_adapters.dagger:DaggerController",   # dagger:URI, the learner drives, the expert labels
 }
 _PLUGINS: dict[str, Callable[..., Any]] = {}
 

@@ -33,6 +33,8 @@ class Job:
     expert: str
     index: int
     seed: int
+    #: keyword arguments of the controller's factory (``make_controller(expert, **controller_kwargs)``)
+    controller_kwargs: tuple[tuple[str, object], ...] = ()
 
 
 def run_job(job: Job) -> dict:
@@ -43,7 +45,7 @@ def run_job(job: Job) -> dict:
 
     sc = Scenario.from_json(job.scenario_json)
     with BlueSkySim() as sim:
-        res = rollout(sc, make_controller(job.expert), sim, seed=job.seed)
+        res = rollout(sc, make_controller(job.expert, **dict(job.controller_kwargs)), sim, seed=job.seed)
     return relabel(res, job.index)
 
 
@@ -53,7 +55,8 @@ def run_jobs_on(sim, jobs: list[Job]) -> list[dict]:
     from simulator_adapters.rollout import rollout
     out = []
     for job in jobs:
-        res = rollout(Scenario.from_json(job.scenario_json), make_controller(job.expert), sim, seed=job.seed)
+        res = rollout(Scenario.from_json(job.scenario_json), make_controller(job.expert, **dict(job.controller_kwargs)),
+                      sim, seed=job.seed)
         out.append(relabel(res, job.index))
     return out
 
@@ -103,11 +106,12 @@ def flight_plans(scenarios: list[Scenario]) -> pd.DataFrame:
 
 def simulate(out: str | Path, n_scenarios: int, expert: str = "atco", seed: int = 0, workers: int = 1,
              client=None, scenario_kwargs: dict | None = None, progress: bool | None = None,
-             dense_routes: bool = False) -> dict:
+             dense_routes: bool = False, controller_kwargs: dict | None = None) -> dict:
     """Generate ``n_scenarios`` scenarios, run them under ``expert`` and write the demonstrations.
 
     ``dense_routes``: flight plans with waypoints 2-4 minutes apart, a few NM off the straight line
-    (:func:`simulator_adapters.varied.dense_routes`), as real routes through beacons are."""
+    (:func:`simulator_adapters.varied.dense_routes`), as real routes through beacons are.
+    ``controller_kwargs``: passed to the controller's factory (``dagger:URI`` takes ``beta``)."""
     from atc_il.progress import track
     from simulator_adapters.parallel import run_parallel
 
@@ -120,7 +124,8 @@ def simulate(out: str | Path, n_scenarios: int, expert: str = "atco", seed: int 
     (out / "scenarios").mkdir()
     for sc in scenarios:
         sc.save(out / "scenarios" / f"{sc.name}.json")
-    jobs = [Job(sc.to_json(), expert, i, sc.seed) for i, sc in enumerate(scenarios)]
+    kw = tuple(sorted((controller_kwargs or {}).items()))
+    jobs = [Job(sc.to_json(), expert, i, sc.seed, kw) for i, sc in enumerate(scenarios)]
     if workers <= 1 and client is None:
         from simulator_adapters.bluesky_sim import BlueSkySim
         with BlueSkySim() as sim:
