@@ -270,7 +270,7 @@ class DaggerConfig:
         return self.beta * self.beta_decay ** (i - 1)
 
 
-def _offline(best_dir: str, data: Path) -> dict:
+def offline_metrics(best_dir: str, data: Path) -> dict:
     from models.evaluate import evaluate
     from models.policy import load_policy
     m = evaluate(load_policy(best_dir), data, "test", n_samples=16)
@@ -351,7 +351,7 @@ def run_dagger(model_config, base_data: str | Path, out: str | Path, cfg: Dagger
             policy, run_id = str(init), None
         rec.tag_training(run_id, 0)
         row0 = {"iteration": 0, "beta": 1.0, "policy": policy, "train_samples": spec_samples(base),
-                "wall_s": round(time.perf_counter() - t0, 1), **_offline(policy, base)}
+                "wall_s": round(time.perf_counter() - t0, 1), **offline_metrics(policy, base)}
         rec.log(row0)
         log(_line(row0))
         extras: list[Path] = []
@@ -374,7 +374,7 @@ def run_dagger(model_config, base_data: str | Path, out: str | Path, cfg: Dagger
             policy = s["best_dir"]
             row = {"iteration": i, "beta": beta, "policy": policy, "rollout_scenarios": rep["scenarios"],
                    "rollout_samples": built["samples"], "expert_labels": built["expert_labels"],
-                   "train_samples": spec_samples(data), **roll, **_offline(policy, data),
+                   "train_samples": spec_samples(data), **roll, **offline_metrics(policy, data),
                    "wall_s": round(time.perf_counter() - t, 1)}
             rec.log(row)
             log(_line(row))
@@ -395,5 +395,5 @@ def _line(r: dict) -> str:
         f"{k} {r[k]:.4g}" if isinstance(r[k], float) else f"{k} {r[k]}" for k in keys if k in r)
 
 
-__all__ = ["DaggerConfig", "DaggerController", "aggregate", "build_rollout_dataset", "label_log", "onpolicy_metrics",
+__all__ = ["DaggerConfig", "DaggerController", "aggregate", "build_rollout_dataset", "label_log", "offline_metrics", "onpolicy_metrics",
            "run_dagger"]
