@@ -201,11 +201,24 @@ class SyntheticAtco(Controller):
 
     # ------------------------------------------------------------------ the decision step
     def decide(self, obs: Observation) -> Decision:
+        """Propose and commit: the expert acting on its own decisions."""
+        dec, handled = self.propose(obs)
+        self.commit(obs.sim_s, dec.clearances, handled)
+        return dec
+
+    def propose(self, obs: Observation) -> tuple[Decision, list[tuple[str, str]]]:
+        """The expert's decision at this step, drawn from its exact distribution, without committing it: its
+        memory of what it cleared and which conflicts are handled is left as it was (what it observes, the
+        conflicts shown and since when, is updated). Returns the decision and the conflict pairs it would mark
+        handled; :meth:`commit` records what was actually executed (its own decision, or another controller's,
+        when the expert only labels the states a learner visits: DAgger)."""
         now = obs.sim_s
         dec = Decision()
         self.plans = obs.flight_plans or {}
         radar = obs.radar.set_index("flight_id", drop=False)
-        shown = set()
+        shown: set[str] = set()
+        cleared_now: dict[str, tuple[float, str, str]] = {}
+        handled: list[tuple[str, str]] = []
         conf = obs.conflicts
         if len(conf):
             conf = conf[conf["conflict"].astype(bool)].sort_values("tcpa_s", kind="stable")
@@ -220,8 +233,8 @@ class SyntheticAtco(Controller):
                 st.handled = False
             if st.handled:
                 continue
-            if any(self.last_cleared.get(f, (-1e9,))[0] == now for f in key):
-                st.handled, st.handled_at = True, now
+            if any(f in cleared_now for f in key):
+                handled.append(key)
                 continue
             if key[0] not in radar.index or key[1] not in radar.index:
                 continue
@@ -244,12 +257,13 @@ class SyntheticAtco(Controller):
                 k, t, v, q = dist["joint"][i]
                 fid = key[k]
                 dec.clearances.append(Clearance(fid, t, float(v), against=key[1 - k]))
-                self.last_cleared[fid] = (now, t, key[1 - k])
-                st.handled, st.handled_at = True, now
+                cleared_now[fid] = (now, t, key[1 - k])
+                handled.append(key)
                 record.update(aircraft=k, action_type=t, value=float(v), log_prob=math.log(dist["p_act"] * q))
             dec.truth.append(record)
         for fid, (t_last, kind, other) in list(self.last_cleared.items()):
-            if kind == "resume" or fid in shown or now - t_last < self.p.resume_min_s or fid not in radar.index:
+            if fid in cleared_now or kind == "resume" or fid in shown or now - t_last < self.p.resume_min_s \
+                    or fid not in radar.index:
                 continue
             if other in radar.index and not self._diverging(radar.loc[fid], radar.loc[other]):
                 continue
@@ -257,8 +271,21 @@ class SyntheticAtco(Controller):
             dec.truth.append(self._resume_record(obs, fid, other, acted))
             if acted:
                 dec.clearances.append(Clearance(fid, "resume", 0.0, against=other))
-                self.last_cleared[fid] = (now, "resume", other)
-        return dec
+        return dec, handled
+
+    def commit(self, now: float, executed: list[Clearance], handled: list[tuple[str, str]] | None = None) -> None:
+        """Record the clearances executed at ``now``: each aircraft's last clearance, and the conflicts that are
+        handled from now on: ``handled`` (as :meth:`propose` returned them, when the expert's own decision was
+        executed), else every conflict shown at this step that involves a cleared aircraft."""
+        for c in executed:
+            self.last_cleared[c.flight_id] = (now, c.action_type, c.against or "")
+        if handled is None:
+            fids = {c.flight_id for c in executed if c.action_type != "resume"}
+            handled = [k for k, st in self.pairs.items() if st.last_shown == now and (k[0] in fids or k[1] in fids)]
+        for key in handled:
+            st = self.pairs.get(key)
+            if st is not None:
+                st.handled, st.handled_at = True, now
 
     def _resume_record(self, obs: Observation, fid: str, other: str, acted: bool) -> dict:
         """The truth record of a resume decision (style-independent: the same under every style), on the
