@@ -21,7 +21,7 @@ from atc_il.errors import SimulatorError
 from atc_il.geometry import wrap180
 from atc_il.schemas import ACTION_SCHEMA, TRACK_SCHEMA, action_id
 from simulator_adapters.bluesky_sim import AircraftInit, BlueSkySim, SimConfig
-from simulator_adapters.controllers import Controller, Observation
+from simulator_adapters.controllers import Clearance, Controller, Observation
 from simulator_adapters.scenarios import FlightSpec, Scenario
 
 
@@ -123,80 +123,134 @@ def _row(t, fid, kind, value, unit, source) -> dict:
             "confidence": 1.0}
 
 
-def rollout(scenario: Scenario, controller: Controller, sim: BlueSkySim, cfg: RolloutConfig = RolloutConfig(),
-            seed: int | None = None) -> RolloutResult:
-    """Run one scenario under one controller on an open simulator (reset here); returns what happened."""
-    from pipelines.conflicts import detect_snapshot
+class ClosedLoop:
+    """The closed loop's stepper, shared by :func:`rollout` and the Gymnasium environment
+    (:mod:`simulator_adapters.gym_env`): one scenario on an open simulator, one decision step at a time.
 
-    seed = scenario.seed if seed is None else seed
-    wall = _time.perf_counter()
-    sim.reset(seed=seed, scenario=scenario.name)
-    if controller.sim_resolution != sim.config.resolution:
-        sim.stack(f"RESO {controller.sim_resolution}")
-    controller.reset(scenario.name, seed)
-    rng = np.random.default_rng([seed, 7])
-    steps = max(1, int(round(cfg.decision_dt_s / sim.config.dt_s)))
-    pending = sorted(scenario.flights, key=lambda f: (f.spawn_s, f.flight_id))
-    spawned: dict[str, float] = {}
-    plans = _plans(scenario)
-    tracks, actions, truth, errors = [], [], [], []
-    mvp = _MvpRecorder(cfg.mvp_probe_s) if controller.sim_resolution == "MVP" else None
-    cleared = pd.DataFrame(columns=ACTION_SCHEMA.names)
-    t, n_decisions, max_ac = 0.0, 0, 0
-    bs_pairs: set = set()
-    while t <= scenario.duration_s:
-        due = [f for f in pending if f.spawn_s <= t and f.flight_id not in spawned]
+    ``reset()`` resets the simulator; then, per decision step, ``observe()`` spawns due flights, reads the
+    true state, deletes flights that left the sector, records it and returns the controller's
+    :class:`Observation` (noisy radar and atc-il's detection on it); ``apply(clearances)`` issues clearances
+    in BlueSky (a rejected one is counted in ``errors``, not raised); ``advance()`` steps the simulation to
+    the next decision time. The loop is over (``done``) once the time passes the scenario's duration.
+    ``state`` is the last true state read (after deletions); ``result()`` gives what happened so far.
+    """
+
+    def __init__(self, scenario: Scenario, sim: BlueSkySim, cfg: RolloutConfig = RolloutConfig(),
+                 seed: int | None = None, sim_resolution: str = "OFF", spawn_commands: tuple[str, ...] = ()):
+        self.scenario, self.sim, self.cfg = scenario, sim, cfg
+        self.seed = scenario.seed if seed is None else seed
+        self.sim_resolution, self.spawn_commands = sim_resolution, tuple(spawn_commands)
+        self.plans = _plans(scenario)
+
+    def reset(self) -> None:
+        """Reset the simulator (seeded) and the loop's state to the scenario's start."""
+        self.wall = _time.perf_counter()
+        self.sim.reset(seed=self.seed, scenario=self.scenario.name)
+        if self.sim_resolution != self.sim.config.resolution:
+            self.sim.stack(f"RESO {self.sim_resolution}")
+        self.rng = np.random.default_rng([self.seed, 7])
+        self.steps = max(1, int(round(self.cfg.decision_dt_s / self.sim.config.dt_s)))
+        self.pending = sorted(self.scenario.flights, key=lambda f: (f.spawn_s, f.flight_id))
+        self.spawned: dict[str, float] = {}
+        self.tracks: list[pd.DataFrame] = []
+        self.actions: list[dict] = []
+        self.errors: list[str] = []
+        self.mvp = _MvpRecorder(self.cfg.mvp_probe_s) if self.sim_resolution == "MVP" else None
+        self.cleared = pd.DataFrame(columns=ACTION_SCHEMA.names)
+        self.t, self.n_decisions, self.max_ac = 0.0, 0, 0
+        self.bs_pairs: set = set()
+        self.state = TRACK_SCHEMA.empty_table().to_pandas()
+        self.now = self.sim.time_of(0.0)
+
+    @property
+    def done(self) -> bool:
+        return self.t > self.scenario.duration_s
+
+    def observe(self) -> Observation:
+        """Spawn, read and record the state at the current decision time; the controller's observation."""
+        from pipelines.conflicts import detect_snapshot
+
+        sim, cfg, t = self.sim, self.cfg, self.t
+        due = [f for f in self.pending if f.spawn_s <= t and f.flight_id not in self.spawned]
         if due:
             sim.create([aircraft_init(f) for f in due])
             for f in due:
-                for cmd in controller.spawn_commands:
+                for cmd in self.spawn_commands:
                     sim.stack(cmd.format(fid=f.flight_id))
             for f in due:       # the planned climb or descent (flight plan, not a controller clearance)
                 if abs(f.cleared_alt_ft - f.alt_ft) >= 100:
                     sim.stack(f"ALT {f.flight_id} {f.cleared_alt_ft:.0f}")
-            spawned.update({f.flight_id: t for f in due})
-        pending = [f for f in pending if f.flight_id not in spawned]
+            self.spawned.update({f.flight_id: t for f in due})
+        self.pending = [f for f in self.pending if f.flight_id not in self.spawned]
         st = sim.states()
         if len(st):
-            gone = ~scenario.sector.contains(st["lat_deg"].to_numpy(), st["lon_deg"].to_numpy())
-            gone &= np.array([t - spawned.get(f, t) >= cfg.exit_grace_s for f in st["flight_id"]])
+            gone = ~self.scenario.sector.contains(st["lat_deg"].to_numpy(), st["lon_deg"].to_numpy())
+            gone &= np.array([t - self.spawned.get(f, t) >= cfg.exit_grace_s for f in st["flight_id"]])
             for fid in st.loc[gone, "flight_id"]:
                 sim.delete(fid)
             st = st[~gone].reset_index(drop=True)
-        max_ac = max(max_ac, len(st))
-        tracks.append(st)
-        now = sim.time_of(t)
-        if mvp is not None:
-            actions.extend(mvp.update(t, now, st, sim.resolution_active()))
+        self.max_ac = max(self.max_ac, len(st))
+        self.tracks.append(st)
+        self.state = st
+        self.now = now = sim.time_of(t)
+        if self.mvp is not None:
+            self.actions.extend(self.mvp.update(t, now, st, sim.resolution_active()))
         if cfg.record_bluesky_conflicts:
             bsc = sim.conflicts()
-            bs_pairs.update(zip(bsc.loc[bsc["conflict"], "flight_id_1"], bsc.loc[bsc["conflict"], "flight_id_2"]))
-        radar = noisy(st, cfg.noise, rng)
+            self.bs_pairs.update(zip(bsc.loc[bsc["conflict"], "flight_id_1"], bsc.loc[bsc["conflict"], "flight_id_2"]))
+        radar = noisy(st, cfg.noise, self.rng)
         conf = detect_snapshot(radar["flight_id"].to_numpy(), radar["lat_deg"].to_numpy(), radar["lon_deg"].to_numpy(),
                                radar["alt_ft"].to_numpy(), radar["gs_kt"].to_numpy(), radar["trk_deg"].to_numpy(),
                                radar["vs_fpm"].to_numpy(), cfg.conflicts) if len(radar) > 1 else pd.DataFrame()
-        dec = controller.decide(Observation(now, t, radar, conf, plans, cleared))
-        n_decisions += 1
-        for c in dec.clearances:
+        self.n_decisions += 1
+        return Observation(now, t, radar, conf, self.plans, self.cleared)
+
+    def apply(self, clearances: list[Clearance]) -> list[dict]:
+        """Issue clearances now; returns the action rows of those BlueSky accepted (rejections go to ``errors``)."""
+        done = []
+        for c in clearances:
             try:
-                row = sim.clear(c.flight_id, c.action_type,
-                                None if c.action_type in ("direct_to", "resume") else c.value,
-                                waypoint=c.waypoint, relative=True)
+                row = self.sim.clear(c.flight_id, c.action_type,
+                                     None if c.action_type in ("direct_to", "resume") else c.value,
+                                     waypoint=c.waypoint, relative=True)
             except SimulatorError as exc:
-                errors.append(f"{now.isoformat()} {c}: {exc}")
+                self.errors.append(f"{self.now.isoformat()} {c}: {exc}")
                 continue
-            actions.append({**row, "against_flight_id": c.against})
-        if dec.clearances:
-            cleared = pd.DataFrame(actions, columns=ACTION_SCHEMA.names)
-        for r in dec.truth:
-            truth.append({**r, "scenario": scenario.name})
-        sim.step(steps)
-        t += cfg.decision_dt_s
-    tr = pd.concat(tracks, ignore_index=True) if tracks else TRACK_SCHEMA.empty_table().to_pandas()
-    ac = pd.DataFrame(actions, columns=ACTION_SCHEMA.names)
-    meta = {"scenario": scenario.name, "seed": seed, "t0": sim.time_of(0.0), "controller": controller.name,
-            "style": getattr(controller, "style", None), "sim_s": scenario.duration_s,
-            "wall_s": round(_time.perf_counter() - wall, 3), "decision_steps": n_decisions, "max_aircraft": max_ac,
-            "flights": len(spawned), "clearances": len(ac), "rejected_clearances": errors,
-            "bluesky_conflict_pairs": sorted(bs_pairs)}
-    return RolloutResult(scenario.name, controller.name, tr, ac, pd.DataFrame(truth), meta)
+            row = {**row, "against_flight_id": c.against}
+            self.actions.append(row)
+            done.append(row)
+        if clearances:
+            self.cleared = pd.DataFrame(self.actions, columns=ACTION_SCHEMA.names)
+        return done
+
+    def advance(self) -> None:
+        """Step the simulation to the next decision time."""
+        self.sim.step(self.steps)
+        self.t += self.cfg.decision_dt_s
+
+    def result(self, controller: str, style: str | None = None, truth: list[dict] | None = None) -> RolloutResult:
+        """What happened so far: tracks, clearances (action contract), the controller's truth rows, meta."""
+        sim, scenario = self.sim, self.scenario
+        tr = pd.concat(self.tracks, ignore_index=True) if self.tracks else TRACK_SCHEMA.empty_table().to_pandas()
+        ac = pd.DataFrame(self.actions, columns=ACTION_SCHEMA.names)
+        meta = {"scenario": scenario.name, "seed": self.seed, "t0": sim.time_of(0.0), "controller": controller,
+                "style": style, "sim_s": scenario.duration_s,
+                "wall_s": round(_time.perf_counter() - self.wall, 3), "decision_steps": self.n_decisions,
+                "max_aircraft": self.max_ac, "flights": len(self.spawned), "clearances": len(ac),
+                "rejected_clearances": self.errors, "bluesky_conflict_pairs": sorted(self.bs_pairs)}
+        return RolloutResult(scenario.name, controller, tr, ac, pd.DataFrame(truth or []), meta)
+
+
+def rollout(scenario: Scenario, controller: Controller, sim: BlueSkySim, cfg: RolloutConfig = RolloutConfig(),
+            seed: int | None = None) -> RolloutResult:
+    """Run one scenario under one controller on an open simulator (reset here); returns what happened."""
+    loop = ClosedLoop(scenario, sim, cfg, seed, controller.sim_resolution, controller.spawn_commands)
+    loop.reset()
+    controller.reset(scenario.name, loop.seed)
+    truth: list[dict] = []
+    while not loop.done:
+        dec = controller.decide(loop.observe())
+        loop.apply(dec.clearances)
+        truth.extend({**r, "scenario": scenario.name} for r in dec.truth)
+        loop.advance()
+    return loop.result(controller.name, getattr(controller, "style", None), truth)
