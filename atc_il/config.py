@@ -79,6 +79,11 @@ class DatasetConfig(Section):
                                      "kind given within clearance_horizon_s (pipelines/history.py)")
     history_cap_s: float = Field(600.0, gt=0, description="seconds since the last clearance are capped here (and an "
                                  "aircraft never cleared gets this value) (dataset.controller_history)")
+    resume_samples: bool = Field(True, description="decision steps for resumes: after each clearance given against "
+                                 "another aircraft, the steps at which the pair diverges, up to the aircraft's next "
+                                 "clearance and at most resume_window_s later (pipelines/resume.py); the closed loop asks "
+                                 "the policy at the same steps")
+    resume_window_s: float = Field(900.0, gt=0, description="resume steps end this long after the clearance")
 
 
 class EnRouteConfig(Section):

@@ -77,6 +77,53 @@ def attach_labels(samples: pd.DataFrame, links: pd.DataFrame, idx: TrackIndex) -
     return lab, stats
 
 
+def _with_resume_steps(samples: pd.DataFrame, actions: pd.DataFrame, idx: TrackIndex,
+                       cfg: DatasetConfig) -> tuple[pd.DataFrame, int]:
+    """The conflict samples followed by the resume steps of the executed clearances (``pipelines.resume``) that are
+    not conflict samples already; their episode id names the pair and the clearance's time."""
+    if not cfg.resume_samples:
+        return samples, 0
+    from pipelines.resume import outstanding, resume_steps
+    steps = resume_steps(outstanding(actions), idx, cfg.resume_window_s)
+    if steps.empty:
+        return samples, 0
+    have = pd.MultiIndex.from_arrays([samples["flight_id_1"], samples["flight_id_2"], idx.to_tidx(samples["time"])])
+    new = ~pd.MultiIndex.from_arrays([steps["flight_id_1"], steps["flight_id_2"], idx.to_tidx(steps["time"])]).isin(have)
+    steps = steps[new].drop(columns="resumer")
+    steps.insert(0, "episode_id", "resume:" + steps["flight_id_1"] + "|" + steps["flight_id_2"] + "@"
+                 + steps["first_detection"].dt.strftime("%Y%m%dT%H%M%S"))
+    out = pd.concat([samples, steps], ignore_index=True)
+    return out, len(steps)
+
+
+def _attach_resume_labels(samples: pd.DataFrame, lab: pd.DataFrame, actions: pd.DataFrame, idx: TrackIndex,
+                          n_resume: int) -> dict:
+    """Label the resume steps (the last ``n_resume`` samples) with the resumes given there (in place)."""
+    stats = {"resume_samples": n_resume, "resume_labels": 0, "resumes_without_decision_step": 0}
+    if n_resume == 0 or actions is None or actions.empty or "against_flight_id" not in actions:
+        return stats
+    from pipelines.resume import ordered
+    r = actions[(actions["action_type"] == "resume") & actions["against_flight_id"].notna()]
+    if r.empty:
+        return stats
+    f1, f2, k = ordered(r["flight_id"].to_numpy(dtype=object), r["against_flight_id"].to_numpy(dtype=object))
+    key_r = pd.MultiIndex.from_arrays([f1, f2, idx.to_tidx(r["time"])])
+    first = ~key_r.duplicated()
+    start = len(samples) - n_resume
+    tail = samples.iloc[start:]
+    key_s = pd.MultiIndex.from_arrays([tail["flight_id_1"], tail["flight_id_2"], idx.to_tidx(tail["time"])])
+    pos = key_s.get_indexer(key_r[first])
+    hit = pos >= 0
+    rows = start + pos[hit]
+    lab.loc[rows, "label_act"] = 1
+    lab.loc[rows, "label_aircraft"] = k[first][hit]
+    lab.loc[rows, "label_type"] = ACTION_TYPES.index("resume")
+    lab.loc[rows, "label_value"] = 0.0
+    lab.loc[rows, "label_confidence"] = r["confidence"].to_numpy(np.float32)[first][hit]
+    stats.update(resume_labels=int(hit.sum()), resumes_without_decision_step=int((~hit).sum()))
+    return stats
+
+
 def assign_splits(keys: pd.Series, cfg: DatasetConfig) -> dict[str, str]:
     """Whole split units (days or scenarios) to splits, seeded; never a random row split."""
     uniq = sorted(keys.dropna().unique())
@@ -171,7 +218,13 @@ def _build(work: Path, out: Path, config: PipelineConfig, progress, flight_plans
     if left["episodes_left_out"]:
         samples = samples[samples["episode_id"].isin(episodes["episode_id"])].reset_index(drop=True)
     left = {"enroute": flt.describe(), **left, "samples_left_out": n_samples - len(samples)}
-    labels, lstats = attach_labels(samples, links, idx)
+    label_actions = actions
+    if labels is not None and (Path(labels) / "actions").exists():
+        label_actions = read_table(Path(labels) / "actions", ACTION_SCHEMA)
+    samples, n_resume = _with_resume_steps(samples, actions, idx, cfg)
+    labels_df, lstats = attach_labels(samples, links, idx)
+    lstats.update(_attach_resume_labels(samples, labels_df, label_actions, idx, n_resume))
+    labels = labels_df
     samples["split_key"] = _split_keys(samples, idx, tracks, cfg.split)
     split_of = assign_splits(samples["split_key"], cfg)
     split = samples["split_key"].map(split_of)

@@ -10,7 +10,9 @@ steps), so the most likely decision at every step is "not now" and a controller 
 P(act) at 1/2 never acts. By default (``act="sample"``) the controller therefore rolls the learned policy
 out as it was trained: at each step it acts on a conflict with probability P(act now | history), drawn
 from a generator seeded by the session seed, and then issues the most likely clearance given that it
-acts. ``act="argmax"`` keeps the threshold (the single most likely decision). The observation's flight plans go to the feature builder as flight-plan contract rows (read by
+acts. Besides the conflicts, the policy is asked at the resume steps of its own clearances (``pipelines.resume``: the
+pair it cleared diverges, no other clearance since, within ``dataset.resume_window_s``), as the data set samples
+them, so that it can send aircraft back on their routes. ``act="argmax"`` keeps the threshold (the single most likely decision). The observation's flight plans go to the feature builder as flight-plan contract rows (read by
 goal-conditioned models, ``dataset.goal``). ``direct_to`` decisions, which need a waypoint the model does not choose, are not issued and
 are counted in ``skipped``.
 """
@@ -53,22 +55,50 @@ class ModelController(Controller):
             self._plans = (plans, flight_plan_rows(plans))
         return self._plans[1]
 
+    def resume_samples(self, obs: Observation, shown: set) -> pd.DataFrame:
+        """The resume steps at this decision step (:mod:`pipelines.resume`, as the data set builds them): pairs
+        whose aircraft this controller cleared against each other, not resumed or cleared since, within the
+        window, diverging on the current picture, and not a conflict shown now."""
+        from pipelines.resume import diverging, ordered, outstanding
+        cols = ["time", "flight_id_1", "flight_id_2", "first_detection"]
+        if not self.predictor.dcfg.resume_samples or obs.cleared is None or len(obs.cleared) == 0:
+            return pd.DataFrame(columns=cols)
+        outs = outstanding(obs.cleared)
+        now = int(obs.time.value)
+        outs = outs[(outs["t_end"] > now) & (now - outs["t_clear"] <= int(self.predictor.dcfg.resume_window_s * 1e9))
+                    & (outs["t_clear"] < now)]
+        radar = obs.radar.set_index("flight_id")
+        outs = outs[outs["flight_id"].isin(radar.index) & outs["other"].isin(radar.index)]
+        if outs.empty:
+            return pd.DataFrame(columns=cols)
+        a, b = radar.loc[outs["flight_id"]], radar.loc[outs["other"]]
+        div = diverging(*(x[c].to_numpy(float) for x in (a, b) for c in ("lat_deg", "lon_deg", "gs_kt", "trk_deg")))
+        outs = outs[div]
+        f1, f2, _ = ordered(outs["flight_id"].to_numpy(dtype=object), outs["other"].to_numpy(dtype=object))
+        out = pd.DataFrame({"time": obs.time, "flight_id_1": f1, "flight_id_2": f2,
+                            "first_detection": pd.to_datetime(outs["t_clear"].to_numpy(), unit="ns", utc=True)})
+        out = out[[(x, y) not in shown for x, y in zip(out["flight_id_1"], out["flight_id_2"])]]
+        return out.drop_duplicates(["flight_id_1", "flight_id_2"]).reset_index(drop=True)
+
     def decide(self, obs: Observation) -> Decision:
         self.frames.append(obs.radar)
         conf = obs.conflicts
-        if conf is None or len(conf) == 0 or len(obs.radar) < 2:
+        if len(obs.radar) < 2:
             self.first_shown.clear()
             return Decision()
+        if conf is None or len(conf) == 0:
+            conf = pd.DataFrame({"flight_id_1": [], "flight_id_2": [], "conflict": [], "tcpa_s": []})
         conf = conf[conf["conflict"].astype(bool) & (conf["tcpa_s"] > 0)]
         shown = set(zip(conf["flight_id_1"], conf["flight_id_2"]))
         self.first_shown = {k: v for k, v in self.first_shown.items() if k in shown}
         for k in shown:
             self.first_shown.setdefault(k, obs.time)
-        if not shown:
-            return Decision()
         samples = pd.DataFrame({"time": obs.time, "flight_id_1": conf["flight_id_1"].to_numpy(),
                                 "flight_id_2": conf["flight_id_2"].to_numpy()})
         samples["first_detection"] = [self.first_shown[(a, b)] for a, b in zip(samples["flight_id_1"], samples["flight_id_2"])]
+        samples = pd.concat([samples, self.resume_samples(obs, shown)], ignore_index=True)
+        if samples.empty:
+            return Decision()
         tracks = pd.concat(list(self.frames), ignore_index=True)
         dec, _ = self.predictor.predict_samples(samples, tracks, obs.cleared,
                                                 flight_plans=self.plan_rows(obs.flight_plans))
