@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import append_results, fmt  # noqa: E402
 
 OFFLINE = ("nll_discrete", "gap_discrete_nll", "type_accuracy", "aircraft_accuracy", "act_ece")
-ONPOLICY = ("onpolicy_nll_gap", "onpolicy_learner_act_rate", "onpolicy_expert_act_rate", "onpolicy_aircraft_agreement",
+ONPOLICY = ("onpolicy_act_kl", "onpolicy_nll_gap", "onpolicy_learner_act_rate", "onpolicy_expert_act_rate", "onpolicy_aircraft_agreement",
             "onpolicy_type_agreement")
 
 
@@ -105,12 +105,12 @@ def plot(rows: list[dict], loop: pd.DataFrame | None, path: Path) -> None:
     x = [r["scenarios_labelled"] for r in dag]
     panels = [("gap_discrete_nll", "offline: discrete-NLL gap to the achievable ceiling (nats)", rows)]
     if loop is not None:
-        panels += [("los", "closed loop: losses of separation", None), ("onpolicy_nll_gap",
-                   "on the learner's own states: expert NLL of its decisions - of the expert's own", None)]
+        panels += [("los", "closed loop: losses of separation", None), ("onpolicy_act_kl",
+                   "on the learner's own states: KL(expert P(act) || learner P(act)), nats", None)]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8))
     axes = np.atleast_1d(axes)
     for ax, (key, title, _) in zip(axes, panels):
-        if key in ("los", "onpolicy_nll_gap"):
+        if key in ("los", "onpolicy_act_kl"):
             ys = [loop.loc[r["arm"], key] if r["arm"] in loop.index else np.nan for r in dag]
             yb = loop.loc["BC budget", key]
         else:
@@ -219,11 +219,12 @@ def main() -> None:
     if loop is not None:
         body += ["", f"Closed loop ({args.closed_loop} held-out scenarios, seed {args.loop_seed}, {args.loop_duration:.0f} s; "
                  "each policy alone in control; on-policy: the expert in shadow on the learner's own states, at the "
-                 "(act, aircraft, type) level: NLL gap = expert NLL of the learner's decisions - of the expert's own "
-                 "samples, agreement = the expert's probability of the learner's aircraft / type where it acted):", "",
-                 "| controller | conflicts | LoS | resolved % | clearances | agree aircraft | agree type | on-policy NLL gap "
-                 "| learner act rate | expert act rate | P_expert(aircraft) | P_expert(type) |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                 "act KL = KL(expert's P(act) || learner's P(act)) per decision (exact); NLL gap = expert NLL of the "
+                 "learner's sampled (act, aircraft, type) - of the expert's own samples (not a divergence: negative "
+                 "where the learner acts less often), agreement = the expert's probability of the learner's aircraft / type where it acted):", "",
+                 "| controller | conflicts | LoS | resolved % | clearances | agree aircraft | agree type | act KL | "
+                 "NLL gap | learner act rate | expert act rate | P_expert(aircraft) | P_expert(type) |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for label, r in loop.iterrows():
             body.append(f"| {label} | {int(r['conflicts'])} | {int(r['los'])} | {fmt(r['resolved_pct'])} | "
                         f"{int(r['clearances'])} | {fmt(r['agree_aircraft'])} | {fmt(r['agree_type'])} | "

@@ -54,7 +54,7 @@ class DaggerController(Controller):
     the expert's decision is executed with probability ``beta``, the learner's otherwise. ``decide`` returns the
     executed clearances and, as truth, the expert's decision records (its labels) with who was in control and the
     learner's own decision on that conflict (``learner_aircraft`` -1 when it did not act, ``learner_type``,
-    ``learner_value``). ``make_controller("dagger:URI", beta=0.5)``."""
+    ``learner_value``, and its probability of acting, ``learner_p_act``). ``make_controller("dagger:URI", beta=0.5)``."""
 
     name = "dagger"
 
@@ -79,7 +79,11 @@ class DaggerController(Controller):
 
     def decide(self, obs: Observation) -> Decision:
         proposal, handled = self.expert.propose(obs)
+        self.learner.last_decisions = None
         learner = self.learner.decide(obs)
+        asked = self.learner.last_decisions
+        p_learner = {} if asked is None or asked.empty else dict(zip(
+            map(frozenset, zip(asked["flight_id_1"], asked["flight_id_2"])), asked["p_act"].to_numpy(float)))
         expert_acts = bool(self.rng.random() < self.beta)
         executed = proposal.clearances if expert_acts else learner.clearances
         self.expert.commit(obs.sim_s, executed, handled if expert_acts else None)
@@ -90,6 +94,8 @@ class DaggerController(Controller):
             r["learner_aircraft"] = -1 if c is None else int(c.flight_id != r["flight_id_1"])
             r["learner_type"] = None if c is None else c.action_type
             r["learner_value"] = float("nan") if c is None else float(c.value)
+            # the learner's P(act now) on this pair (0 where it was not asked: it cannot act there)
+            r["learner_p_act"] = float(p_learner.get(frozenset((r["flight_id_1"], r["flight_id_2"])), 0.0))
         return Decision(list(executed), truth=proposal.truth)
 
 
@@ -186,10 +192,12 @@ def aggregate(base: Path, extras: list[Path], out: Path) -> Path:
 # ---------------------------------------------------------------------------------------------- measures
 def onpolicy_metrics(truth: pd.DataFrame) -> dict:
     """How the expert judges the learner's decisions on the states the learner itself drove into (the records of
-    the steps the learner was in control of, conflicts only), at the (act, aircraft, type) level: the expert's NLL
-    of the learner's decisions beside the NLL of the expert's own sampled decisions on the same states (their
-    difference is how far the learner is from the expert where it matters: on its own states); the act rates; and,
-    where the learner acted, the expert's probability of its aircraft and of its type (expected agreement)."""
+    the steps the learner was in control of, conflicts only): the exact KL divergence between the expert's and the
+    learner's probability of acting now (``onpolicy_act_kl``, nats per decision; needs ``learner_p_act``); at the
+    (act, aircraft, type) level, the expert's NLL of the learner's sampled decisions beside that of its own sampled
+    decisions on the same states (``onpolicy_nll_gap``: not a divergence; negative where the learner acts less
+    often than the expert, since not acting is the likelier event); the act rates; and, where the learner acted, the
+    expert's probability of its aircraft and of its type (expected agreement)."""
     if truth is None or truth.empty or "in_control" not in truth:
         return {"onpolicy_records": 0}
     t = truth[(truth["in_control"] == "learner") & (truth["kind"] == "conflict")]
@@ -205,7 +213,13 @@ def onpolicy_metrics(truth: pd.DataFrame) -> dict:
             q_ac, q_ty = _choice_probs(joint, la, r.learner_type)
             p_ac.append(q_ac)
             p_ty.append(q_ty)
-    return {"onpolicy_records": len(t), "onpolicy_expert_nll_of_learner": float(np.mean(nll_l)),
+    out = {}
+    if "learner_p_act" in t:       # exact: KL(expert's P(act) || learner's P(act)) per decision, nats
+        pe = np.clip(t["p_act"].to_numpy(float), 1e-6, 1 - 1e-6)
+        pl = np.clip(t["learner_p_act"].to_numpy(float), 1e-6, 1 - 1e-6)
+        out["onpolicy_act_kl"] = float(np.mean(pe * np.log(pe / pl) + (1 - pe) * np.log((1 - pe) / (1 - pl))))
+        out["onpolicy_learner_p_act"] = float(pl.mean())
+    return {**out, "onpolicy_records": len(t), "onpolicy_expert_nll_of_learner": float(np.mean(nll_l)),
             "onpolicy_expert_nll_of_expert": float(np.mean(nll_e)),
             "onpolicy_nll_gap": float(np.mean(nll_l) - np.mean(nll_e)),
             "onpolicy_learner_act_rate": float(np.mean(t["learner_aircraft"].to_numpy() >= 0)),

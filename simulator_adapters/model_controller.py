@@ -44,6 +44,7 @@ class ModelController(Controller):
         self.frames: deque = deque(maxlen=self.predictor.dcfg.history_steps)
         self.first_shown: dict[tuple[str, str], pd.Timestamp] = {}
         self.skipped = 0
+        self.last_decisions: pd.DataFrame | None = None
         self.rng = np.random.default_rng([int(seed), zlib.crc32(scenario_name.encode())])
         self._plans: tuple[dict | None, pd.DataFrame | None] = (None, None)
 
@@ -102,6 +103,7 @@ class ModelController(Controller):
         tracks = pd.concat(list(self.frames), ignore_index=True)
         dec, _ = self.predictor.predict_samples(samples, tracks, obs.cleared,
                                                 flight_plans=self.plan_rows(obs.flight_plans))
+        self.last_decisions = dec               # the policy's decisions at this step (p_act per pair), for inspection
         if self.act == "sample":
             dec["act"] = self.rng.random(len(dec)) < dec["p_act"].to_numpy(float)
         out, used = [], set()

@@ -117,7 +117,8 @@ def test_with_beta_one_the_expert_drives_with_beta_zero_the_learner(loop_frames)
     issued, truth = _drive(make_controller(f"dagger:{uri}", beta=0.0), frames)
     assert issued == learner_issued and any(issued)
     assert {r["in_control"] for r in truth} == {"learner"} and truth      # the expert labels the learner's states
-    assert any(r["learner_aircraft"] >= 0 for r in truth)
+    assert any(r["learner_aircraft"] >= 0 for r in truth) and all(0 <= r["learner_p_act"] <= 1 for r in truth)
+    assert np.mean([r["learner_p_act"] for r in truth]) > 0.9        # the eager policy's P(act)
     with pytest.raises(ConfigError, match="beta"):
         make_controller(f"dagger:{uri}", beta=1.5)
 
@@ -148,6 +149,9 @@ def test_onpolicy_metrics_score_the_learner_with_the_experts_probabilities():
     assert same["onpolicy_nll_gap"] == pytest.approx(0.0)
     assert same["onpolicy_aircraft_agreement"] == pytest.approx(0.6) and same["onpolicy_type_agreement"] == 1.0
     assert other["onpolicy_nll_gap"] > 10 and other["onpolicy_type_agreement"] == 0.0
+    kl = [onpolicy_metrics(pd.DataFrame([{**base, "learner_aircraft": -1, "learner_type": None, "learner_p_act": q}]))
+          ["onpolicy_act_kl"] for q in (0.5, 0.2, 0.05)]
+    assert kl[0] == pytest.approx(0.0, abs=1e-9) and 0 < kl[1] < kl[2]
     assert onpolicy_metrics(pd.DataFrame([{**base, "in_control": "expert", "learner_aircraft": -1,
                                            "learner_type": None}]))["onpolicy_records"] == 0
 
