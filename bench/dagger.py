@@ -218,7 +218,7 @@ def main() -> None:
                     f"{fmt(r.get('aircraft_accuracy'))} | {fmt(r.get('act_ece'))} | {fmt(r.get('rollout_los'))} |")
     if loop is not None:
         body += ["", f"Closed loop ({args.closed_loop} held-out scenarios, seed {args.loop_seed}, {args.loop_duration:.0f} s; "
-                 "each policy alone in control; on-policy: the expert in shadow on the learner's own states, at the "
+                 "each policy alone in control; on-policy: the expert in shadow on the learner's own states; "
                  "act KL = KL(expert's P(act) || learner's P(act)) per decision (exact); NLL gap = expert NLL of the "
                  "learner's sampled (act, aircraft, type) - of the expert's own samples (not a divergence: negative "
                  "where the learner acts less often), agreement = the expert's probability of the learner's aircraft / type where it acted):", "",
