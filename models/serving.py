@@ -37,7 +37,8 @@ class Predictor:
     def __post_init__(self):
         self.policy.eval()
         self.feature_spec = FeatureSpec.of(self.policy.spec, error=ModelError)
-        self.dcfg = DatasetConfig(**self.feature_spec.config)
+        # a policy whose data set predates resume steps was never trained on them: it is not asked there
+        self.dcfg = DatasetConfig(**{"resume_samples": False, **self.feature_spec.config})
         self.step_s = float(self.feature_spec.step_s)
         self.encode = self.policy.encode        # the context network: PyTorch, or ONNX Runtime (use_onnx)
         self.runtime = "torch"

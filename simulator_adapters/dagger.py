@@ -134,7 +134,9 @@ def build_rollout_dataset(work: Path, base_spec: FeatureSpec, pipeline: Pipeline
         raise DataError(f"{work}: the rollouts hold no expert decision (expert_truth.parquet); nothing to label")
     labels = label_log(truth)
     atomic_write_table(to_table(labels, ACTION_SCHEMA, "expert labels"), work / "labels.parquet")
-    ds = pipeline.dataset.model_validate({**(base_spec.config or {}), "split": "scenario", "test_fraction": 0.0,
+    # the demonstrations' features; a data set that predates resume steps has none (models/serving.py reads it so)
+    ds = pipeline.dataset.model_validate({"resume_samples": False, **(base_spec.config or {}), "split": "scenario",
+                                         "test_fraction": 0.0,
                                          "val_fraction": 0.0})
     cfg = pipeline.model_copy(update={"dataset": ds, "resample": pipeline.resample.model_copy(
         update={"step_s": float(base_spec.step_s)})})
