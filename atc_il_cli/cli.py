@@ -66,9 +66,26 @@ def _config(path: Optional[Path], **overrides):
     return load_pipeline_config(path, **overrides)
 
 
+def _counts(value: object) -> Optional[str]:
+    """A flat dict of counts (e.g. quarantined_by_reason, actions_by_type) as 'a 3, b 1' (zeros left out, largest
+    first); None for anything else, and '0' for counts that are all zero."""
+    if not isinstance(value, dict) or not value:
+        return None
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in value.values()):
+        return None
+    items = sorted(((k, v) for k, v in value.items() if v), key=lambda kv: (-kv[1], str(kv[0])))
+    return ", ".join(f"{k} {v:,}" for k, v in items) or "0"
+
+
 def _table(title: str, rows: dict) -> None:
     from atc_il.progress import summary_table
-    summary_table(title, {k: v for k, v in rows.items() if not isinstance(v, (dict, list))})
+    shown = {}
+    for k, v in rows.items():
+        if not isinstance(v, (dict, list)):
+            shown[k] = v
+        elif _counts(v) is not None:
+            shown[k] = _counts(v)
+    summary_table(title, shown)
     enroute = rows.get("enroute")
     if isinstance(enroute, dict) and any(v is not None for v in enroute.values()):
         given = ", ".join(f"{k}={v}" for k, v in enroute.items() if v is not None)
