@@ -208,7 +208,8 @@ def dataset(work: Path = Work, config: Optional[Path] = ConfigOpt,
             out: Optional[Path] = typer.Option(None, help="output folder (default WORK/dataset)"),
             history_steps: Optional[int] = typer.Option(None, help="H grid steps of history, default 24"),
             neighbours: Optional[int] = typer.Option(None, help="K nearest other aircraft, default 4"),
-            split: Optional[str] = typer.Option(None, help="split unit: day or scenario"),
+            split: Optional[str] = typer.Option(None, help="split unit: day (default), hour (whole hours of first "
+                                                "detection: for a day or two of tracks) or scenario"),
             min_alt_ft: Optional[float] = MinAlt, airspace: Optional[Path] = AirspaceOpt,
             sector: Optional[str] = SectorOpt):
     """Build observation histories (shards + feature spec) from tracks, episodes and actions. With
@@ -217,7 +218,10 @@ def dataset(work: Path = Work, config: Optional[Path] = ConfigOpt,
     from pipelines.dataset import build
     cfg = _config(config, dataset={"history_steps": history_steps, "neighbours": neighbours, "split": split},
                   enroute=_enroute(min_alt_ft, airspace, sector))
-    _table("dataset", build(work, out, cfg))
+    summary = build(work, out, cfg)
+    _table("dataset", summary)
+    if summary.get("split_warning"):
+        typer.secho(f"warning: {summary['split_warning']}", fg="yellow", err=True)
 
 
 @app.command()
