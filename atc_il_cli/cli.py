@@ -219,7 +219,7 @@ def dataset(work: Path = Work, config: Optional[Path] = ConfigOpt,
     cfg = _config(config, dataset={"history_steps": history_steps, "neighbours": neighbours, "split": split},
                   enroute=_enroute(min_alt_ft, airspace, sector))
     summary = build(work, out, cfg)
-    _table("dataset", summary)
+    _table("dataset", {k: v for k, v in summary.items() if k != "split_warning"})
     if summary.get("split_warning"):
         typer.secho(f"warning: {summary['split_warning']}", fg="yellow", err=True)
 
