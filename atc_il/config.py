@@ -61,7 +61,8 @@ class DatasetConfig(Section):
     recent_clearances: int = Field(8, ge=0, le=1024, description="M most recent clearances in the airspace")
     clearance_horizon_s: float = Field(1800.0, gt=0, description="older clearances are not recent")
     neighbour_range_nm: float = Field(80.0, gt=0, description="aircraft further away are not neighbours")
-    split: str = Field("day", pattern="^(day|scenario)$", description="split unit: by day or by scenario")
+    split: str = Field("day", pattern="^(day|hour|scenario)$", description="split unit: by day, by hour (of "
+                       "the episode's first detection: for a day or two of tracks) or by scenario")
     val_fraction: float = Field(0.15, ge=0, lt=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)
     seed: int = 0

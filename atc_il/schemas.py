@@ -170,7 +170,7 @@ FLIGHT_PLAN_SCHEMA = pa.schema(
 # ---------------------------------------------------------------- quarantine
 QUARANTINE_REASONS = (
     "unparseable", "missing_required", "out_of_range", "duplicate", "impossible_jump",
-    "altitude_spike", "too_short", "implausible_time",
+    "altitude_spike", "too_short", "implausible_time", "on_ground", "stale_position",
 )
 
 

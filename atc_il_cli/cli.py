@@ -66,9 +66,26 @@ def _config(path: Optional[Path], **overrides):
     return load_pipeline_config(path, **overrides)
 
 
+def _counts(value: object) -> Optional[str]:
+    """A flat dict of counts (e.g. quarantined_by_reason, actions_by_type) as 'a 3, b 1' (zeros left out, largest
+    first); None for anything else, and '0' for counts that are all zero."""
+    if not isinstance(value, dict) or not value:
+        return None
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in value.values()):
+        return None
+    items = sorted(((k, v) for k, v in value.items() if v), key=lambda kv: (-kv[1], str(kv[0])))
+    return ", ".join(f"{k} {v:,}" for k, v in items) or "0"
+
+
 def _table(title: str, rows: dict) -> None:
     from atc_il.progress import summary_table
-    summary_table(title, {k: v for k, v in rows.items() if not isinstance(v, (dict, list))})
+    shown = {}
+    for k, v in rows.items():
+        if not isinstance(v, (dict, list)):
+            shown[k] = v
+        elif _counts(v) is not None:
+            shown[k] = _counts(v)
+    summary_table(title, shown)
     enroute = rows.get("enroute")
     if isinstance(enroute, dict) and any(v is not None for v in enroute.values()):
         given = ", ".join(f"{k}={v}" for k, v in enroute.items() if v is not None)
@@ -191,7 +208,8 @@ def dataset(work: Path = Work, config: Optional[Path] = ConfigOpt,
             out: Optional[Path] = typer.Option(None, help="output folder (default WORK/dataset)"),
             history_steps: Optional[int] = typer.Option(None, help="H grid steps of history, default 24"),
             neighbours: Optional[int] = typer.Option(None, help="K nearest other aircraft, default 4"),
-            split: Optional[str] = typer.Option(None, help="split unit: day or scenario"),
+            split: Optional[str] = typer.Option(None, help="split unit: day (default), hour (whole hours of first "
+                                                "detection: for a day or two of tracks) or scenario"),
             min_alt_ft: Optional[float] = MinAlt, airspace: Optional[Path] = AirspaceOpt,
             sector: Optional[str] = SectorOpt):
     """Build observation histories (shards + feature spec) from tracks, episodes and actions. With
@@ -200,7 +218,10 @@ def dataset(work: Path = Work, config: Optional[Path] = ConfigOpt,
     from pipelines.dataset import build
     cfg = _config(config, dataset={"history_steps": history_steps, "neighbours": neighbours, "split": split},
                   enroute=_enroute(min_alt_ft, airspace, sector))
-    _table("dataset", build(work, out, cfg))
+    summary = build(work, out, cfg)
+    _table("dataset", {k: v for k, v in summary.items() if k != "split_warning"})
+    if summary.get("split_warning"):
+        typer.secho(f"warning: {summary['split_warning']}", fg="yellow", err=True)
 
 
 @app.command()

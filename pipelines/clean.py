@@ -2,11 +2,12 @@
 
 Cleaning removes, per flight, and quarantines with a reason and a detail string:
 
-* duplicate: a second row with the same flight_id and time (the first one is kept), or a stale
-  position: the same latitude and longitude as the flight's previous report while not slower than
-  50 kt (or speed unknown). Real ADS-B collections forward-fill positions through coverage holes
-  (traffic's samples, OpenSky state vectors); the repeats would otherwise turn into a jump when
-  the next fresh position arrives. Removing them leaves a gap where the position was unknown;
+* duplicate: a second row with the same flight_id and time (the first one is kept);
+* stale_position: the same latitude and longitude as the flight's previous report (a later time)
+  while not slower than 50 kt (or speed unknown). Real ADS-B collections forward-fill positions
+  through coverage holes (traffic's samples, OpenSky state vectors); the repeats would otherwise turn
+  into a jump when the next fresh position arrives. Removing them leaves a gap where the position was
+  unknown;
 * impossible_jump: positions that cannot be reached from the rest of the track at ``max_gs_kt``
   (allowing 1 s of timestamp rounding and 0.05 NM of position noise). A flight is split into
   runs at every such jump; the longest run is trusted and the others are kept only when reachable
@@ -80,15 +81,20 @@ def _duplicates(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     same = df.duplicated([c for c in COLUMNS if c in df.columns], keep="first").to_numpy()
     detail = np.where(same, "identical to an earlier row",
                       "same flight_id and time as an earlier row, other values differ").astype(object)
-    # stale positions: compare with the previous row that is not itself a time duplicate
-    keep = np.flatnonzero(~dup)
-    lat, lon = df["lat_deg"].to_numpy(float)[keep], df["lon_deg"].to_numpy(float)[keep]
-    slow = (df["gs_kt"].to_numpy(float)[keep] < STALE_MAX_GS_KT) if "gs_kt" in df else np.zeros(len(keep), bool)
-    new = _new_flight(df.iloc[keep])
-    stale = np.r_[False, ~new[1:] & (lat[1:] == lat[:-1]) & (lon[1:] == lon[:-1])] & ~slow
-    dup[keep[stale]] = True
-    detail[keep[stale]] = "stale position: same lat/lon as the previous report (forward-filled)"
     return dup, detail
+
+
+def _stale(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Stale positions, compared with the flight's previous row (time duplicates are already removed)."""
+    if df.empty:
+        return np.zeros(0, dtype=bool), np.zeros(0, dtype=object)
+    lat, lon = df["lat_deg"].to_numpy(float), df["lon_deg"].to_numpy(float)
+    slow = (df["gs_kt"].to_numpy(float) < STALE_MAX_GS_KT) if "gs_kt" in df else np.zeros(len(df), bool)
+    new = _new_flight(df)
+    stale = np.r_[False, ~new[1:] & (lat[1:] == lat[:-1]) & (lon[1:] == lon[:-1])] & ~slow
+    detail = np.full(len(df), "same lat/lon as the flight's previous report at a later time (a forward-filled "
+                     "position)", dtype=object)
+    return stale, detail
 
 
 def _reachable(lat, lon, t, i, j, max_gs_kt) -> bool:
@@ -192,7 +198,7 @@ def clean_tracks(df: pd.DataFrame, cfg: CleanConfig = CleanConfig()) -> tuple[pd
     df = _sorted(df)
     out: list[pd.DataFrame] = []
     jumps_kept = 0
-    for reason, step in (("duplicate", _duplicates),
+    for reason, step in (("duplicate", _duplicates), ("stale_position", _stale),
                          ("impossible_jump", lambda d: _jumps(d, cfg.max_gs_kt)),
                          ("altitude_spike", lambda d: _spikes(d, cfg.max_vs_fpm, cfg.max_gap_s))):
         bad, detail, *more = step(df)

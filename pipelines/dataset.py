@@ -125,7 +125,7 @@ def _attach_resume_labels(samples: pd.DataFrame, lab: pd.DataFrame, actions: pd.
 
 
 def assign_splits(keys: pd.Series, cfg: DatasetConfig) -> dict[str, str]:
-    """Whole split units (days or scenarios) to splits, seeded; never a random row split."""
+    """Whole split units (days, hours or scenarios) to splits, seeded; never a random row split."""
     uniq = sorted(keys.dropna().unique())
     rng = np.random.default_rng(cfg.seed)
     order = [uniq[i] for i in rng.permutation(len(uniq))]
@@ -143,6 +143,8 @@ def assign_splits(keys: pd.Series, cfg: DatasetConfig) -> dict[str, str]:
 def _split_keys(samples: pd.DataFrame, idx: TrackIndex, tracks: pd.DataFrame, how: str) -> pd.Series:
     if how == "day":
         return samples["first_detection"].dt.strftime("%Y-%m-%d")
+    if how == "hour":   # whole hours of first detection: an episode's samples stay in one split
+        return samples["first_detection"].dt.strftime("%Y-%m-%dT%H")
     # scenario: the `source` of aircraft 1 at first detection (the simulator writes one source per scenario)
     rows = idx.lookup(idx.flights.get_indexer(samples["flight_id_1"]), idx.to_tidx(samples["first_detection"]))
     src = tracks["source"].to_numpy()
@@ -278,5 +280,12 @@ def _build(work: Path, out: Path, config: PipelineConfig, progress, flight_plans
     summary = {"samples": len(samples), **{f"{s} samples": counts[s] for s in SPLITS},
                "episodes": int(samples["episode_id"].nunique()), "positive samples": int(labels["label_act"].sum()),
                **lstats, **left, "seconds": round(_time.perf_counter() - t_start, 3), "spec_hash": spec.spec_hash}
+    empty = [s for s in SPLITS if s != "train" and not counts[s] and getattr(cfg, f"{s}_fraction") > 0]
+    if len(samples) and empty:
+        units = samples["split_key"].nunique()
+        hint = " (--split hour splits a day or two of tracks by whole hours)" if cfg.split == "day" else ""
+        summary["split_warning"] = (f"the {' and '.join(empty)} split(s) are empty: the samples come from {units} "
+                                    f"{cfg.split}(s) and a split takes whole {cfg.split}s, 3 at least; `atc-il "
+                                    f"train` needs a val split{hint}")
     write_json(summary, out / "dataset_report.json")
     return summary

@@ -4,7 +4,7 @@ Data flow for ``ingest(inputs, out)``:
 
 1. each file streams through :func:`read_tracks` in chunks (readers in ``pipelines.readers``);
 2. :func:`validate_chunk` splits every chunk into kept rows and quarantined rows
-   (unparseable, missing_required, out_of_range);
+   (unparseable, on_ground, missing_required, out_of_range, implausible_time);
 3. kept rows are staged in ``out/.staging-*/bucket-NNN.parquet`` by hash(flight_id) % B, so a
    flight's rows from every chunk and file meet in one bucket;
 4. each bucket is cleaned and resampled (``pipelines.clean``) and written to
@@ -50,7 +50,7 @@ from atc_il.schemas import (
 )
 from pipelines.clean import clean_and_resample
 from pipelines.merge import MessageMerger
-from pipelines.readers import FORMATS, UNPARSEABLE, ColumnMapping, is_scat, load_mapping, read_tracks  # noqa: F401 (re-exported)
+from pipelines.readers import FORMATS, ON_GROUND, UNPARSEABLE, ColumnMapping, is_scat, load_mapping, read_tracks  # noqa: F401 (re-exported)
 from pipelines.scat import ScatSink, read_scat
 
 QUARANTINE_SCHEMA = pa.schema(
@@ -84,17 +84,20 @@ def validate_chunk(df: pd.DataFrame, file: str) -> tuple[pd.DataFrame, pd.DataFr
     """Split a canonical chunk into (kept rows in TRACK_SCHEMA columns, quarantined rows).
 
     Each row gets one reason, the first that applies: unparseable (a raw value failed to parse;
-    the readers' ``_unparseable`` column, undecodable bytes among them), missing_required (time,
+    the readers' ``_unparseable`` column, undecodable bytes among them), on_ground (the feed flags the
+    aircraft as on the ground: the readers' ``_on_ground`` column, from an ``onground`` source column; the
+    detail also names the required fields such a surface report lacks, usually the altitude), missing_required (time,
     flight_id, lat_deg, lon_deg or alt_ft null), out_of_range (TRACK_RANGES, non-finite numbers),
     implausible_time (before TIME_MIN or later than now + TIME_AHEAD: a time of 0 is 1970, not a
     flight). The detail lists every problem of that kind in the row.
     """
     cols = [f.name for f in TRACK_SCHEMA]
-    df = df.reset_index(drop=True).reindex(columns=cols + [UNPARSEABLE])
+    df = df.reset_index(drop=True).reindex(columns=cols + [UNPARSEABLE, ON_GROUND])
     n = len(df)
     unparse = df[UNPARSEABLE].notna().to_numpy()
+    ground = df[ON_GROUND].eq(True).fillna(False).to_numpy(dtype=bool) & ~unparse
     missing_parts = [(df[c].isna().to_numpy(), f"{c} missing") for c in TRACK_REQUIRED]
-    missing = np.logical_or.reduce([m for m, _ in missing_parts]) if n else np.zeros(0, bool)
+    missing = (np.logical_or.reduce([m for m, _ in missing_parts]) if n else np.zeros(0, bool)) & ~ground
     range_parts = []
     for c, (lo, hi) in TRACK_RANGES.items():
         v = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float)
@@ -103,7 +106,8 @@ def validate_chunk(df: pd.DataFrame, file: str) -> tuple[pd.DataFrame, pd.DataFr
     out_of_range = np.logical_or.reduce([m for m, _ in range_parts]) if n else np.zeros(0, bool)
     t = pd.to_datetime(df["time"], utc=True, errors="coerce")
     t_max = pd.Timestamp.now(tz="UTC") + TIME_AHEAD
-    implausible = (t.notna() & ((t < TIME_MIN) | (t > t_max))).to_numpy()
+    out_of_range &= ~ground
+    implausible = (t.notna() & ((t < TIME_MIN) | (t > t_max))).to_numpy() & ~ground
     t_text = [f"time={x.isoformat()} outside [{TIME_MIN.date()}, now + {TIME_AHEAD.days} days]" for x in t[implausible]]
     reason = np.full(n, None, dtype=object)
     detail = np.full(n, None, dtype=object)
@@ -112,6 +116,8 @@ def validate_chunk(df: pd.DataFrame, file: str) -> tuple[pd.DataFrame, pd.DataFr
                               lambda: _detail(n, [(implausible, t_text)])),
                              (out_of_range & ~missing & ~unparse, "out_of_range", lambda: _detail(n, range_parts)),
                              (missing & ~unparse, "missing_required", lambda: _detail(n, missing_parts)),
+                             (ground, "on_ground", lambda: _detail(n, [(ground, "on the ground (the feed's onground "
+                                                                        "flag)")] + missing_parts)),
                              (unparse, "unparseable", lambda: unparse_text)):
         if mask.any():
             reason[mask], detail[mask] = name, text()[mask]

@@ -15,13 +15,21 @@ Format flavours (``fmt="auto"`` detects them from the columns):
   ``true_track`` ...). flight_id = icao24 (a callsign can be missing or change within a flight;
   flights of one airframe on one day stay apart through the gaps between them).
 * traffic: ``timestamp, icao24, callsign, latitude, longitude, altitude`` (ft), ``groundspeed``
-  (kt), ``track``, ``vertical_rate`` (ft/min); flight_id = ``flight_id`` if present, else icao24.
+  (kt), ``track``, ``vertical_rate`` (ft/min); flight_id = ``flight_id`` if present, else icao24. Its
+  pandas-JSON collections (``.json``/``.json.gz``, as bundled in the traffic wheel's ``data/samples``)
+  are read as they are.
 * scat: the SCAT data set's per-flight JSON documents and weekly zip files (``pipelines.scat``; a .zip
   is read as SCAT under ``auto``).
 * bluesky: CRELOG/datalogger files, ``#`` header lines, the last one naming the columns
   (``simt, id, lat, lon, alt[, tas, gs, trk, hdg, vs, cas]``, SI units); time = t0 + simt with
   t0 from the mapping (default 2000-01-01T00:00Z). Without ``gs``/``trk`` the log's ``tas``/``hdg``
   are used (BlueSky's default has no wind, so they coincide).
+
+The ground flag of ADS-B feeds (a source column ``onground`` or ``on_ground``, in any format: OpenSky and
+traffic have one) is not part of the track contract; when a file has it, chunks carry it as the extra column
+``_on_ground`` (True, False, or null where unknown), and validation quarantines the rows on the ground
+as ``on_ground`` (surface reports carry no barometric altitude, and separation on the surface is not this
+project's subject).
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ from atc_il.units import factor
 
 FORMATS = ("auto", "csv", "parquet", "opensky", "traffic", "bluesky", "scat")
 UNPARSEABLE = "_unparseable"
+ON_GROUND = "_on_ground"
+ON_GROUND_SOURCES = ("onground", "on_ground")
 CANONICAL = [f.name for f in TRACK_SCHEMA]
 NUMERIC_UNITS = {"lat_deg": "deg", "lon_deg": "deg", "alt_ft": "ft", "gs_kt": "kt", "trk_deg": "deg",
                  "vs_fpm": "fpm", "cfl_ft": "ft"}
@@ -397,8 +407,27 @@ def _strings(raw: pd.Series) -> pd.Series:
     return s.mask((s == "").fillna(False))
 
 
+def _ground_column(names) -> str | None:
+    """The source column holding the feed's on-the-ground flag, if any."""
+    return next((str(c) for c in names if str(c).strip().lower() in ON_GROUND_SOURCES), None)
+
+
+def _flag(raw: pd.Series) -> pd.Series:
+    """A boolean flag from bools, numbers (0 / non-zero) or text (true/false, t/f, 1/0, yes/no); null where
+    the value is missing or none of these (an unknown flag is not read as on the ground)."""
+    if pd.api.types.is_bool_dtype(raw):
+        return raw.astype("boolean")
+    if pd.api.types.is_numeric_dtype(raw):
+        num = raw.astype(float)
+        return (num != 0).astype("boolean").mask(num.isna())
+    text = raw.astype("string").str.strip().str.lower()
+    return text.map({"true": True, "t": True, "1": True, "yes": True, "1.0": True,
+                     "false": False, "f": False, "0": False, "no": False, "0.0": False}).astype("boolean")
+
+
 def to_canonical(raw: pd.DataFrame, m: ColumnMapping, source: str) -> pd.DataFrame:
-    """Map one raw chunk onto the canonical columns and units (plus ``_unparseable``)."""
+    """Map one raw chunk onto the canonical columns and units (plus ``_unparseable``, and ``_on_ground`` when
+    the source has a ground flag)."""
     n = len(raw)
     out: dict[str, pd.Series] = {}
     problems = pd.Series("", index=raw.index, dtype=object)
@@ -433,6 +462,9 @@ def to_canonical(raw: pd.DataFrame, m: ColumnMapping, source: str) -> pd.DataFra
             vals = vals.where((vals < -360.0) | (vals > 360.0), vals % 360.0)
         out[c] = vals
     frame = pd.DataFrame(out, index=raw.index)[CANONICAL]
+    ground = _ground_column(raw.columns)
+    if ground is not None:
+        frame[ON_GROUND] = _flag(raw[ground])
     frame[UNPARSEABLE] = problems.where(problems != "", None).str.rstrip("; ")
     if UNPARSEABLE in raw:
         both = frame[UNPARSEABLE].notna() & raw[UNPARSEABLE].notna()
@@ -480,7 +512,8 @@ def read_tracks(path: str | Path, fmt: str = "auto", mapping: ColumnMapping | di
     if missing:
         raise ReadError(path, f"no source column for {missing} ({flavour} format; columns: {names[:20]}); "
                               "pass a column mapping or --format")
-    usecols = [c for c in dict.fromkeys(needed) if c in names]
+    ground = _ground_column(names)
+    usecols = [c for c in dict.fromkeys(needed + ([ground] if ground else [])) if c in names]
     source = flavour if flavour != "generic" else {"text": "csv"}.get(container, container)
     raw = _iter_raw(path, container, names, skip, usecols, max(1, int(chunk_rows)), json_frame)
     while True:

@@ -87,7 +87,11 @@ def load_split(dataset_dir: str | Path, split: str, as_torch: bool = True, colum
     spec = FeatureSpec.load(dataset_dir / SPEC_FILE)
     files = sorted((dataset_dir / f"split={split}").glob("*.parquet"))
     if not files:
-        raise DataError(f"{dataset_dir}: split {split!r} has no shards (splits: {list(spec.splits or {})})")
+        units = {s: len(v.get("keys", [])) for s, v in (spec.splits or {}).items() if isinstance(v, dict)}
+        unit = next((v.get("unit") for v in (spec.splits or {}).values() if isinstance(v, dict)), None)
+        hint = (f"; its samples come from {sum(units.values())} {unit}(s) and a split takes whole {unit}s: rebuild "
+                f"it from more data or with smaller split units (a day or two of tracks: atc-il dataset --split hour)") if unit else ""
+        raise DataError(f"{dataset_dir}: split {split!r} has no shards (splits: {list(spec.splits or {})}){hint}")
     empty = [k for k, t in spec.tensors.items() if int(np.prod(t.shape)) == 0
              and (columns is None or k in columns)]            # not stored (see write_shard): zeros
     read = None if columns is None else [c for c in columns if c not in empty]

@@ -131,12 +131,12 @@ def test_clean_keeps_a_normal_manoeuvring_flight():
     assert q.empty and len(clean) == len(df)
 
 
-def test_stale_forward_filled_positions_are_duplicates_but_a_parked_aircraft_is_kept():
+def test_stale_forward_filled_positions_are_stale_positions_but_a_parked_aircraft_is_kept():
     df = flight(t_s=np.arange(0, 100, 1.0))
     df.loc[41:60, ["lat_deg", "lon_deg"]] = df.loc[40, ["lat_deg", "lon_deg"]].to_numpy()   # 20 s stale
     parked = flight("P", t_s=np.arange(0, 30, 5.0), gs_kt=0.0, alt0=0.0).assign(gs_kt=0.0)
     clean, q = clean_tracks(pd.concat([df, parked]), CleanConfig())
-    assert len(q) == 20 and q["reason"].eq("duplicate").all() and q["detail"].str.contains("stale").all()
+    assert len(q) == 20 and q["reason"].eq("stale_position").all() and q["detail"].str.contains("forward-filled").all()
     assert (clean["flight_id"] == "P").sum() == len(parked)
     assert not q["reason"].eq("impossible_jump").any()        # the fresh position after the hole is fine
 

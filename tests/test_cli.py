@@ -103,3 +103,18 @@ def test_readme_pipeline_commands_run_as_written(tmp_path):
         assert proc.returncode == 0, (cmd, proc.stderr[-2000:])
     for out in ("tracks", "conflicts", "actions", "action_links", "dataset"):
         assert (tmp_path / "workspace" / out / "_RUN_COMPLETE.json").exists(), out
+
+
+def test_summary_tables_show_counts_by_reason_and_type(tmp_path):
+    import pandas as pd
+    rows = [{"time": 1_709_287_200 + 5 * i, "flight_id": "A", "lat_deg": 50.0 + 0.01 * i, "lon_deg": 5.0,
+             "alt_ft": 30000.0} for i in range(10)]
+    rows[3]["alt_ft"] = None
+    pd.DataFrame(rows).to_csv(tmp_path / "t.csv", index=False)
+    res = runner.invoke(app, ["ingest", str(tmp_path / "t.csv"), "-w", str(tmp_path / "ws")])
+    assert res.exit_code == 0, res.output
+    line = next(s for s in res.output.splitlines() if "quarantined_by_reason" in s)
+    assert "missing_required 1" in line and "on_ground" not in line      # zero counts are left out
+    from atc_il_cli.cli import _counts
+    assert _counts({"heading": 3, "speed": 0, "altitude": 5}) == "altitude 5, heading 3"
+    assert _counts({"a": 0}) == "0" and _counts({}) is None and _counts({"f": "text"}) is None

@@ -130,3 +130,18 @@ def test_dense_track_lookup_equals_the_binary_search():
     slow = idx.lookup(q_codes, q_tidx)
     np.testing.assert_array_equal(fast, slow)
     assert (fast >= 0).sum() > 100 and (fast == -1).sum() > 100
+
+
+def test_one_day_splits_by_hour_and_a_day_split_warns(tmp_path):
+    ws = workspace(tmp_path, days=1)
+    base = DatasetConfig(history_steps=8, neighbours=2, recent_clearances=3)
+    summary = build(ws, config=PipelineConfig(dataset=base))
+    assert summary["val samples"] == summary["test samples"] == 0
+    assert "val and test split(s) are empty" in summary["split_warning"] and "--split hour" in summary["split_warning"]
+    from pipelines.dataset import _split_keys
+    times = pd.Series(pd.to_datetime(["2024-01-01T09:59:59Z", "2024-01-01T10:00:00Z", "2024-01-01T10:59:00Z"]))
+    keys = _split_keys(pd.DataFrame({"first_detection": times}), None, None, "hour")
+    assert keys.tolist() == ["2024-01-01T09", "2024-01-01T10", "2024-01-01T10"]
+    summary = build(ws, config=PipelineConfig(dataset=base.model_copy(update={"split": "hour"})))
+    assert summary["samples"] == 25 and "split_warning" in summary      # one episode: one hour, still one unit
+    assert read_spec(ws / "dataset")["splits"]["train"]["unit"] == "hour"

@@ -148,6 +148,31 @@ def test_validate_chunk_reasons_and_columns():
     assert "gs_kt=-5 outside" in q["detail"].iloc[0] and (q["file"] == "f.csv").all()
 
 
+def test_on_ground_rows_are_quarantined_as_on_ground_not_missing_required():
+    f = raw_flight(n=5)
+    df = pd.DataFrame({"time": pd.to_datetime(f.t, unit="s", utc=True), "flight_id": "X", "lat_deg": f.lat,
+                       "lon_deg": f.lon, "alt_ft": [np.nan, 1500.0, np.nan, 30000.0, 99999.0],
+                       "_on_ground": pd.array([True, True, False, None, None], dtype="boolean"),
+                       "_unparseable": None})
+    kept, q = validate_chunk(df, "f.json")
+    assert len(kept) == 1 and kept["alt_ft"].tolist() == [30000.0]          # an unknown flag is not on the ground
+    assert q["reason"].tolist() == ["on_ground", "on_ground", "missing_required", "out_of_range"]
+    assert q["detail"].iloc[0] == "on the ground (the feed's onground flag); alt_ft missing"
+    assert q["detail"].iloc[1] == "on the ground (the feed's onground flag)"
+
+
+@pytest.mark.parametrize("values", [[True, False, False], ["true", "False", None], [1, 0, 0]])
+def test_readers_carry_the_feeds_ground_flag(tmp_path, values):
+    frame = traffic_frame().iloc[:3].assign(onground=values)
+    frame.loc[0, "altitude"] = np.nan
+    path = tmp_path / "ground.json.gz"
+    frame.to_json(path, orient="columns", date_format="epoch", date_unit="ms")
+    df = read_all(path)
+    assert df["_on_ground"].tolist()[:2] == [True, False]
+    kept, q = validate_chunk(df, str(path))
+    assert q["reason"].tolist() == ["on_ground"] and len(kept) == 2
+
+
 def test_ingest_quarantine_and_reconciliation(tmp_path):
     good = pd.concat([raw_flight("aaa111"), raw_flight("bbb222", north=20.0)], ignore_index=True)
     extra = raw_flight("ccc333", n=2, north=40.0)                      # too_short
@@ -159,6 +184,9 @@ def test_ingest_quarantine_and_reconciliation(tmp_path):
     df.loc[14, "lat"] = None                                            # missing_required
     df.loc[16, "alt_ft"] = 123456.0                                     # out_of_range (real glitches are > 100000 ft)
     df.loc[18, "t"] = 0                                                 # implausible_time (1970)
+    df.loc[20, ["lat", "lon"]] = df.loc[19, ["lat", "lon"]].to_numpy()  # stale_position (forward-filled)
+    df["onground"] = False
+    df.loc[22, ["onground", "alt_ft"]] = [True, None]                   # on_ground (a surface report: no altitude)
     path = tmp_path / "mixed.csv"
     df.to_csv(path, index=False)
     mapping = "time=t:s,flight_id=icao24,lat=lat,lon=lon,trk=trk,vs=vs"
