@@ -67,6 +67,8 @@ def _loop_job(job: tuple[str, dict[str, str], float]) -> list[dict]:
             res = expert if spec == "atco" else rollout(sc, make_controller(spec, **kw), sim, seed=sc.seed)
             m = rollout_metrics(res, sc)
             m.update({f"agree_{k}": v for k, v in agreement(res, expert).items()})
+            kinds = res.actions["action_type"].value_counts() if len(res.actions) else {}
+            m.update({f"n_{k}": int(kinds.get(k, 0)) for k in ("heading", "altitude", "speed", "resume")})
             if spec.startswith("dagger:"):
                 truth = res.truth.copy()
                 m.update(onpolicy_metrics(truth))
@@ -89,7 +91,8 @@ def closed_loop(policies: dict[str, str], n: int, seed: int, duration_s: float, 
 def summarise_loop(per: pd.DataFrame) -> pd.DataFrame:
     agg = {"los": ("los", "sum"), "conflicts": ("conflicts", "sum"), "resolved_pct": ("resolved_pct", "mean"),
            "clearances": ("clearances", "sum"), "agree_aircraft": ("agree_aircraft_agree", "mean"),
-           "agree_type": ("agree_type_agree", "mean")}
+           "agree_type": ("agree_type_agree", "mean"),
+           **{f"n_{k}": (f"n_{k}", "sum") for k in ("heading", "altitude", "speed", "resume")}}
     for k in ONPOLICY:
         if k in per:
             agg[k] = (k, "mean")
