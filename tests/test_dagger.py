@@ -175,10 +175,11 @@ def demos(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_dagger_aggregates_the_learners_states_labelled_by_the_expert(demos, tmp_path):
+def test_dagger_aggregates_the_learners_states_labelled_by_the_expert(demos, tmp_path, monkeypatch):
     from atc_il_cli.cli import app
     base = demos / "dataset"
     store = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)      # the workspace's store (an earlier test may have set another)
     res = CliRunner().invoke(app, ["dagger", "--data", str(base), "--config", "tiny", "--iterations", "1",
                                    "--scenarios", "2", "--beta", "0.5", "--epochs", "1", "--duration-s", "600",
                                    "--conflicts", "4", "--seed", "40", "-w", str(tmp_path), "--out",
