@@ -1,0 +1,265 @@
+"""Adversarial imitation behind one small trainer: a discriminator (:mod:`models.discriminator`) between the
+expert's and the learner's behaviour gives the reward, and PPO improves the policy on it.
+
+:class:`AdversarialTrainer` keeps the loop small, in the way HumanCompatibleAI/imitation keeps its own: one
+abstract member, :meth:`~AdversarialTrainer.collect` (the learner's rollouts; the simulator side,
+:mod:`simulator_adapters.adversarial`, runs them in BlueSky), and three short concrete ones:
+:meth:`~AdversarialTrainer.train_disc` (D on expert vs. learner samples), :meth:`~AdversarialTrainer.train_gen`
+(rewards from D, advantages, PPO) and :meth:`~AdversarialTrainer.train` (collect, train_disc, train_gen per
+iteration). No simulator import here.
+
+Generator update (:func:`ppo_update`): every decision step of every conflict the learner saw is a transition
+(its observation history, the decision sampled there and its log-probability under the policy that sampled it);
+the reward is D's (the objective's) per decision; advantages are GAE(gamma, lambda) along each conflict pair's
+sequence of steps (the pair's last step is terminal) against a value baseline, a small critic on the policy's
+context (detached: the critic does not train the policy's encoder); the policy maximises the clipped PPO
+objective on its log-likelihood of its sampled decisions (:meth:`PolicyInterface.log_prob`, exact for the heads
+that say so; a head whose log-likelihood is an estimate is refused).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field
+from torch import nn
+
+from atc_il.config import Section
+from atc_il.errors import ModelError
+from atc_il.feature_spec import FeatureSpec
+from models.data import LABEL_KEYS, check_spec, to_batch
+from models.discriminator import (
+    OBJECTIVES,
+    DiscBatch,
+    Discriminator,
+    DiscriminatorConfig,
+    NextStates,
+    accuracy,
+    disc_step,
+)
+from models.interface import OBS_KEYS, Decisions, Observations
+from models.layers import mlp
+from pipelines.shards import load_split
+
+
+class PPOConfig(Section):
+    lr: float = Field(1e-4, gt=0, description="policy learning rate")
+    critic_lr: float = Field(1e-3, gt=0)
+    critic_hidden: int = Field(64, ge=4)
+    epochs: int = Field(4, ge=1, description="passes over each iteration's transitions")
+    batch_size: int = Field(256, ge=2)
+    clip: float = Field(0.2, gt=0, lt=1)
+    gamma: float = Field(0.99, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+
+
+class AdversarialConfig(Section):
+    disc: DiscriminatorConfig = DiscriminatorConfig()
+    ppo: PPOConfig = PPOConfig()
+    seed: int = 0
+
+
+@dataclass
+class Transitions:
+    """The learner's decision steps: ``batch`` (observations, sampled decisions, next states), ``log_prob`` (B,)
+    of the sampled decision under the policy that sampled it, ``seq`` (B,) the conflict pair's sequence id and
+    ``step`` (B,) the decision step's index (order within a sequence), ``disc_ok`` (B,) bool: usable to train
+    D (for state-only D: the next step was itself a decision step of the pair, as the expert's pairs are)."""
+    batch: DiscBatch
+    log_prob: torch.Tensor
+    seq: torch.Tensor
+    step: torch.Tensor
+    disc_ok: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+
+# -- the expert's samples ------------------------------------------------------------------------------
+def load_expert(dataset_dir: str | Path, split: str = "train", expect: FeatureSpec | dict | None = None) -> DiscBatch:
+    """A data set split as D's expert batch: observations, labels, and each sample's next state, the
+    decision-time step of the same episode's sample one grid step later (``has_next`` False where the episode
+    has none there: its last sample, or a gap)."""
+    spec = FeatureSpec.load(dataset_dir)
+    if expect is not None:
+        check_spec(spec, expect, f"{dataset_dir} ({split})")
+    raw = load_split(dataset_dir, split, columns=list(OBS_KEYS + LABEL_KEYS) + ["episode_id", "time"])
+    t = {k: raw[k].float().contiguous() for k in OBS_KEYS}
+    for k in LABEL_KEYS:
+        t[k] = raw[k].float() if k == "label_value" else raw[k].long()
+    obs, dec = to_batch(t)
+    key = pd.DataFrame({"episode_id": raw["episode_id"], "time": np.asarray(raw["time"], dtype=np.int64)})
+    step_ns = int(round(float(spec.step_s) * 1e9))
+    where = pd.Series(np.arange(len(key)), index=pd.MultiIndex.from_frame(key))
+    where = where[~where.index.duplicated()]
+    nxt = where.reindex(pd.MultiIndex.from_arrays([key["episode_id"], key["time"] + step_ns])).to_numpy()
+    has = torch.from_numpy(~np.isnan(nxt))
+    idx = torch.from_numpy(np.where(np.isnan(nxt), np.arange(len(key)), nxt).astype(np.int64))
+    at = NextStates.at_decision(obs)
+    return DiscBatch(obs, dec, NextStates(at.pair.index_select(0, idx), at.geometry.index_select(0, idx)), has)
+
+
+# -- advantages and PPO --------------------------------------------------------------------------------
+def gae(rewards: torch.Tensor, values: torch.Tensor, seq: torch.Tensor, step: torch.Tensor, gamma: float,
+        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(advantages, returns) by GAE along each sequence (rows ordered by ``step`` within ``seq``); a sequence's
+    last step is terminal (next value 0)."""
+    order = np.lexsort((step.numpy(), seq.numpy()))
+    r, v, s = rewards.double().numpy()[order], values.double().numpy()[order], seq.numpy()[order]
+    adv = np.zeros(len(r))
+    run = 0.0
+    for j in range(len(r) - 1, -1, -1):
+        cont = j + 1 < len(r) and s[j + 1] == s[j]
+        delta = r[j] + (gamma * v[j + 1] if cont else 0.0) - v[j]
+        run = delta + (gamma * lam * run if cont else 0.0)
+        adv[j] = run
+    out = np.empty_like(adv)
+    out[order] = adv
+    a = torch.from_numpy(out).float()
+    return a, a + values.float()
+
+
+class Critic(nn.Module):
+    """V(context): a small MLP on the policy's (detached) context."""
+
+    def __init__(self, ctx_dim: int, hidden: int):
+        super().__init__()
+        self.net = mlp(ctx_dim, hidden, 1, 3)
+
+    def forward(self, ctx: torch.Tensor) -> torch.Tensor:
+        return self.net(ctx).squeeze(-1)
+
+
+def ppo_update(policy, critic: Critic, opt_pi: torch.optim.Optimizer, opt_v: torch.optim.Optimizer,
+               obs: Observations, dec: Decisions, old_log_prob: torch.Tensor, advantages: torch.Tensor,
+               returns: torch.Tensor, cfg: PPOConfig, generator: torch.Generator) -> dict[str, float]:
+    """Clipped PPO on ``policy.log_prob`` of the given decisions (advantages normalised per call) and the critic's
+    squared error to ``returns``; returns the mean logs of the last epoch."""
+    n = obs.batch_size
+    adv = (advantages - advantages.mean()) / (advantages.std() + 1e-8) if n > 1 else advantages
+    logs: dict[str, list[float]] = {}
+    for _ in range(cfg.epochs):
+        logs = {}
+        for idx in torch.randperm(n, generator=generator).split(cfg.batch_size):
+            o = Observations(*(getattr(obs, k).index_select(0, idx) for k in OBS_KEYS))
+            d = Decisions(dec.act[idx], dec.aircraft[idx], dec.type[idx], dec.value[idx])
+            ctx = policy.encode(o)
+            lp = policy.log_prob(ctx, d)
+            ratio = torch.exp(lp - old_log_prob[idx].to(lp.device))
+            a = adv[idx].to(lp.device)
+            loss_pi = -torch.min(ratio * a, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * a).mean()
+            opt_pi.zero_grad(set_to_none=True)
+            loss_pi.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            opt_pi.step()
+            loss_v = (critic(ctx.tensor.detach()) - returns[idx].to(lp.device)).pow(2).mean()
+            opt_v.zero_grad(set_to_none=True)
+            loss_v.backward()
+            opt_v.step()
+            with torch.no_grad():
+                kl = (old_log_prob[idx].to(lp.device) - lp).mean()
+                clipped = ((ratio - 1).abs() > cfg.clip).float().mean()
+            for k, v in (("ppo_policy_loss", loss_pi), ("ppo_value_loss", loss_v), ("ppo_approx_kl", kl),
+                         ("ppo_clip_fraction", clipped)):
+                logs.setdefault(k, []).append(float(v.detach()))
+    return {k: float(np.mean(v)) for k, v in logs.items()}
+
+
+# -- the trainer ---------------------------------------------------------------------------------------
+class AdversarialTrainer(ABC):
+    """Adversarial imitation of ``expert`` by ``policy`` (a :class:`models.policy.Policy`, trained in place).
+    Subclasses implement :meth:`collect`; :meth:`after_iteration` is a hook (tracking, saving)."""
+
+    def __init__(self, policy, expert: DiscBatch, cfg: AdversarialConfig = AdversarialConfig()):
+        if not policy.exact_log_prob:
+            raise ModelError(f"adversarial training: the {policy.config.head.name} head's log-likelihood is an "
+                             "estimate; PPO's ratio needs an exact one (use the mdn, autoregressive or cvae head)")
+        torch.manual_seed(cfg.seed)
+        self.policy, self.cfg = policy.eval(), cfg
+        self.expert = expert.with_next() if cfg.disc.state_only else expert
+        if len(self.expert) < 2:
+            raise ModelError(f"adversarial training: {len(self.expert)} expert samples"
+                             + (" with a next state" if cfg.disc.state_only else "") + "; need a larger data set")
+        self.disc = Discriminator(policy.spec, cfg.disc).to(policy.device)
+        self.objective = OBJECTIVES.get(cfg.disc.objective)()
+        with torch.no_grad():
+            ctx_dim = policy.encode(self.expert.index(torch.arange(2)).obs).tensor.shape[-1]
+        self.critic = Critic(ctx_dim, cfg.ppo.critic_hidden).to(policy.device)
+        self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=cfg.disc.lr, weight_decay=cfg.disc.weight_decay)
+        self.opt_pi = torch.optim.Adam(policy.parameters(), lr=cfg.ppo.lr)
+        self.opt_v = torch.optim.Adam(self.critic.parameters(), lr=cfg.ppo.critic_lr)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+
+    @abstractmethod
+    def collect(self, iteration: int) -> tuple[Transitions, dict]:
+        """The current policy's rollouts: its transitions and a dict of rollout metrics."""
+
+    def after_iteration(self, iteration: int, row: dict) -> None:  # noqa: B027  (optional hook)
+        """Called with each iteration's metrics once the policy is updated."""
+
+    def _draw(self, data: DiscBatch, n: int) -> DiscBatch:
+        return data.index(torch.randint(len(data), (min(n, len(data)),), generator=self.gen))
+
+    def train_disc(self, learner: Transitions) -> dict[str, float]:
+        """``disc.steps`` updates of D on random expert and learner batches; the last step's logs and the balanced
+        accuracy on all learner samples and as many expert samples."""
+        ok = learner.batch.index(torch.nonzero(learner.disc_ok, as_tuple=False).flatten())
+        if len(ok) == 0:
+            return {"disc_samples_learner": 0}
+        c = self.cfg.disc
+        logs: dict[str, float] = {}
+        for _ in range(c.steps):
+            logs = disc_step(self.disc, self.objective, self.opt_d, self._draw(self.expert, c.batch_size),
+                             self._draw(ok, c.batch_size), c.grad_penalty)
+        logs["disc_accuracy_all"] = accuracy(self.disc, self._draw(self.expert, len(ok)), ok)
+        return {**logs, "disc_samples_learner": len(ok), "disc_samples_expert": len(self.expert)}
+
+    @torch.no_grad()
+    def rewards(self, learner: Transitions) -> torch.Tensor:
+        """The objective's reward of D's logit, per decision (B,)."""
+        self.disc.eval()
+        return torch.cat([self.objective.reward(self.disc(learner.batch.index(i))).cpu()
+                          for i in torch.arange(len(learner)).split(1024)])
+
+    def train_gen(self, learner: Transitions) -> dict[str, float]:
+        """Rewards from D, GAE along each conflict's steps against the critic, PPO on the policy."""
+        rew = self.rewards(learner)
+        with torch.no_grad():
+            values = torch.cat([self.critic(self.policy.encode(learner.batch.index(i).obs).tensor).cpu()
+                                for i in torch.arange(len(learner)).split(1024)])
+        adv, ret = gae(rew, values, learner.seq, learner.step, self.cfg.ppo.gamma, self.cfg.ppo.lam)
+        b = learner.batch
+        logs = ppo_update(self.policy, self.critic, self.opt_pi, self.opt_v, b.obs, b.dec, learner.log_prob, adv, ret,
+                          self.cfg.ppo, self.gen)
+        return {**logs, "reward_mean": float(rew.mean()), "reward_std": float(rew.std()) if len(rew) > 1 else 0.0,
+                "advantage_mean": float(adv.mean()), "transitions": len(learner),
+                "act_rate": float((b.dec.act == 1).float().mean())}
+
+    def train(self, iterations: int, log: Callable[[str], None] = print) -> list[dict]:
+        """``iterations`` rounds of collect, train_disc, train_gen; returns the per-iteration rows."""
+        rows = []
+        for i in range(1, iterations + 1):
+            learner, info = self.collect(i)
+            if len(learner) == 0:
+                raise ModelError(f"adversarial iteration {i}: the rollouts gave no decision step (no conflict was "
+                                 "shown); roll out more or denser scenarios")
+            row = {"iteration": i, **info, **self.train_disc(learner), **self.train_gen(learner)}
+            self.after_iteration(i, row)
+            rows.append(row)
+            log(f"adversarial iteration {i}: " + ", ".join(
+                f"{k} {row[k]:.4g}" if isinstance(row[k], float) else f"{k} {row[k]}" for k in
+                ("transitions", "disc_accuracy_all", "reward_mean", "sim_seconds_per_wall_second", "rollout_los")
+                if k in row and not (isinstance(row[k], float) and math.isnan(row[k]))))
+        return rows
+
+
+__all__ = ["AdversarialConfig", "AdversarialTrainer", "Critic", "PPOConfig", "Transitions", "gae", "load_expert",
+           "ppo_update"]
