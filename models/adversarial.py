@@ -46,6 +46,7 @@ from models.discriminator import (
 )
 from models.interface import OBS_KEYS, Decisions, Observations
 from models.layers import mlp
+from models.policy import Policy
 from pipelines.shards import load_split
 
 
@@ -138,7 +139,7 @@ class Critic(nn.Module):
         return self.net(ctx).squeeze(-1)
 
 
-def ppo_update(policy, critic: Critic, opt_pi: torch.optim.Optimizer, opt_v: torch.optim.Optimizer,
+def ppo_update(policy: Policy, critic: Critic, opt_pi: torch.optim.Optimizer, opt_v: torch.optim.Optimizer,
                obs: Observations, dec: Decisions, old_log_prob: torch.Tensor, advantages: torch.Tensor,
                returns: torch.Tensor, cfg: PPOConfig, generator: torch.Generator) -> dict[str, float]:
     """Clipped PPO on ``policy.log_prob`` of the given decisions (advantages normalised per call) and the critic's
@@ -178,7 +179,7 @@ class AdversarialTrainer(ABC):
     """Adversarial imitation of ``expert`` by ``policy`` (a :class:`models.policy.Policy`, trained in place).
     Subclasses implement :meth:`collect`; :meth:`after_iteration` is a hook (tracking, saving)."""
 
-    def __init__(self, policy, expert: DiscBatch, cfg: AdversarialConfig = AdversarialConfig()):
+    def __init__(self, policy: Policy, expert: DiscBatch, cfg: AdversarialConfig = AdversarialConfig()):
         if not policy.exact_log_prob:
             raise ModelError(f"adversarial training: the {policy.config.head.name} head's log-likelihood is an "
                              "estimate; PPO's ratio needs an exact one (use the mdn, autoregressive or cvae head)")

@@ -144,6 +144,8 @@ class DecisionInput(_SideInput):
 
 @SIDE_INPUTS.register("next_state")
 class NextStateInput(_SideInput):
+    geom_keep: torch.Tensor
+
     def __init__(self, spec: FeatureSpec):
         super().__init__()
         from models.encoders import history_feature_names
@@ -172,7 +174,7 @@ class Discriminator(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.normalizer.pair_mean.device
+        return next(self.body.parameters()).device
 
     def inputs(self, batch: DiscBatch) -> tuple[Observations, torch.Tensor]:
         """The normalised history and the side input, as D's layers see them (the gradient penalty's inputs)."""

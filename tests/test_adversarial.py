@@ -172,3 +172,107 @@ def test_the_trainer_loop_runs_collect_disc_gen(spec, objective, state_only):
     for r in rows:
         assert 0 <= r["disc_accuracy_all"] <= 1 and math.isfinite(r["reward_mean"]) and r["transitions"] == 32
     assert any(not torch.equal(before[k], v) for k, v in pol.state_dict().items())
+
+
+# -- in BlueSky ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory):
+    """Two short scenarios under the synthetic expert, their data set (all in the train split) and a saved policy
+    built on its features (the warm start; untrained: these tests are about the loop, not about its quality)."""
+    from atc_il.config import PipelineConfig
+    from atc_il.feature_spec import FeatureSpec
+    from pipelines import actions as act
+    from pipelines import conflicts as con
+    from pipelines.dataset import build
+    from simulator_adapters.demonstrations import simulate
+    ws = tmp_path_factory.mktemp("adversarial") / "sim"
+    simulate(ws, 2, "atco", seed=11, workers=2, scenario_kwargs={"duration_s": 600, "density": 3.0, "conflicts": 4})
+    cfg = PipelineConfig()
+    con.run(ws / "tracks", ws, cfg.conflicts)
+    act.run(ws / "tracks", ws, cfg.actions, log=ws / "clearances.parquet", infer=False, episodes_dir=ws / "episodes")
+    ds = cfg.dataset.model_copy(update={"split": "scenario", "test_fraction": 0.0, "val_fraction": 0.0})
+    build(ws, None, cfg.model_copy(update={"dataset": ds}))
+    torch.manual_seed(0)
+    mc = ModelConfig(name="adv-tiny", encoder={"name": "gru", "hidden": 16, "layers": 1},
+                     vae={"enabled": True, "latent_dim": 4}, head={"name": "mdn", "hidden": 16, "components": 2})
+    build_policy(mc, FeatureSpec.load(ws / "dataset")).save(ws / "bc")
+    return ws
+
+
+@pytest.mark.slow
+def test_expert_samples_pair_each_step_with_the_next(demos):
+    from models.adversarial import load_expert
+    from pipelines.shards import load_split
+    ex = load_expert(demos / "dataset")
+    raw = load_split(demos / "dataset", "train", columns=["episode_id", "time"])
+    assert len(ex) == len(raw["episode_id"]) and 0 < int(ex.has_next.sum()) < len(ex)
+    i = int(torch.nonzero(ex.has_next)[0])
+    t, e = int(raw["time"][i]), raw["episode_id"][i]
+    j = next(j for j in range(len(ex)) if raw["episode_id"][j] == e and int(raw["time"][j]) == t + 5_000_000_000)
+    torch.testing.assert_close(ex.nxt.pair[i], ex.obs.pair[j, -1])
+    torch.testing.assert_close(ex.nxt.geometry[i], ex.obs.geometry[j, -1])
+
+
+@pytest.mark.slow
+def test_rollouts_record_the_sampled_decisions_and_their_log_probabilities(demos):
+    from models.policy import load_policy
+    from simulator_adapters.adversarial import RolloutJob, run_rollouts, transitions
+    from simulator_adapters.scenarios import scenario_set
+    sc = scenario_set(1, 77, duration_s=300, density=3.0, conflicts=3)[0]
+    res = run_rollouts([RolloutJob(str(demos / "bc"), sc.to_json(), sc.seed)])
+    tr = transitions(res)
+    n = len(tr)
+    assert n == res[0]["records"]["n"] > 0 and res[0]["sim_s"] == 300
+    pol = load_policy(demos / "bc")
+    with torch.no_grad():
+        lp = pol.log_prob(tr.batch.obs, tr.batch.dec)
+    torch.testing.assert_close(lp, tr.log_prob, atol=1e-4, rtol=1e-4)     # what the policy that drove would say
+    acted = tr.batch.dec.act == 1
+    assert (tr.batch.dec.type[~acted] == -1).all() and (tr.batch.dec.type[acted] >= 0).all()
+    assert tr.batch.has_next.any() and (tr.disc_ok <= tr.batch.has_next).all()
+    # a next state is the same pair's decision-time state one step later
+    for s in tr.seq.unique()[:5]:
+        rows = torch.nonzero((tr.seq == s) & tr.disc_ok).flatten()
+        for r in rows:
+            later = torch.nonzero((tr.seq == s) & (tr.step == tr.step[r] + 1)).flatten()
+            if len(later):
+                torch.testing.assert_close(tr.batch.nxt.pair[r], tr.batch.obs.pair[later[0], -1])
+
+
+@pytest.mark.slow
+def test_one_adversarial_iteration_saves_a_policy_that_flies(demos, tmp_path):
+    import json
+
+    from mlflow.tracking import MlflowClient
+    from typer.testing import CliRunner
+
+    from atc_il_cli.cli import app
+    from models.policy import load_policy
+    from simulator_adapters.evaluation import simeval
+    out = tmp_path / "adv"
+    res = CliRunner().invoke(app, ["adversarial", "--data", str(demos / "dataset"), "--init", str(demos / "bc"),
+                                   "--objective", "amp", "--state-only", "--iterations", "1", "--scenarios", "2",
+                                   "--workers", "2", "--duration-s", "300", "--conflicts", "3", "--disc-steps", "3",
+                                   "--ppo-epochs", "1", "-w", str(tmp_path), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "adversarial_report.json").read_text())
+    row, = rep["iterations"]
+    assert row["transitions"] > 0 and row["rollout_scenarios"] == 2 and row["sim_seconds_per_wall_second"] > 0
+    assert 0 <= row["disc_accuracy_all"] <= 1 and 0 <= row["reward_mean"] <= 1          # amp: bounded reward
+    pol, init = load_policy(out / "policy"), load_policy(demos / "bc")
+    assert any(not torch.equal(v, init.state_dict()[k]) for k, v in pol.state_dict().items())
+    client = MlflowClient(f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}")
+    hist = client.get_metric_history(rep["mlflow_run_id"], "disc_accuracy_all")
+    assert [m.step for m in hist] == [1]
+    assert "policy/weights.pt" in [f.path for f in client.list_artifacts(rep["mlflow_run_id"], "policy")]
+    agg = simeval([f"model:{out / 'policy'}"], 1, 9, tmp_path / "simeval", {"duration_s": 300, "conflicts": 2})
+    assert agg.iloc[0]["scenarios"] == 1
+
+
+def test_the_cli_refuses_an_unknown_objective(tmp_path):
+    from typer.testing import CliRunner
+
+    from atc_il_cli.cli import app
+    res = CliRunner().invoke(app, ["adversarial", "--data", str(tmp_path), "--init", str(tmp_path), "--objective",
+                                   "wgan"])
+    assert res.exit_code == 2 and "wgan" in res.output
