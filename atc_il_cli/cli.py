@@ -382,6 +382,9 @@ def adversarial(data: Path = typer.Option(..., "--data", "-d", help="the expert 
                 disc_steps: int = typer.Option(50, min=1, help="discriminator updates per iteration"),
                 ppo_epochs: int = typer.Option(4, min=1, help="PPO passes over each iteration's decision steps"),
                 lr: float = typer.Option(1e-4, min=0.0, help="the policy's PPO learning rate"),
+                info_weight: float = typer.Option(0.0, min=0.0, help="InfoGAIL: weight of the mutual-information reward "
+                                                  "log q(c | history, decision) + log K; needs a policy with a style "
+                                                  "code (style.enabled); 0 = off"),
                 duration_s: float = typer.Option(1800.0, help="scenario length (simulated seconds)"),
                 conflicts_per_scenario: int = typer.Option(8, "--conflicts", help="injected conflict pairs per scenario"),
                 workspace: Path = typer.Option(Path("workspace"), "--workspace", "-w", help="where the MLflow store is"),
@@ -398,7 +401,7 @@ def adversarial(data: Path = typer.Option(..., "--data", "-d", help="the expert 
     if objective not in OBJECTIVES.names():
         raise ConfigError(f"--objective {objective!r}: choose one of {OBJECTIVES.names()}")
     cfg = AdversarialConfig(disc={"objective": objective, "state_only": state_only, "steps": disc_steps},
-                            ppo={"epochs": ppo_epochs, "lr": lr}, seed=seed)
+                            ppo={"epochs": ppo_epochs, "lr": lr}, info={"weight": info_weight}, seed=seed)
     plan = RolloutPlan(scenarios=scenarios, workers=workers, seed=seed, duration_s=duration_s,
                        conflicts=conflicts_per_scenario)
     rep = run_adversarial(init, data, out, cfg, plan, iterations, tracking_uri=tracking_uri(workspace), log=typer.echo)

@@ -6,7 +6,9 @@ abstract member, :meth:`~AdversarialTrainer.collect` (the learner's rollouts; th
 :mod:`simulator_adapters.adversarial`, runs them in BlueSky), and three short concrete ones:
 :meth:`~AdversarialTrainer.train_disc` (D on expert vs. learner samples), :meth:`~AdversarialTrainer.train_gen`
 (rewards from D, advantages, PPO) and :meth:`~AdversarialTrainer.train` (collect, train_disc, train_gen per
-iteration). No simulator import here.
+iteration); with the InfoGAIL code (``info.weight > 0``, :mod:`models.infogail`) also
+:meth:`~AdversarialTrainer.train_info` (the code posterior), whose ``weight * (log q(c | h, d) + log K)`` is added
+to the reward, and the policy's log-likelihoods are taken given the code it acted under. No simulator import here.
 
 Generator update (:func:`ppo_update`): every decision step of every conflict the learner saw is a transition
 (its observation history, the decision sampled there and its log-probability under the policy that sampled it);
@@ -44,7 +46,8 @@ from models.discriminator import (
     accuracy,
     disc_step,
 )
-from models.interface import OBS_KEYS, Decisions, Observations
+from models.infogail import CodePosterior, InfoConfig, code_count, info_reward, posterior_step, with_code
+from models.interface import OBS_KEYS, Context, Decisions, Observations
 from models.layers import mlp
 from models.policy import Policy
 from pipelines.shards import load_split
@@ -65,6 +68,7 @@ class PPOConfig(Section):
 class AdversarialConfig(Section):
     disc: DiscriminatorConfig = DiscriminatorConfig()
     ppo: PPOConfig = PPOConfig()
+    info: InfoConfig = InfoConfig()
     seed: int = 0
 
 
@@ -73,12 +77,14 @@ class Transitions:
     """The learner's decision steps: ``batch`` (observations, sampled decisions, next states), ``log_prob`` (B,)
     of the sampled decision under the policy that sampled it, ``seq`` (B,) the conflict pair's sequence id and
     ``step`` (B,) the decision step's index (order within a sequence), ``disc_ok`` (B,) bool: usable to train
-    D (for state-only D: the next step was itself a decision step of the pair, as the expert's pairs are)."""
+    D (for state-only D: the next step was itself a decision step of the pair, as the expert's pairs are);
+    ``code`` (B,) the InfoGAIL code the policy acted under (None without one)."""
     batch: DiscBatch
     log_prob: torch.Tensor
     seq: torch.Tensor
     step: torch.Tensor
     disc_ok: torch.Tensor
+    code: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.batch)
@@ -141,9 +147,11 @@ class Critic(nn.Module):
 
 def ppo_update(policy: Policy, critic: Critic, opt_pi: torch.optim.Optimizer, opt_v: torch.optim.Optimizer,
                obs: Observations, dec: Decisions, old_log_prob: torch.Tensor, advantages: torch.Tensor,
-               returns: torch.Tensor, cfg: PPOConfig, generator: torch.Generator) -> dict[str, float]:
+               returns: torch.Tensor, cfg: PPOConfig, generator: torch.Generator, codes: torch.Tensor | None = None,
+               ) -> dict[str, float]:
     """Clipped PPO on ``policy.log_prob`` of the given decisions (advantages normalised per call) and the critic's
-    squared error to ``returns``; returns the mean logs of the last epoch."""
+    squared error to ``returns``; returns the mean logs of the last epoch. With ``codes`` (B,), the policy's
+    decisions given those InfoGAIL codes (:func:`models.infogail.with_code`)."""
     n = obs.batch_size
     adv = (advantages - advantages.mean()) / (advantages.std() + 1e-8) if n > 1 else advantages
     logs: dict[str, list[float]] = {}
@@ -152,7 +160,7 @@ def ppo_update(policy: Policy, critic: Critic, opt_pi: torch.optim.Optimizer, op
         for idx in torch.randperm(n, generator=generator).split(cfg.batch_size):
             o = Observations(*(getattr(obs, k).index_select(0, idx) for k in OBS_KEYS))
             d = Decisions(dec.act[idx], dec.aircraft[idx], dec.type[idx], dec.value[idx])
-            ctx = policy.encode(o)
+            ctx = conditioned(policy, o, None if codes is None else codes[idx])
             lp = policy.log_prob(ctx, d)
             ratio = torch.exp(lp - old_log_prob[idx].to(lp.device))
             a = adv[idx].to(lp.device)
@@ -172,6 +180,12 @@ def ppo_update(policy: Policy, critic: Critic, opt_pi: torch.optim.Optimizer, op
                          ("ppo_clip_fraction", clipped)):
                 logs.setdefault(k, []).append(float(v.detach()))
     return {k: float(np.mean(v)) for k, v in logs.items()}
+
+
+def conditioned(policy: Policy, obs: Observations, codes: torch.Tensor | None) -> Context:
+    """The policy's context of ``obs``, given the InfoGAIL ``codes`` when there are some."""
+    ctx = policy.encode(obs)
+    return ctx if codes is None else with_code(ctx, codes, code_count(policy))
 
 
 # -- the trainer ---------------------------------------------------------------------------------------
@@ -198,6 +212,10 @@ class AdversarialTrainer(ABC):
         self.opt_pi = torch.optim.Adam(policy.parameters(), lr=cfg.ppo.lr)
         self.opt_v = torch.optim.Adam(self.critic.parameters(), lr=cfg.ppo.critic_lr)
         self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.posterior: CodePosterior | None = None
+        if cfg.info.weight > 0:
+            self.posterior = CodePosterior(policy.spec, code_count(policy), cfg.info).to(policy.device)
+            self.opt_q = torch.optim.Adam(self.posterior.parameters(), lr=cfg.info.lr)
 
     @abstractmethod
     def collect(self, iteration: int) -> tuple[Transitions, dict]:
@@ -223,6 +241,18 @@ class AdversarialTrainer(ABC):
         logs["disc_accuracy_all"] = accuracy(self.disc, self._draw(self.expert, len(ok)), ok)
         return {**logs, "disc_samples_learner": len(ok), "disc_samples_expert": len(self.expert)}
 
+    def train_info(self, learner: Transitions) -> dict[str, float]:
+        """``info.steps`` updates of the code posterior q(c | history, decision) on the learner's own triples."""
+        if self.posterior is None:
+            return {}
+        if learner.code is None:
+            raise ModelError("InfoGAIL (info.weight > 0): the rollouts carry no code; collect them under codes")
+        logs: dict[str, float] = {}
+        for _ in range(self.cfg.info.steps):
+            i = torch.randint(len(learner), (min(self.cfg.info.batch_size, len(learner)),), generator=self.gen)
+            logs = posterior_step(self.posterior, self.opt_q, learner.batch.index(i), learner.code[i])
+        return logs
+
     @torch.no_grad()
     def rewards(self, learner: Transitions) -> torch.Tensor:
         """The objective's reward of D's logit, per decision (B,)."""
@@ -233,14 +263,21 @@ class AdversarialTrainer(ABC):
     def train_gen(self, learner: Transitions) -> dict[str, float]:
         """Rewards from D, GAE along each conflict's steps against the critic, PPO on the policy."""
         rew = self.rewards(learner)
+        info: dict[str, float] = {}
+        if self.posterior is not None and learner.code is not None:
+            mi = info_reward(self.posterior, learner.batch, learner.code)
+            info = {"info_reward_mean": float(mi.mean()), "disc_reward_mean": float(rew.mean())}
+            rew = rew + self.cfg.info.weight * mi
+        code = learner.code if self.posterior is not None else None
         with torch.no_grad():
-            values = torch.cat([self.critic(self.policy.encode(learner.batch.index(i).obs).tensor).cpu()
+            values = torch.cat([self.critic(conditioned(self.policy, learner.batch.index(i).obs,
+                                                        None if code is None else code[i]).tensor).cpu()
                                 for i in torch.arange(len(learner)).split(1024)])
         adv, ret = gae(rew, values, learner.seq, learner.step, self.cfg.ppo.gamma, self.cfg.ppo.lam)
         b = learner.batch
         logs = ppo_update(self.policy, self.critic, self.opt_pi, self.opt_v, b.obs, b.dec, learner.log_prob, adv, ret,
-                          self.cfg.ppo, self.gen)
-        return {**logs, "reward_mean": float(rew.mean()), "reward_std": float(rew.std()) if len(rew) > 1 else 0.0,
+                          self.cfg.ppo, self.gen, code)
+        return {**logs, **info, "reward_mean": float(rew.mean()), "reward_std": float(rew.std()) if len(rew) > 1 else 0.0,
                 "advantage_mean": float(adv.mean()), "transitions": len(learner),
                 "act_rate": float((b.dec.act == 1).float().mean())}
 
@@ -252,7 +289,8 @@ class AdversarialTrainer(ABC):
             if len(learner) == 0:
                 raise ModelError(f"adversarial iteration {i}: the rollouts gave no decision step (no conflict was "
                                  "shown); roll out more or denser scenarios")
-            row = {"iteration": i, **info, **self.train_disc(learner), **self.train_gen(learner)}
+            row = {"iteration": i, **info, **self.train_disc(learner), **self.train_info(learner),
+                   **self.train_gen(learner)}
             self.after_iteration(i, row)
             rows.append(row)
             log(f"adversarial iteration {i}: " + ", ".join(
@@ -262,5 +300,5 @@ class AdversarialTrainer(ABC):
         return rows
 
 
-__all__ = ["AdversarialConfig", "AdversarialTrainer", "Critic", "PPOConfig", "Transitions", "gae", "load_expert",
-           "ppo_update"]
+__all__ = ["AdversarialConfig", "AdversarialTrainer", "Critic", "PPOConfig", "Transitions", "conditioned", "gae",
+           "load_expert", "ppo_update"]

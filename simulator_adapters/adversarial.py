@@ -19,6 +19,10 @@ recorded but not issued and counted in ``skipped``). For the state-only discrimi
 the same pair's decision-time features one decision step later: from its own sample when the pair is asked again,
 else from features built for the pair alone (both aircraft still on the radar); a record with neither (an aircraft
 left) has no next state and a state-only reward of D on its own decision-time state.
+
+With the InfoGAIL code (``info.weight > 0``; a policy with a style code, :mod:`models.infogail`) every session
+(scenario) draws one code uniformly from its seed and the learner samples, and is scored, given that code; the
+records carry it (``code``; -1 without one).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from atc_il.io import write_json
 from atc_il.schemas import ACTION_TYPES
 from models.adversarial import AdversarialConfig, AdversarialTrainer, Transitions, load_expert
 from models.discriminator import DiscBatch, NextStates
+from models.infogail import code_count, with_code
 from models.interface import OBS_KEYS, Decisions, Observations
 from models.policy import Policy
 from pipelines.features import Samples, TrackIndex
@@ -54,9 +59,11 @@ class RecordingController(ModelController):
 
     name = "adversarial"
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, info: bool = False):
+        self.info = bool(info)
         super().__init__(uri, act="sample")
         self.policy = self.predictor.policy
+        self.k = code_count(self.policy) if self.info else 0
         self.name = f"adversarial:{uri}"
 
     def reset(self, scenario_name: str, seed: int) -> None:
@@ -64,12 +71,16 @@ class RecordingController(ModelController):
         self.scenario = scenario_name
         self.gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + zlib.crc32(scenario_name.encode()))
         self.rows: dict[str, list] = {k: [] for k in (*OBS_KEYS, "act", "aircraft", "type", "value", "log_prob",
-                                                     "seq", "step")}
+                                                     "seq", "step", "code")}
         self.next_pair: dict[int, np.ndarray] = {}
         self.next_geom: dict[int, np.ndarray] = {}
         self.next_decided: dict[int, bool] = {}
         self.prev: dict[tuple[str, str], tuple[int, pd.Timestamp]] = {}
         self.n, self.step_i = 0, 0
+        # the InfoGAIL code of this session, drawn uniformly from (seed, scenario)
+        k = getattr(self, "k", 0)
+        self.code = int(np.random.default_rng([int(seed), zlib.crc32(scenario_name.encode()), 0x1F0]).integers(k)) \
+            if k else -1
 
     def decide(self, obs: Observation) -> Decision:
         samples, _ = self.step_samples(obs)
@@ -102,6 +113,8 @@ class RecordingController(ModelController):
         o = Observations.from_dict({k: v[:n] for k, v in feats.items()})
         with torch.no_grad():
             ctx = self.policy.encode(o)
+            if self.code >= 0:
+                ctx = with_code(ctx, torch.full((n,), self.code), self.k)
             s = self.policy.sample(ctx, 1, self.gen)
             dec = Decisions(s.act[:, 0], s.aircraft[:, 0], s.type[:, 0], s.value[:, 0])
             lp = self.policy.log_prob(ctx, dec)
@@ -113,6 +126,7 @@ class RecordingController(ModelController):
         kinds = ["conflict" if k in self.first_shown else "resume" for k in keys[:n]]
         self.rows["seq"].extend(f"{self.scenario}|{kind}|{a}|{b}" for kind, (a, b) in zip(kinds, keys[:n]))
         self.rows["step"].append(np.full(n, self.step_i, dtype=np.int64))
+        self.rows["code"].append(np.full(n, self.code, dtype=np.int64))
         firsts = samples["first_detection"].to_numpy()
         self.prev = {k: (self.n + j, firsts[j]) for j, k in enumerate(keys[:n])}
         self.n += n
@@ -136,7 +150,7 @@ class RecordingController(ModelController):
         if n == 0:
             return {"n": 0}
         out: dict[str, Any] = {k: np.concatenate(self.rows[k]) for k in (*OBS_KEYS, "act", "aircraft", "type", "value",
-                                                                       "log_prob", "step")}
+                                                                       "log_prob", "step", "code")}
         out["seq"] = list(self.rows["seq"])
         f_pose, f_geom = out["pair"].shape[-1], out["geometry"].shape[-1]
         out["next_pair"] = np.stack([self.next_pair.get(i, np.zeros((2, f_pose), np.float32)) for i in range(n)])
@@ -153,6 +167,7 @@ class RolloutJob:
     policy_dir: str
     scenario_json: str
     seed: int
+    info: bool = False            # act under a session's InfoGAIL code
 
 
 def _los(tracks: pd.DataFrame) -> tuple[int, int]:
@@ -173,7 +188,8 @@ def run_rollouts(jobs: list[RolloutJob]) -> list[dict]:
     with BlueSkySim() as sim:
         ctl: RecordingController | None = None
         for job in jobs:
-            ctl = ctl if ctl is not None and ctl.uri == job.policy_dir else RecordingController(job.policy_dir)
+            if ctl is None or ctl.uri != job.policy_dir or ctl.info != job.info:
+                ctl = RecordingController(job.policy_dir, info=job.info)
             res = rollout(Scenario.from_json(job.scenario_json), ctl, sim, seed=job.seed)
             conflicts, los = _los(res.tracks)
             out.append({"records": ctl.records(), "sim_s": float(res.meta["sim_s"]), "wall_s": res.meta["wall_s"],
@@ -195,7 +211,9 @@ def transitions(results: list[dict]) -> Transitions:
     seq = torch.from_numpy(pd.factorize(pd.Series([s for r in recs for s in r["seq"]]))[0].astype(np.int64))
     has = cat("has_next").bool()
     batch = DiscBatch(obs, dec, NextStates(cat("next_pair").float(), cat("next_geometry").float()), has)
-    return Transitions(batch, cat("log_prob").float(), seq, cat("step").long(), has & cat("next_decided").bool())
+    code = cat("code").long()
+    return Transitions(batch, cat("log_prob").float(), seq, cat("step").long(), has & cat("next_decided").bool(),
+                       code if bool((code >= 0).all()) else None)
 
 
 @dataclass(frozen=True)
@@ -228,7 +246,7 @@ class BlueSkyAdversarialTrainer(AdversarialTrainer):
         p = self.plan
         scs = scenario_set(p.scenarios, p.seed + iteration, duration_s=p.duration_s, density=p.density,
                            conflicts=p.conflicts)
-        jobs = [RolloutJob(self.policy_dir, sc.to_json(), sc.seed) for sc in scs]
+        jobs = [RolloutJob(self.policy_dir, sc.to_json(), sc.seed, self.posterior is not None) for sc in scs]
         t0 = time.perf_counter()
         n = max(1, min(p.workers, len(jobs)))
         batches = [jobs[i::n] for i in range(n) if jobs[i::n]]

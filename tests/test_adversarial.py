@@ -22,7 +22,7 @@ from models.discriminator import (
     disc_step,
     gradient_penalty,
 )
-from models.interface import Decisions
+from models.interface import Decisions, Observations
 from models.policy import build_policy
 from tests.helpers import make_obs
 
@@ -276,3 +276,106 @@ def test_the_cli_refuses_an_unknown_objective(tmp_path):
     res = CliRunner().invoke(app, ["adversarial", "--data", str(tmp_path), "--init", str(tmp_path), "--objective",
                                    "wgan"])
     assert res.exit_code == 2 and "wgan" in res.output
+
+
+# -- the InfoGAIL code -----------------------------------------------------------------------------------
+def _style_policy(spec):
+    torch.manual_seed(0)
+    cfg = ModelConfig(encoder={"name": "mlp", "hidden": 16, "layers": 1}, vae={"enabled": False},
+                      head={"name": "mdn", "hidden": 16, "components": 2}, style={"enabled": True, "codes": 3})
+    return build_policy(cfg, spec).eval()
+
+
+def test_with_code_makes_the_style_policy_decide_given_the_code(spec):
+    from models import style as style_mix
+    from models.infogail import with_code
+    pol = _style_policy(spec)
+    obs = make_obs(spec, N, 4)
+    dec = Decisions(*(torch.cat([getattr(_decisions(N // 2, 0, HEADING, 20.0), k),
+                                 getattr(_decisions(N // 2, 1, ALTITUDE, -1000.0), k)])
+                      for k in ("act", "aircraft", "type", "value")))
+    codes = torch.arange(N) % 3
+    with torch.no_grad():
+        ctx = pol.encode(obs)
+        lp = pol.log_prob(with_code(ctx, codes, 3), dec)
+        inner, _ = style_mix.split(ctx.tensor, 3)
+        per_code = sum(style_mix.code_terms(pol.head, pol.style, inner, dec).values()).T      # (B, K)
+    torch.testing.assert_close(lp, per_code[torch.arange(N), codes], atol=1e-4, rtol=1e-4)
+
+
+def test_the_code_posterior_recovers_codes_on_a_toy(spec):
+    from models.infogail import CodePosterior, InfoConfig, info_reward, posterior_step
+    torch.manual_seed(0)
+    q = CodePosterior(spec, 3, InfoConfig(hidden=16, encoder={"name": "mlp", "hidden": 16, "layers": 1}))
+    opt = torch.optim.Adam(q.parameters(), lr=3e-3)
+
+    def toy(seed):       # code 0: heading, 1: altitude, 2: speed; the histories say nothing about the code
+        one = make_obs(spec, N // 2, seed)                     # each history under every code
+        obs = Observations(*(torch.cat([getattr(one, k)] * 3) for k in ("pair", "neighbours", "geometry",
+                                                                         "clearances")))
+        n, codes = 3 * (N // 2), torch.arange(3).repeat_interleave(N // 2)
+        kinds, values = torch.tensor([0, 1, 2])[codes], torch.tensor([20.0, 1000.0, -20.0])[codes]
+        dec = Decisions(torch.ones(n, dtype=torch.long), torch.zeros(n, dtype=torch.long), kinds, values)
+        return DiscBatch(obs, dec, NextStates.at_decision(obs), torch.ones(n, dtype=torch.bool)), codes
+    train, c = toy(0)
+    before = info_reward(q, *toy(1)).mean()
+    for _ in range(80):
+        logs = posterior_step(q, opt, train, c)
+    held, hc = toy(1)
+    with torch.no_grad():
+        acc = (q(held).argmax(-1) == hc).float().mean()
+    r = info_reward(q, held, hc)
+    assert acc > 0.95 and logs["info_accuracy"] > 0.95
+    assert abs(float(before)) < 0.5 and r.mean() > 0.8 * math.log(3) and (r <= math.log(3) + 1e-5).all()
+
+
+def test_the_trainer_adds_the_information_reward(spec):
+    from models.infogail import with_code
+
+    class _CodeToy(_ToyTrainer):
+        def collect(self, iteration):
+            tr, info = super().collect(iteration)
+            n = len(tr)
+            codes = torch.arange(n) % 3
+            with torch.no_grad():
+                ctx = with_code(self.policy.encode(self.obs), codes, 3)
+                d = self.policy.sample(ctx, 1, torch.Generator().manual_seed(iteration))
+                dec = Decisions(d.act[:, 0], d.aircraft[:, 0], d.type[:, 0], d.value[:, 0])
+                lp = self.policy.log_prob(ctx, dec)
+            batch = DiscBatch(self.obs, dec, tr.batch.nxt, tr.batch.has_next)
+            return Transitions(batch, lp, tr.seq, tr.step, tr.disc_ok, codes), info
+
+    pol = _style_policy(spec)
+    cfg = AdversarialConfig(disc=DiscriminatorConfig(steps=3, hidden=16, encoder={"name": "mlp", "hidden": 16,
+                                                                                   "layers": 1}),
+                            ppo={"epochs": 1, "batch_size": 16},
+                            info={"weight": 0.5, "steps": 3, "hidden": 16,
+                                  "encoder": {"name": "mlp", "hidden": 16, "layers": 1}})
+    tr = _CodeToy(pol, _batch(spec, 0, True), cfg, make_obs(spec, 32, 9))
+    row, = tr.train(1, log=lambda s: None)
+    assert "info_loss" in row and math.isfinite(row["info_reward_mean"])
+    assert row["reward_mean"] == pytest.approx(row["disc_reward_mean"] + 0.5 * row["info_reward_mean"], abs=1e-5)
+    from atc_il.errors import ModelError
+    with pytest.raises(ModelError, match="style"):
+        _ToyTrainer(_policy(spec), _batch(spec, 0, True), cfg, make_obs(spec, 8, 9))
+
+
+@pytest.mark.slow
+def test_rollouts_under_a_code_record_it_and_score_decisions_given_it(demos, tmp_path):
+    from atc_il.feature_spec import FeatureSpec
+    from models.adversarial import conditioned
+    from models.policy import load_policy
+    from simulator_adapters.adversarial import RolloutJob, run_rollouts, transitions
+    from simulator_adapters.scenarios import scenario_set
+    torch.manual_seed(0)
+    mc = ModelConfig(name="adv-style", encoder={"name": "mlp", "hidden": 16, "layers": 1}, vae={"enabled": False},
+                     head={"name": "mdn", "hidden": 16, "components": 2}, style={"enabled": True, "codes": 3})
+    build_policy(mc, FeatureSpec.load(demos / "dataset")).save(tmp_path / "style")
+    scs = scenario_set(2, 78, duration_s=200, density=3.0, conflicts=3)
+    tr = transitions(run_rollouts([RolloutJob(str(tmp_path / "style"), sc.to_json(), sc.seed, info=True)
+                                   for sc in scs]))
+    assert tr.code is not None and ((tr.code >= 0) & (tr.code < 3)).all()
+    pol = load_policy(tmp_path / "style")
+    with torch.no_grad():
+        lp = pol.log_prob(conditioned(pol, tr.batch.obs, tr.code), tr.batch.dec)
+    torch.testing.assert_close(lp, tr.log_prob, atol=1e-4, rtol=1e-4)
