@@ -228,9 +228,11 @@ class AdversarialTrainer(ABC):
         return data.index(torch.randint(len(data), (min(n, len(data)),), generator=self.gen))
 
     def train_disc(self, learner: Transitions) -> dict[str, float]:
-        """``disc.steps`` updates of D on random expert and learner batches; the last step's logs and the balanced
-        accuracy on all learner samples and as many expert samples."""
-        ok = learner.batch.index(torch.nonzero(learner.disc_ok, as_tuple=False).flatten())
+        """``disc.steps`` updates of D on random expert and learner batches (state-only D: the learner's steps
+        with ``disc_ok``); the last step's logs and the balanced accuracy on all those learner samples and as many
+        expert samples."""
+        usable = learner.disc_ok if self.cfg.disc.state_only else torch.ones(len(learner), dtype=torch.bool)
+        ok = learner.batch.index(torch.nonzero(usable, as_tuple=False).flatten())
         if len(ok) == 0:
             return {"disc_samples_learner": 0}
         c = self.cfg.disc

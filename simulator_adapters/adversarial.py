@@ -145,7 +145,8 @@ class RecordingController(ModelController):
         return Decision(out)
 
     def records(self) -> dict:
-        """The recorded decision steps as arrays (next states zero where ``has_next`` is False)."""
+        """The recorded decision steps as arrays (next states zero where ``has_next`` is False; :func:`transitions`
+        puts the record's own decision-time state there)."""
         n = self.n
         if n == 0:
             return {"n": 0}
@@ -210,7 +211,10 @@ def transitions(results: list[dict]) -> Transitions:
     dec = Decisions(cat("act").long(), cat("aircraft").long(), cat("type").long(), cat("value").float())
     seq = torch.from_numpy(pd.factorize(pd.Series([s for r in recs for s in r["seq"]]))[0].astype(np.int64))
     has = cat("has_next").bool()
-    batch = DiscBatch(obs, dec, NextStates(cat("next_pair").float(), cat("next_geometry").float()), has)
+    own = NextStates.at_decision(obs)          # where a record has no next state: its own decision-time state
+    nxt = NextStates(torch.where(has[:, None, None], cat("next_pair").float(), own.pair),
+                     torch.where(has[:, None], cat("next_geometry").float(), own.geometry))
+    batch = DiscBatch(obs, dec, nxt, has)
     code = cat("code").long()
     return Transitions(batch, cat("log_prob").float(), seq, cat("step").long(), has & cat("next_decided").bool(),
                        code if bool((code >= 0).all()) else None)

@@ -230,6 +230,8 @@ def test_rollouts_record_the_sampled_decisions_and_their_log_probabilities(demos
     acted = tr.batch.dec.act == 1
     assert (tr.batch.dec.type[~acted] == -1).all() and (tr.batch.dec.type[acted] >= 0).all()
     assert tr.batch.has_next.any() and (tr.disc_ok <= tr.batch.has_next).all()
+    none = ~tr.batch.has_next                      # no next state (an aircraft left): the record's own state
+    assert torch.equal(tr.batch.nxt.pair[none], tr.batch.obs.pair[none, -1])
     # a next state is the same pair's decision-time state one step later
     for s in tr.seq.unique()[:5]:
         rows = torch.nonzero((tr.seq == s) & tr.disc_ok).flatten()
