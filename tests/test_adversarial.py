@@ -267,6 +267,9 @@ def test_one_adversarial_iteration_saves_a_policy_that_flies(demos, tmp_path):
     hist = client.get_metric_history(rep["mlflow_run_id"], "disc_accuracy_all")
     assert [m.step for m in hist] == [1]
     assert "policy/weights.pt" in [f.path for f in client.list_artifacts(rep["mlflow_run_id"], "policy")]
+    from models.registry import load_policy_uri
+    logged = load_policy_uri(f"runs:/{rep['mlflow_run_id']}/policy", tracking_uri=client.tracking_uri)
+    assert all(torch.equal(v, pol.state_dict()[k]) for k, v in logged.state_dict().items())
     agg = simeval([f"model:{out / 'policy'}"], 1, 9, tmp_path / "simeval", {"duration_s": 300, "conflicts": 2})
     assert agg.iloc[0]["scenarios"] == 1
 
