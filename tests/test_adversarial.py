@@ -171,6 +171,7 @@ def test_the_trainer_loop_runs_collect_disc_gen(spec, objective, state_only):
     assert tr.rows == [1, 2] and [r["iteration"] for r in rows] == [1, 2]
     for r in rows:
         assert 0 <= r["disc_accuracy_all"] <= 1 and math.isfinite(r["reward_mean"]) and r["transitions"] == 32
+        assert r["collect_s"] >= 0 and r["disc_s"] > 0 and r["gen_s"] > 0
     assert any(not torch.equal(before[k], v) for k, v in pol.state_dict().items())
 
 
