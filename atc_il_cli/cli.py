@@ -387,6 +387,57 @@ def dagger(data: Path = typer.Option(..., "--data", "-d", help="the expert demon
 
 @app.command()
 @_guard
+def adversarial(data: Path = typer.Option(..., "--data", "-d", help="the expert demonstrations' data set: its train "
+                                          "split is the discriminator's expert side"),
+                init: Path = typer.Option(..., "--init", help="the behavioural-cloning policy folder to start from "
+                                          "(Policy.save: weights.pt, config.yaml, feature_spec.json)"),
+                objective: str = typer.Option("gail", help="gail (cross-entropy, reward -log(1-D)) or amp (least "
+                                              "squares, bounded reward)"),
+                state_only: bool = typer.Option(False, "--state-only", help="the discriminator sees the history and "
+                                                "the pair's next state, not the clearance (AMP / GAIfO)"),
+                iterations: int = typer.Option(3, min=1, help="rollout + discriminator + PPO rounds"),
+                scenarios: int = typer.Option(4, "--scenarios", "-n", min=1, help="new scenarios rolled out per iteration"),
+                workers: int = typer.Option(2, min=1, help="parallel BlueSky processes for the rollouts"),
+                seed: int = typer.Option(2000, help="iteration i rolls out the scenario set of seed + i; also seeds "
+                                         "the trainer"),
+                disc_steps: int = typer.Option(50, min=1, help="discriminator updates per iteration"),
+                ppo_epochs: int = typer.Option(4, min=1, help="PPO passes over each iteration's decision steps"),
+                lr: float = typer.Option(1e-4, min=0.0, help="the policy's PPO learning rate"),
+                info_weight: float = typer.Option(0.0, min=0.0, help="InfoGAIL: weight of the mutual-information reward "
+                                                  "log q(c | history, decision) + log K; needs a policy with a style "
+                                                  "code (style.enabled); 0 = off"),
+                duration_s: float = typer.Option(1800.0, help="scenario length (simulated seconds)"),
+                conflicts_per_scenario: int = typer.Option(8, "--conflicts", help="injected conflict pairs per scenario"),
+                workspace: Path = typer.Option(Path("workspace"), "--workspace", "-w", help="where the MLflow store is"),
+                out: Path = typer.Option(Path("workspace/adversarial"), "--out", help="output folder (iter-NN/, policy/, "
+                                         "adversarial_report.json)")):
+    """Adversarial imitation (GAIL or AMP, optionally state-only) in BlueSky: PPO from a behavioural-cloning policy
+    on the discriminator's rewards; each iteration tracked in MLflow, the policy saved as a policy folder."""
+    from atc_il.errors import ConfigError
+    from models.adversarial import AdversarialConfig
+    from models.discriminator import OBJECTIVES
+    from models.registry import tracking_uri
+    from simulator_adapters.adversarial import RolloutPlan, run_adversarial
+
+    if objective not in OBJECTIVES.names():
+        raise ConfigError(f"--objective {objective!r}: choose one of {OBJECTIVES.names()}")
+    cfg = AdversarialConfig(disc={"objective": objective, "state_only": state_only, "steps": disc_steps},
+                            ppo={"epochs": ppo_epochs, "lr": lr}, info={"weight": info_weight}, seed=seed)
+    plan = RolloutPlan(scenarios=scenarios, workers=workers, seed=seed, duration_s=duration_s,
+                       conflicts=conflicts_per_scenario)
+    rep = run_adversarial(init, data, out, cfg, plan, iterations, tracking_uri=tracking_uri(workspace), log=typer.echo)
+    last = rep["iterations"][-1]
+    _table(f"adversarial ({objective}{', state-only' if state_only else ''}): {iterations} iterations of "
+           f"{scenarios} scenarios", {
+               "policy": rep["policy"], "decision steps (last iteration)": last.get("transitions"),
+               "discriminator accuracy": last.get("disc_accuracy_all"), "mean reward": last.get("reward_mean"),
+               "simulated s per wall s": last.get("sim_seconds_per_wall_second"),
+               "losses of separation": last.get("rollout_los"), "MLflow run": rep["mlflow_run_id"],
+               "report": f"{out}/adversarial_report.json"})
+
+
+@app.command()
+@_guard
 def evaluate(model: str = typer.Option(..., "--model", help="models:/NAME@alias, runs:/ID/model or a policy folder"),
              data: Path = typer.Option(..., "--data", help="data-set folder (with feature_spec.json)"),
              split: str = typer.Option("test", help="train, val or test"),

@@ -81,12 +81,14 @@ class ModelController(Controller):
         out = out[[(x, y) not in shown for x, y in zip(out["flight_id_1"], out["flight_id_2"])]]
         return out.drop_duplicates(["flight_id_1", "flight_id_2"]).reset_index(drop=True)
 
-    def decide(self, obs: Observation) -> Decision:
+    def step_samples(self, obs: Observation) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        """Keep the radar picture; the samples the policy is asked about at this step (the conflicts shown, then
+        the resume steps) and the kept pictures as tracks (None when there is nothing to ask)."""
         self.frames.append(obs.radar)
         conf = obs.conflicts
         if len(obs.radar) < 2:
             self.first_shown.clear()
-            return Decision()
+            return pd.DataFrame(columns=["time", "flight_id_1", "flight_id_2", "first_detection"]), None
         if conf is None or len(conf) == 0:
             conf = pd.DataFrame({"flight_id_1": [], "flight_id_2": [], "conflict": [], "tcpa_s": []})
         conf = conf[conf["conflict"].astype(bool) & (conf["tcpa_s"] > 0)]
@@ -99,8 +101,13 @@ class ModelController(Controller):
         samples["first_detection"] = [self.first_shown[(a, b)] for a, b in zip(samples["flight_id_1"], samples["flight_id_2"])]
         samples = pd.concat([samples, self.resume_samples(obs, shown)], ignore_index=True)
         if samples.empty:
+            return samples, None
+        return samples, pd.concat(list(self.frames), ignore_index=True)
+
+    def decide(self, obs: Observation) -> Decision:
+        samples, tracks = self.step_samples(obs)
+        if tracks is None:
             return Decision()
-        tracks = pd.concat(list(self.frames), ignore_index=True)
         dec, _ = self.predictor.predict_samples(samples, tracks, obs.cleared,
                                                 flight_plans=self.plan_rows(obs.flight_plans))
         self.last_decisions = dec               # the policy's decisions at this step (p_act per pair), for inspection
