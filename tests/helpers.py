@@ -4,6 +4,8 @@
   :func:`workspace` (every stage's output for a few days of a two-aircraft conflict);
 - models: :func:`model_spec` (behind the ``spec`` fixture of conftest.py), :func:`make_obs`,
   :func:`make_dec`, :func:`check_policy_interface`;
+- :func:`simulated_dataset`: demonstrations of the synthetic expert in BlueSky and their data set, split by
+  scenario (the user's chain: simulate -> conflicts -> actions from the clearance log -> dataset);
 - :func:`untrained_policy`: a real, untrained tiny policy for tests that need a model in a loop (controller,
   features), with the feature spec of a data-set configuration and normalisation statistics taken from
   given feature tensors.
@@ -181,6 +183,22 @@ def check_policy_interface(policy, obs, dec) -> dict:
     assert (a.act == 1).all() and (a.type >= 0).all()
     return logs
 
+
+
+def simulated_dataset(ws, n: int, seed: int, scenario_kwargs: dict, workers: int = 1, **fractions):
+    """``n`` scenarios simulated under the synthetic expert into ``ws`` and their data set (``ws/dataset``, split by
+    scenario; ``fractions``: test_fraction, val_fraction). Returns ``ws``."""
+    from atc_il.config import PipelineConfig
+    from pipelines import actions as act
+    from pipelines import conflicts as con
+    from pipelines.dataset import build
+    from simulator_adapters.demonstrations import simulate
+    simulate(ws, n, "atco", seed=seed, workers=workers, scenario_kwargs=scenario_kwargs)
+    cfg = PipelineConfig()
+    con.run(ws / "tracks", ws, cfg.conflicts)
+    act.run(ws / "tracks", ws, cfg.actions, log=ws / "clearances.parquet", infer=False, episodes_dir=ws / "episodes")
+    build(ws, None, cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"split": "scenario", **fractions})}))
+    return ws
 
 
 # -- a policy in a loop ------------------------------------------------------------------------------

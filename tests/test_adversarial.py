@@ -24,7 +24,7 @@ from models.discriminator import (
 )
 from models.interface import Decisions, Observations
 from models.policy import build_policy
-from tests.helpers import make_obs
+from tests.helpers import make_obs, simulated_dataset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 N = 64
@@ -180,19 +180,9 @@ def test_the_trainer_loop_runs_collect_disc_gen(spec, objective, state_only):
 def demos(tmp_path_factory):
     """Two short scenarios under the synthetic expert, their data set (all in the train split) and a saved policy
     built on its features (the warm start; untrained: these tests are about the loop, not about its quality)."""
-    from atc_il.config import PipelineConfig
     from atc_il.feature_spec import FeatureSpec
-    from pipelines import actions as act
-    from pipelines import conflicts as con
-    from pipelines.dataset import build
-    from simulator_adapters.demonstrations import simulate
-    ws = tmp_path_factory.mktemp("adversarial") / "sim"
-    simulate(ws, 2, "atco", seed=11, workers=2, scenario_kwargs={"duration_s": 600, "density": 3.0, "conflicts": 4})
-    cfg = PipelineConfig()
-    con.run(ws / "tracks", ws, cfg.conflicts)
-    act.run(ws / "tracks", ws, cfg.actions, log=ws / "clearances.parquet", infer=False, episodes_dir=ws / "episodes")
-    ds = cfg.dataset.model_copy(update={"split": "scenario", "test_fraction": 0.0, "val_fraction": 0.0})
-    build(ws, None, cfg.model_copy(update={"dataset": ds}))
+    ws = simulated_dataset(tmp_path_factory.mktemp("adversarial") / "sim", 2, 11, {"duration_s": 600, "density": 3.0,
+                           "conflicts": 4}, workers=2, test_fraction=0.0, val_fraction=0.0)
     torch.manual_seed(0)
     mc = ModelConfig(name="adv-tiny", encoder={"name": "gru", "hidden": 16, "layers": 1},
                      vae={"enabled": True, "latent_dim": 4}, head={"name": "mdn", "hidden": 16, "components": 2})

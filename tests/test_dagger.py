@@ -19,7 +19,15 @@ from pipelines.conflicts import detect_snapshot
 from pipelines.features import TrackIndex, build_features
 from simulator_adapters.atco import SyntheticAtco, _PairState
 from simulator_adapters.controllers import Clearance, Observation
-from tests.helpers import FLIGHTS, STEP, actions_frame, grid_tracks, pair_samples, untrained_policy
+from tests.helpers import (
+    FLIGHTS,
+    STEP,
+    actions_frame,
+    grid_tracks,
+    pair_samples,
+    simulated_dataset,
+    untrained_policy,
+)
 
 CFG = DatasetConfig(history_steps=4, neighbours=2, recent_clearances=2)
 A = {"flight_id": "A", "lat_deg": 50.0, "lon_deg": 5.0, "alt_ft": 35000.0, "trk_deg": 0.0, "vs_fpm": 0.0, "gs_kt": 450.0}
@@ -159,19 +167,8 @@ def test_onpolicy_metrics_score_the_learner_with_the_experts_probabilities():
 # -- the loop, end to end (BlueSky, data chain, training, MLflow) --------------------------------------
 @pytest.fixture(scope="module")
 def demos(tmp_path_factory):
-    from atc_il.config import PipelineConfig
-    from pipelines import actions as act
-    from pipelines import conflicts as con
-    from pipelines.dataset import build
-    from simulator_adapters.demonstrations import simulate
-    ws = tmp_path_factory.mktemp("dagger-e2e") / "sim"
-    simulate(ws, 4, "atco", seed=7, workers=2, scenario_kwargs={"duration_s": 600, "density": 3.0, "conflicts": 4})
-    cfg = PipelineConfig()
-    con.run(ws / "tracks", ws, cfg.conflicts)
-    act.run(ws / "tracks", ws, cfg.actions, log=ws / "clearances.parquet", infer=False, episodes_dir=ws / "episodes")
-    ds = cfg.dataset.model_copy(update={"split": "scenario", "test_fraction": 0.25, "val_fraction": 0.25})
-    build(ws, None, cfg.model_copy(update={"dataset": ds}))
-    return ws
+    return simulated_dataset(tmp_path_factory.mktemp("dagger-e2e") / "sim", 4, 7, {"duration_s": 600, "density": 3.0,
+                             "conflicts": 4}, workers=2, test_fraction=0.25, val_fraction=0.25)
 
 
 @pytest.mark.slow

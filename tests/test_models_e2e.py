@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from atc_il_cli.cli import app
+from tests.helpers import simulated_dataset
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -14,18 +15,8 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    from atc_il.config import PipelineConfig
-    from pipelines import actions as act
-    from pipelines import conflicts as con
-    from pipelines.dataset import build
-    from simulator_adapters.demonstrations import simulate
-    ws = tmp_path_factory.mktemp("e2e") / "sim"
-    simulate(ws, 3, "atco", seed=5, scenario_kwargs={"duration_s": 900, "density": 3.0, "conflicts": 6})
-    cfg = PipelineConfig()
-    con.run(ws / "tracks", ws, cfg.conflicts)
-    act.run(ws / "tracks", ws, cfg.actions, log=ws / "clearances.parquet", infer=False, episodes_dir=ws / "episodes")
-    build(ws, None, cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"split": "scenario"})}))
-    return ws
+    return simulated_dataset(tmp_path_factory.mktemp("e2e") / "sim", 3, 5, {"duration_s": 900, "density": 3.0,
+                             "conflicts": 6})
 
 
 def test_train_evaluate_and_fly_a_registered_model(demo, tmp_path, monkeypatch):
