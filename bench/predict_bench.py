@@ -1,20 +1,24 @@
-"""Batch prediction throughput (track points per second): in-process versus a Dask LocalCluster of 2
-single-thread worker processes, side by side in one run on the same dense traffic and the same model.
+"""Batch prediction throughput (track points per second) and how Dask scales: in-process, a Dask
+LocalCluster of 1 and of ``--workers`` single-thread worker processes, and a scheduler and workers started
+separately on loopback (``dask scheduler`` + ``dask worker``, passed as ``scheduler``) with 1 and
+``--workers`` workers, side by side in one run on the same dense traffic and the same model.
 
     .venv/bin/python bench/predict_bench.py [--days 2] [--hours 8] [--background 220] [--conflicts 40]
-                                            [--config gru_mdn] [--by-hour] [--workdir /tmp/atc-il-predict]
-                                            [--peer DIR --peer-name NAME]
+                                            [--config gru_mdn] [--by-hour] [--workers 2] [--no-dask]
+                                            [--workdir /tmp/atc-il-predict] [--peer DIR --peer-name NAME]
 
 Setup (cached in --workdir, not timed): a small sample trains the model (``--config``, one short epoch:
 throughput does not depend on the weights), then dense synthetic traffic is sampled and ingested into
 day partitions (``--by-hour``: hour partitions). Both engines run ``models.batch_predict.run`` end to end
 (partition discovery, reads with history, detection, features, the policy, atomic writes), the Dask
-one including its cluster start-up. Appends a table to bench/RESULTS.md.
+LocalCluster rows including the cluster's start-up; the separately started cluster is up
+before its rows are timed (as on a cluster), each worker loading the model in its first task. Appends a table to bench/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -101,6 +105,39 @@ def run_peer(code: Path, tracks: str, out: Path, uri: str, clearances: str) -> d
     return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
 
 
+@contextlib.contextmanager
+def external_cluster(workers: int):
+    """A scheduler and ``workers`` single-thread worker processes started separately on loopback, as on a
+    cluster (``dask scheduler`` + ``dask worker``), all up before the timing starts; stopped afterwards."""
+    import socket
+    import subprocess
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ, PYTHONPATH=str(ROOT), ATC_IL_PROGRESS="0")
+    procs = [subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--no-dashboard"], env=env, cwd=str(ROOT), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)]
+    try:
+        procs.append(subprocess.Popen([str(bin_dir / "dask"), "worker", address, "--nthreads", "1", "--nworkers",
+                                       str(workers), "--no-dashboard"], env=env, cwd=str(ROOT),
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from distributed import Client
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(workers, timeout=120)
+        yield address
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+        for p in procs[::-1]:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--days", type=int, default=2)
@@ -115,6 +152,7 @@ def main() -> None:
                     help="a checkout of another version (e.g. `git archive main | tar -x -C DIR`): its in-process "
                          "run is timed first, in a fresh process, on the same data and model")
     ap.add_argument("--peer-name", default="peer")
+    ap.add_argument("--no-dask", action="store_true", help="only the in-process rows")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -136,19 +174,27 @@ def main() -> None:
         results[name] = (rep, rep["busy"], out, 2)
         print(f"{name:40s} {rep['seconds']:7.1f} s  {rep['points_per_s']:10,.0f} points/s", flush=True)
     torch.set_num_threads(1)           # this version in-process: one core (ONNX Runtime and the head, 1 thread each)
-    for name, kw, cores in (("in-process, 1 thread", {"engine": "local"}, 1),
-                            (f"Dask LocalCluster, {args.workers} single-thread workers",
-                             {"engine": "dask", "workers": args.workers}, args.workers)):
-        out = args.workdir / "out" / kw["engine"]
+    rows = [("in-process, 1 thread", {"engine": "local"}, 1, None)]
+    if not args.no_dask:
+        rows += [(f"Dask LocalCluster, {n} x 1-thread worker{'s' if n > 1 else ''}",
+                  {"engine": "dask", "workers": n}, n, None) for n in sorted({1, args.workers})]
+        rows += [(f"dask scheduler + {n} x 1-thread `dask worker` (loopback)", {"engine": "dask"}, n, n)
+                 for n in sorted({1, args.workers})]
+    for name, kw, cores, external in rows:
+        out = args.workdir / "out" / f"{kw['engine']}-{kw.get('workers', 0)}-{external or 0}"
         shutil.rmtree(out, ignore_errors=True)
-        rep = run(data["tracks"], out, uri, clearances=data["clearances"], **kw)
+        with (external_cluster(external) if external else contextlib.nullcontext()) as address:
+            if address:
+                kw = {**kw, "scheduler": address}
+            rep = run(data["tracks"], out, uri, clearances=data["clearances"], **kw)
         if rep["partitions_failed"]:
             sys.exit(f"{name}: partitions failed: {rep['failed']}")
         busy = sum(r["seconds"] for r in rep["per_partition"])
         name = f"{name}, {'/'.join(rep['runtime'])}"
         results[name] = (rep, busy, out, cores)
         print(f"{name:40s} {rep['seconds']:7.1f} s  {rep['points_per_s']:10,.0f} points/s  "
-              f"{rep['predictions']:,} predictions", flush=True)
+              f"{rep['predictions']:,} predictions  workers' pids {sorted({r['pid'] for r in rep['per_partition']})}",
+              flush=True)
 
     read = lambda o: pd.concat([pd.read_parquet(f) for f in sorted(o.rglob("part-0.parquet"))]).sort_values(
         ["time", "flight_id_1", "flight_id_2"]).reset_index(drop=True)
@@ -160,11 +206,15 @@ def main() -> None:
              for o in outs[1:])
     first = next(iter(results.values()))[0]
     lines = ["| engine | partitions | track points | conflict steps | predictions | wall s | partition-busy s | "
-             "points / s | cores | points / s per core | vs first row |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "points / s | cores | points / s per core | vs first row | vs 1 worker of its kind |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    kind = lambda name: "local" if "LocalCluster" in name else "external" if "dask scheduler" in name else name
+    one = {kind(n): r["points_per_s"] for n, (r, _, _, c) in results.items() if c == 1}
     for name, (rep, busy, _, cores) in results.items():
         lines.append(f"| {name} | {rep['partitions']} | {rep['track_points']:,} | {rep['conflict_steps']:,} | "
                      f"{rep['predictions']:,} | {rep['seconds']:.1f} | {busy:.1f} | {rep['points_per_s']:,.0f} | "
-                     f"{cores} | {rep['points_per_s'] / cores:,.0f} | {rep['points_per_s'] / first['points_per_s']:.2f}x |")
+                     f"{cores} | {rep['points_per_s'] / cores:,.0f} | {rep['points_per_s'] / first['points_per_s']:.2f}x | "
+                     f"{rep['points_per_s'] / one[kind(name)]:.2f}x |")
     try:
         load = f" Load average at the end: {os.getloadavg()[0]:.1f} (the machine is shared with other engineers' jobs)."
     except OSError:
@@ -180,7 +230,7 @@ def main() -> None:
             f"{'yes' if same else 'NO'} (max |p_act| difference {dp:.1e}).{load}\n\n" + "\n".join(lines))
     print(body)
     if not args.no_record:
-        append_results("Batch prediction: in-process vs Dask LocalCluster (bench/predict_bench.py)", body)
+        append_results("Batch prediction: in-process, Dask with 1 and 2 workers (bench/predict_bench.py)", body)
 
 
 if __name__ == "__main__":
