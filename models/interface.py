@@ -137,7 +137,9 @@ class PolicyInterface(Protocol):
     - ``has_latent``, ``posterior_mean(obs) -> (B, L)``: E[z | history] of the history VAE (ModelError
       without one);
     - ``has_discrete_code``, ``code_prior(obs)``, ``code_posterior(obs, dec)``: a head's discrete code
-      (cvae, ``latent = discrete``; ModelError for other heads);
+      (cvae, ``latent = discrete``; ModelError for other heads) or the session style code;
+    - ``session_prior()``: the session style code's distribution before any clearance (None without one);
+      ``p_act`` and ``predict_action`` take ``code`` (B,) to hold the style code fixed where >= 0;
     - ``context_module() -> nn.Module``: the context network alone, (pair, neighbours, geometry, clearances)
       -> (B, C), for export (:mod:`models.onnx_context`).
 
@@ -153,11 +155,14 @@ class PolicyInterface(Protocol):
 
     def encode(self, obs: Observations | Context) -> Context: ...
 
-    def p_act(self, obs: Observations | Context) -> torch.Tensor: ...
+    def p_act(self, obs: Observations | Context, code: torch.Tensor | None = None) -> torch.Tensor: ...
 
     def predict(self, obs: Observations | Context, **options: Any) -> Decisions: ...
 
-    def predict_action(self, obs: Observations | Context, **options: Any) -> Decisions: ...
+    def predict_action(self, obs: Observations | Context, code: torch.Tensor | None = None,
+                       **options: Any) -> Decisions: ...
+
+    def session_prior(self) -> torch.distributions.Categorical | None: ...
 
     def sample(self, obs: Observations | Context, n: int, generator: torch.Generator | None = None,
                **options: Any) -> Decisions: ...

@@ -108,9 +108,11 @@ class Policy(nn.Module):
         return loss, dict(zip(logs, values))
 
     @torch.no_grad()
-    def p_act(self, obs: Observations | Context) -> torch.Tensor:
+    def p_act(self, obs: Observations | Context, code: torch.Tensor | None = None) -> torch.Tensor:
+        """P(act now | history) (B,); ``code`` (B,): the session style code to hold fixed where >= 0 (a style
+        policy only; :func:`models.style.p_act`), else marginal over q(c | session)."""
         if self.style is not None:
-            return style_mix.p_act(self.head, self.style, self._ctx(obs))
+            return style_mix.p_act(self.head, self.style, self._ctx(obs), code)
         return self.head.p_act(self._ctx(obs))
 
     @torch.no_grad()
@@ -144,10 +146,20 @@ class Policy(nn.Module):
         return self.head.predict(self._ctx(obs), **options)
 
     @torch.no_grad()
-    def predict_action(self, obs: Observations | Context, **options) -> Decisions:
+    def predict_action(self, obs: Observations | Context, code: torch.Tensor | None = None, **options) -> Decisions:
+        """The most likely action given that the controller acts; ``code`` as in :meth:`p_act`."""
         if self.style is not None:
-            return style_mix.predict(self.head, self.style, self._ctx(obs), True, **options)
+            return style_mix.predict(self.head, self.style, self._ctx(obs), True, code, **options)
         return self.head.predict(self._ctx(obs), given_act=True, **options)
+
+    def session_prior(self) -> torch.distributions.Categorical | None:
+        """q(c | a session without clearances): the style codes' distribution at the start of a session (None
+        for a policy without a style code). A simulated controller draws its style from it once per session."""
+        if self.style is None:
+            return None
+        idx = self.style.session_idx
+        zero_n = ((0.0 - self.normalizer.geometry_mean[idx]) / self.normalizer.geometry_std[idx])
+        return torch.distributions.Categorical(logits=self.style.prior_logits(zero_n))
 
     @torch.no_grad()
     def posterior_mean(self, obs: Observations) -> torch.Tensor:

@@ -146,8 +146,11 @@ class Predictor:
         feats = {k: np.concatenate([it.features[k] for it in live]) if len(live) > 1 else live[0].features[k]
                  for k in live[0].features}
         ctx = self.encode_batches(feats)
-        cond = self.policy.predict_action(ctx)
-        p_act = self.policy.p_act(ctx)
+        code = None
+        if any(it.code >= 0 for it in live):      # a session style code held fixed (ModelController)
+            code = torch.from_numpy(np.concatenate([np.full(len(it.samples), it.code, np.int64) for it in live]))
+        cond = self.policy.predict_action(ctx, code=code)
+        p_act = self.policy.p_act(ctx, code=code)
         cols = {"aircraft": cond.aircraft.cpu().numpy(), "type": cond.type.cpu().numpy(),
                 "value": cond.value.cpu().numpy().astype(float), "p_act": p_act.cpu().numpy().astype(float)}
         out, a = [], 0
@@ -167,14 +170,15 @@ class Predictor:
 
     def predict_samples(self, samples: pd.DataFrame, grid: pd.DataFrame | None, clearances: pd.DataFrame | None = None,
                         n_alternatives: int = 0, seed: int = 0, index: TrackIndex | None = None,
-                        flight_plans: pd.DataFrame | None = None) -> tuple[pd.DataFrame, list]:
+                        flight_plans: pd.DataFrame | None = None, code: int = -1) -> tuple[pd.DataFrame, list]:
         """Decisions for ``samples`` (time, flight_id_1, flight_id_2, first_detection[, tcpa_s, dcpa_nm]) on
-        the grid tracks ``grid`` (or their ``index``)."""
+        the grid tracks ``grid`` (or their ``index``); ``code`` >= 0: the session style code to hold fixed
+        (a policy with a style code; -1: marginal over the code's posterior given the session)."""
         if samples.empty:
             return pd.DataFrame(columns=DECISION_COLUMNS), []
         idx = index or TrackIndex.build(grid, self.step_s)
         s = Samples.of(samples, ("tcpa_s", "dcpa_nm"))
-        item = Prepared(s, self.features(s, idx, clearances, flight_plans), n_alternatives, seed)
+        item = Prepared(s, self.features(s, idx, clearances, flight_plans), n_alternatives, seed, code)
         (dec, alts), = self.infer([item])
         return decisions_frame(dec), alts
 
@@ -195,6 +199,7 @@ class Prepared:
     features: dict | None
     n_alternatives: int = 0
     seed: int = 0
+    code: int = -1          # >= 0: the session style code held fixed (see Predictor.predict_samples)
 
 
 _NO_ACTIONS = ACTION_SCHEMA.empty_table().to_pandas()

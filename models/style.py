@@ -94,6 +94,14 @@ class StyleCode(nn.Module):
         return self.q(geometry_n[:, -1].index_select(-1, self.session_idx)).float()
 
     @torch.no_grad()
+    def prior_logits(self, zero_normalised: torch.Tensor) -> torch.Tensor:
+        """(K,) log q(c | no clearance yet in the session); ``zero_normalised``: the session_* features' value 0
+        after normalisation (read by ``posterior = mlp``)."""
+        if self.kind == "counts":
+            return torch.log_softmax(self.log_prior.float(), -1)
+        return torch.log_softmax(self.q(zero_normalised.unsqueeze(0)).float()[0], -1)
+
+    @torch.no_grad()
     def init_habits(self, geometry: torch.Tensor, seed: int = 0, min_clearances: int = 3) -> bool:
         """Start the codes' habits pi_c at the clusters (k-means) of the sessions' mixes of clearance kinds, over
         the decision steps with at least ``min_clearances`` earlier clearances, from the raw geometry tensor
@@ -167,10 +175,16 @@ def loss(head: Head, style: StyleCode, full: torch.Tensor, dec: Decisions,
     return loss_, logs
 
 
-def p_act(head: Head, style: StyleCode, full: torch.Tensor) -> torch.Tensor:
+def p_act(head: Head, style: StyleCode, full: torch.Tensor, code: torch.Tensor | None = None) -> torch.Tensor:
+    """P(act) (B,): marginal over q(c | session), or under ``code`` (B,) where it is >= 0 (a code held fixed,
+    e.g. a simulated controller's style for its session; -1 = marginal)."""
     ctx, log_q = split(full, style.K)
     pa = _per_code(head.p_act(style.contexts(ctx)), style.K)           # (K, B)
-    return (log_q.T.exp() * pa).sum(0)
+    marginal = (log_q.T.exp() * pa).sum(0)
+    if code is None:
+        return marginal
+    code = code.to(pa.device)
+    return torch.where(code >= 0, _select(pa, code.clamp_min(0)), marginal)
 
 
 def action_code(head: Head, style: StyleCode, full: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,12 +201,17 @@ def _select(per_code: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
     return per_code.gather(0, idx).squeeze(0)
 
 
-def predict(head: Head, style: StyleCode, full: torch.Tensor, given_act: bool, **options) -> Decisions:
+def predict(head: Head, style: StyleCode, full: torch.Tensor, given_act: bool, code: torch.Tensor | None = None,
+            **options) -> Decisions:
     """The most likely decision: act when P(act) >= 1/2 (unless ``given_act``), and the most likely action
-    under the most probable code given acting."""
+    under the most probable code given acting, or under ``code`` (B,) where it is >= 0 (see :func:`p_act`)."""
     ctx, _ = split(full, style.K)
     log_r, pa = action_code(head, style, full)
     c = log_r.argmax(-1)
+    if code is not None:
+        code = code.to(c.device)
+        c = torch.where(code >= 0, code, c)
+        pa = p_act(head, style, full, code)
     d = head.predict(style.contexts(ctx), given_act=True, **options)
     pick = [_select(_per_code(x, style.K), c) for x in (d.aircraft, d.type, d.value)]
     act = torch.ones_like(c) if given_act else (pa >= 0.5).long()

@@ -12,7 +12,12 @@ out as it was trained: at each step it acts on a conflict with probability P(act
 from a generator seeded by the session seed, and then issues the most likely clearance given that it
 acts. Besides the conflicts, the policy is asked at the resume steps of its own clearances (``pipelines.resume``: the
 pair it cleared diverges, no other clearance since, within ``dataset.resume_window_s``), as the data set samples
-them, so that it can send aircraft back on their routes. ``act="argmax"`` keeps the threshold (the single most likely decision). The observation's flight plans go to the feature builder as flight-plan contract rows (read by
+them, so that it can send aircraft back on their routes. ``act="argmax"`` keeps the threshold (the single most likely decision).
+A policy with a session style code (``style.enabled``, models/style.py) plays one controller: its code is drawn
+once per session from the code's prior and held (``style="session"``, the default; recorded as the rollout's
+``style``), as the expert keeps its style for a session; ``style="marginal"`` decides every step under the
+code's posterior given the session's clearances instead, whose most probable code given acting is the prior's
+mode in every session at first, so every session drifts to the same style. The observation's flight plans go to the feature builder as flight-plan contract rows (read by
 goal-conditioned models, ``dataset.goal``). ``direct_to`` decisions, which need a waypoint the model does not choose, are not issued and
 are counted in ``skipped``.
 """
@@ -32,10 +37,12 @@ from simulator_adapters.controllers import Clearance, Controller, Decision, Obse
 class ModelController(Controller):
     name = "model"
 
-    def __init__(self, uri: str, act: str = "sample"):
+    def __init__(self, uri: str, act: str = "sample", style: str = "session"):
         if act not in ("sample", "argmax"):
             raise ValueError(f"act must be 'sample' or 'argmax', got {act!r}")
-        self.uri, self.act = uri, act
+        if style not in ("session", "marginal"):
+            raise ValueError(f"style must be 'session' or 'marginal', got {style!r}")
+        self.uri, self.act, self.style_mode = uri, act, style
         self.predictor = Predictor.from_uri(uri)
         self.name = f"model:{uri}"
         self.reset("", 0)
@@ -46,7 +53,24 @@ class ModelController(Controller):
         self.skipped = 0
         self.last_decisions: pd.DataFrame | None = None
         self.rng = np.random.default_rng([int(seed), zlib.crc32(scenario_name.encode())])
+        self.code = self.draw_code()
         self._plans: tuple[dict | None, pd.DataFrame | None] = (None, None)
+
+    def draw_code(self) -> int:
+        """The session's style code (a policy with one, ``style = "session"``): drawn once per session from
+        q(c | no clearance yet) and held for every decision, as a controller keeps their style; -1 otherwise
+        (every decision marginal over q(c | the session's clearances so far) and the most probable code given
+        acting, which sends every session to the same code, the prior's mode: bench/RESULTS.md)."""
+        prior = self.predictor.policy.session_prior() if self.style_mode == "session" else None
+        if prior is None:
+            return -1
+        p = prior.probs.detach().double().numpy()
+        return int(self.rng.choice(len(p), p=p / p.sum()))
+
+    @property
+    def style(self) -> str | None:
+        """The session's style code as the rollout records it (``code K``), None without one."""
+        return f"code {self.code}" if self.code >= 0 else None
 
     def plan_rows(self, plans: dict | None) -> pd.DataFrame | None:
         """The observation's flight plans as contract rows (converted once per plans object)."""
@@ -109,7 +133,7 @@ class ModelController(Controller):
         if tracks is None:
             return Decision()
         dec, _ = self.predictor.predict_samples(samples, tracks, obs.cleared,
-                                                flight_plans=self.plan_rows(obs.flight_plans))
+                                                flight_plans=self.plan_rows(obs.flight_plans), code=self.code)
         self.last_decisions = dec               # the policy's decisions at this step (p_act per pair), for inspection
         if self.act == "sample":
             dec["act"] = self.rng.random(len(dec)) < dec["p_act"].to_numpy(float)

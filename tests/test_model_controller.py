@@ -78,3 +78,45 @@ def test_unknown_act_mode_is_refused(policy_dir):
     from simulator_adapters.model_controller import ModelController
     with pytest.raises(ValueError, match="act must be"):
         ModelController(str(policy_dir[0] / "neutral"), act="sometimes")
+
+
+def test_a_style_policy_plays_one_style_per_session(tmp_path):
+    """The session style code is drawn once per session from q(c | no clearance) and held at every decision
+    (recorded as the rollout's style); style="marginal" holds none."""
+    from models.config import ModelConfig
+    from models.policy import build_policy
+    from simulator_adapters.model_controller import ModelController
+    cfg = DatasetConfig(history_steps=4, neighbours=2, recent_clearances=2, controller_history=True)
+    tracks = grid_tracks("2024-01-01T10:00Z", FLIGHTS, minutes=6)
+    feats = build_features(pair_samples(tracks, "2024-01-01T10:05:00Z", "2024-01-01T10:05:00Z"),
+                           TrackIndex.build(tracks, STEP), actions_frame([]).iloc[:0], cfg)
+    base = untrained_policy(cfg, feats, STEP)
+    mc = ModelConfig(name="styled", encoder={"name": "mlp", "hidden": 8, "layers": 1}, vae={"enabled": False},
+                     head={"name": "mdn", "hidden": 8, "components": 2}, style={"enabled": True, "codes": 3})
+    pol = build_policy(mc, base.spec)
+    with torch.no_grad():
+        pol.style.log_prior.copy_(torch.tensor([0.0, 1.0, -30.0]))     # code 2 never drawn
+    pol.save(tmp_path / "styled")
+    ctl = ModelController(str(tmp_path / "styled"))
+    codes = []
+    for seed in range(40):
+        ctl.reset("scenario-1", seed)
+        codes.append(ctl.code)
+        assert ctl.style == f"code {ctl.code}"
+    share = np.mean(np.array(codes) == 1)
+    assert set(codes) <= {0, 1} and 0.5 < share < 0.95          # q = softmax(0, 1, -30): 0.27 / 0.73 / 0
+    seen = []
+    real = ctl.predictor.predict_samples
+    ctl.predictor.predict_samples = lambda *a, **k: (seen.append(k["code"]), real(*a, **k))[1]
+    ctl.reset("scenario-1", 3)
+    from pipelines.conflicts import detect_snapshot
+    from simulator_adapters.controllers import Observation
+    for t, frame in tracks[tracks["flight_id"].isin(["A", "B"])].groupby("time"):
+        conf = detect_snapshot(*(frame[c].to_numpy() for c in ("flight_id", "lat_deg", "lon_deg", "alt_ft", "gs_kt",
+                                                               "trk_deg", "vs_fpm")))
+        ctl.decide(Observation(t, 0.0, frame.reset_index(drop=True), conf, {}, pd.DataFrame()))
+    assert seen and set(seen) == {ctl.code}
+    marginal = ModelController(str(tmp_path / "styled"), style="marginal")
+    assert marginal.code == -1 and marginal.style is None
+    with pytest.raises(ValueError, match="style"):
+        ModelController(str(tmp_path / "styled"), style="sometimes")

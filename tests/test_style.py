@@ -152,3 +152,31 @@ def test_the_codes_habits_start_at_the_clusters_of_the_sessions_clearance_mixes(
     assert torch.equal(st.habits, before)
     assert st.init_habits(geom)
     assert sorted(st.habits.argmax(-1).tolist()) == [0, 1, 2]
+
+
+def test_a_code_held_fixed_gives_that_codes_decisions_and_the_session_prior_is_q_before_any_clearance():
+    """A simulated controller holds its session's code (simulator_adapters.model_controller): p_act and
+    predict_action under ``code`` are the head's under that code where code >= 0, the marginal where -1; the
+    session prior is q(c | no clearance), the counts posterior at zero counts."""
+    pol = _policy().eval()
+    obs = Observations.from_dict(_feats())
+    code = torch.tensor([0, 1, 2, -1, 2, 1, 0])
+    with torch.no_grad():
+        ctx = pol.encode(obs)
+        c = ctx.tensor[:, :-3]
+        pa = torch.stack([pol.head.p_act(c + pol.style.emb.weight[k]) for k in range(3)], 1)
+        held = pol.p_act(ctx, code=code)
+        rows = torch.arange(N)
+        fixed = code >= 0
+        assert torch.allclose(held[fixed], pa[rows[fixed], code[fixed]], atol=1e-6)
+        assert torch.allclose(held[~fixed], pol.p_act(ctx)[~fixed], atol=1e-6)
+        d = pol.predict_action(ctx, code=code)
+        for k in range(3):
+            dk = pol.head.predict(c + pol.style.emb.weight[k], given_act=True)
+            sel = code == k
+            assert torch.equal(d.type[sel], dk.type[sel]) and torch.equal(d.aircraft[sel], dk.aircraft[sel])
+        marginal = pol.predict_action(ctx)
+        assert torch.equal(d.type[~fixed], marginal.type[~fixed])
+        prior = pol.session_prior()
+        assert torch.allclose(prior.probs, torch.softmax(pol.style.log_prior, -1), atol=1e-6)
+    assert untrained_policy(CFG, {k: v.numpy() for k, v in _feats().items()}, 5.0, encoder="gru").session_prior() is None
