@@ -206,15 +206,16 @@ def main() -> None:
              for o in outs[1:])
     first = next(iter(results.values()))[0]
     lines = ["| engine | partitions | track points | conflict steps | predictions | wall s | partition-busy s | "
-             "points / s | cores | points / s per core | vs first row | vs 1 worker of its kind |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "points / s | cores | points / s per core | vs first row | vs 1 worker of its kind | peak RSS per process (MiB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     kind = lambda name: "local" if "LocalCluster" in name else "external" if "dask scheduler" in name else name
     one = {kind(n): r["points_per_s"] for n, (r, _, _, c) in results.items() if c == 1}
     for name, (rep, busy, _, cores) in results.items():
         lines.append(f"| {name} | {rep['partitions']} | {rep['track_points']:,} | {rep['conflict_steps']:,} | "
                      f"{rep['predictions']:,} | {rep['seconds']:.1f} | {busy:.1f} | {rep['points_per_s']:,.0f} | "
                      f"{cores} | {rep['points_per_s'] / cores:,.0f} | {rep['points_per_s'] / first['points_per_s']:.2f}x | "
-                     f"{rep['points_per_s'] / one[kind(name)]:.2f}x |")
+                     f"{rep['points_per_s'] / one[kind(name)]:.2f}x | "
+                     f"{max((r.get('peak_rss_mib') or 0) for r in rep['per_partition']):,.0f} |")
     try:
         load = f" Load average at the end: {os.getloadavg()[0]:.1f} (the machine is shared with other engineers' jobs)."
     except OSError:
@@ -224,8 +225,10 @@ def main() -> None:
             f"{' --peer ' + str(args.peer) + ' --peer-name ' + args.peer_name if args.peer else ''}`: "
             f"{data['points']:,} grid points (5 s) of dense synthetic traffic in {first['partitions']} "
             f"{'hour' if args.by_hour else 'day'} partitions, model `{args.config}` (CPU), clearance log as features. "
-            f"Wall time is `models.batch_predict.run` end to end (the Dask row includes starting the cluster; every "
-            f"row includes the one ONNX export where the runtime is onnxruntime); partition-busy is the sum of the "
+            f"Wall time is `models.batch_predict.run` end to end (LocalCluster rows include starting the cluster; "
+            f"the separately started workers are up before their rows; the first row of this version includes the "
+            f"driver's one ONNX export, which later rows reuse, while every worker opens the graph in its first "
+            f"task); partition-busy is the sum of the "
             f"per-partition task times. Same decisions in every row (time, pair, act, aircraft, type): "
             f"{'yes' if same else 'NO'} (max |p_act| difference {dp:.1e}).{load}\n\n" + "\n".join(lines))
     print(body)

@@ -281,7 +281,16 @@ def process_partition(job: dict) -> dict:
         res.update(status="failed", error=f"{type(exc).__name__}: {msg}"[:2000])
     res["seconds"] = round(_time.perf_counter() - t, 3)
     res["pid"] = os.getpid()
+    res["peak_rss_mib"] = _peak_rss_mib()       # the process's high-water mark so far (memory per worker)
     return res
+
+
+def _peak_rss_mib() -> float | None:
+    try:
+        import resource
+    except ImportError:                           # not on Windows
+        return None
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 # ------------------------------------------------------------------ the driver
