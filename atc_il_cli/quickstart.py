@@ -62,12 +62,10 @@ def run(work: Path, say: Callable[[str], None] = print, *, scenarios: int = 48, 
     from models.train import train
     uri_store = tracking_uri(work)
     os.environ["MLFLOW_TRACKING_URI"] = uri_store
-    # the default model with the session style code and the mlp encoder (the decision-time step with the history
-    # features and recent clearances), narrower, so that it trains in about a minute on 2 cores; the gru encoder
+    # the mlp encoder with the session style code (models/configs/mlp_mdn_style.yaml: the decision-time step with the
+    # history features and recent clearances), so that it trains in about a minute on 2 cores; the gru encoder
     # gains a little more from the history (bench/RESULTS.md) at several times the training time
-    mcfg = load_model_config(ROOT / "models" / "configs" / "gru_mdn.yaml", name="atc-resolver",
-                             encoder={"name": "mlp", "hidden": 64, "layers": 1}, head={"hidden": 64},
-                             style={"enabled": True},
+    mcfg = load_model_config(ROOT / "models" / "configs" / "mlp_mdn_style.yaml", name="atc-resolver",
                              train={"epochs": epochs, "device": "cpu", "patience": 4})
     tr = train(mcfg, sim / "dataset", work / "runs" / mcfg.name, resume=False, tracking_uri=uri_store,
                register_as=mcfg.name, alias="champion")

@@ -139,7 +139,8 @@ class PolicyInterface(Protocol):
     - ``has_discrete_code``, ``code_prior(obs)``, ``code_posterior(obs, dec)``: a head's discrete code
       (cvae, ``latent = discrete``; ModelError for other heads) or the session style code;
     - ``session_prior()``: the session style code's distribution before any clearance (None without one);
-      ``p_act`` and ``predict_action`` take ``code`` (B,) to hold the style code fixed where >= 0;
+      ``p_act``, ``predict_action`` and ``sample_actions`` take ``code`` (B,) to hold the style code fixed
+      where >= 0;
     - ``context_module() -> nn.Module``: the context network alone, (pair, neighbours, geometry, clearances)
       -> (B, C), for export (:mod:`models.onnx_context`).
 
@@ -168,7 +169,7 @@ class PolicyInterface(Protocol):
                **options: Any) -> Decisions: ...
 
     def sample_actions(self, obs: Observations | Context, n: int, generator: torch.Generator | None = None,
-                       **options: Any) -> Decisions: ...
+                       code: torch.Tensor | None = None, **options: Any) -> Decisions: ...
 
     def log_prob(self, obs: Observations | Context, dec: Decisions, **options: Any) -> torch.Tensor: ...
 

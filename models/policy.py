@@ -124,9 +124,10 @@ class Policy(nn.Module):
 
     @torch.no_grad()
     def sample_actions(self, obs: Observations | Context, n: int, generator: torch.Generator | None = None,
-                       **options) -> Decisions:
+                       code: torch.Tensor | None = None, **options) -> Decisions:
+        """n actions per context (B, n) given that the controller acts; ``code`` as in :meth:`p_act`."""
         if self.style is not None:
-            return style_mix.sample(self.head, self.style, self._ctx(obs), n, generator, True, **options)
+            return style_mix.sample(self.head, self.style, self._ctx(obs), n, generator, True, code, **options)
         return self.head.sample(self._ctx(obs), n, generator, given_act=True, **options)
 
     def log_prob(self, obs: Observations | Context, dec: Decisions, **options) -> torch.Tensor:

@@ -157,6 +157,11 @@ class Predictor:
         for it in items:
             n = len(it.samples) if it.features is not None else 0
             part = {k: v[a:a + n] for k, v in cols.items()}
+            if n and it.draw_seed is not None:    # the action drawn from the policy given acting, not its mode
+                gen = torch.Generator(device="cpu").manual_seed(it.draw_seed)
+                d = self.policy.sample_actions(ctx[a:a + n], 1, gen, code=None if code is None else code[a:a + n])
+                part.update(aircraft=d.aircraft[:, 0].cpu().numpy(), type=d.type[:, 0].cpu().numpy(),
+                            value=d.value[:, 0].cpu().numpy().astype(float))
             alts = []
             if n and it.n_alternatives > 0:
                 gen = torch.Generator(device="cpu").manual_seed(it.seed)
@@ -170,15 +175,18 @@ class Predictor:
 
     def predict_samples(self, samples: pd.DataFrame, grid: pd.DataFrame | None, clearances: pd.DataFrame | None = None,
                         n_alternatives: int = 0, seed: int = 0, index: TrackIndex | None = None,
-                        flight_plans: pd.DataFrame | None = None, code: int = -1) -> tuple[pd.DataFrame, list]:
+                        flight_plans: pd.DataFrame | None = None, code: int = -1,
+                        draw_seed: int | None = None) -> tuple[pd.DataFrame, list]:
         """Decisions for ``samples`` (time, flight_id_1, flight_id_2, first_detection[, tcpa_s, dcpa_nm]) on
         the grid tracks ``grid`` (or their ``index``); ``code`` >= 0: the session style code to hold fixed
-        (a policy with a style code; -1: marginal over the code's posterior given the session)."""
+        (a policy with a style code; -1: marginal over the code's posterior given the session); ``draw_seed``:
+        the action given acting (aircraft, type, value) is drawn from the policy with this seed instead of
+        being its most likely one."""
         if samples.empty:
             return pd.DataFrame(columns=DECISION_COLUMNS), []
         idx = index or TrackIndex.build(grid, self.step_s)
         s = Samples.of(samples, ("tcpa_s", "dcpa_nm"))
-        item = Prepared(s, self.features(s, idx, clearances, flight_plans), n_alternatives, seed, code)
+        item = Prepared(s, self.features(s, idx, clearances, flight_plans), n_alternatives, seed, code, draw_seed)
         (dec, alts), = self.infer([item])
         return decisions_frame(dec), alts
 
@@ -200,6 +208,7 @@ class Prepared:
     n_alternatives: int = 0
     seed: int = 0
     code: int = -1          # >= 0: the session style code held fixed (see Predictor.predict_samples)
+    draw_seed: int | None = None    # draw the action given acting from the policy (seeded) instead of its mode
 
 
 _NO_ACTIONS = ACTION_SCHEMA.empty_table().to_pandas()

@@ -219,14 +219,17 @@ def predict(head: Head, style: StyleCode, full: torch.Tensor, given_act: bool, c
 
 
 def sample(head: Head, style: StyleCode, full: torch.Tensor, n: int, generator, given_act: bool,
-           **options) -> Decisions:
-    """n decisions per context (B, n): a code from q (from its posterior given acting, ``given_act``), then
-    the head's draw under it."""
+           code: torch.Tensor | None = None, **options) -> Decisions:
+    """n decisions per context (B, n): a code from q (from its posterior given acting, ``given_act``), or
+    ``code`` (B,) where it is >= 0 (see :func:`p_act`), then the head's draw under it."""
     ctx, log_q = split(full, style.K)
     b, dev = ctx.shape[0], ctx.device
     log_r, _ = action_code(head, style, full)
     logits = (log_r if given_act else log_q)[:, None, :].expand(b, n, style.K)
     c = sample_index(logits, draw("rand", (b, n), generator, dev))                 # (B, n)
+    if code is not None:
+        code = code.to(dev)[:, None].expand(b, n)
+        c = torch.where(code >= 0, code, c)
     d = head.sample(style.contexts(ctx), n, generator, given_act=given_act, **options)
     return Decisions(*(_select(_per_code(x, style.K), c) for x in (d.act, d.aircraft, d.type, d.value)))
 

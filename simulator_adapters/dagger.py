@@ -59,12 +59,12 @@ class DaggerController(Controller):
     name = "dagger"
 
     def __init__(self, uri: str, beta: float = 0.0, act: str = "sample", expert: SyntheticAtco | None = None,
-                 style: str = "session"):
+                 style: str = "session", action: str = "mode"):
         from simulator_adapters.model_controller import ModelController
         if not 0.0 <= float(beta) <= 1.0:
             raise ConfigError(f"dagger: beta (the expert's share of control) must lie in [0, 1], got {beta}")
         self.beta = float(beta)
-        self.learner = ModelController(uri, act=act, style=style)     # style: how a style code is held
+        self.learner = ModelController(uri, act=act, style=style, action=action)   # see ModelController
         self.expert = expert or SyntheticAtco()
         self.name = f"dagger:{uri}"
         self.reset("", 0)

@@ -37,9 +37,12 @@ from simulator_adapters.controllers import Clearance, Controller, Decision, Obse
 class ModelController(Controller):
     name = "model"
 
-    def __init__(self, uri: str, act: str = "sample", style: str = "session"):
+    def __init__(self, uri: str, act: str = "sample", style: str = "session", action: str = "mode"):
         if act not in ("sample", "argmax"):
             raise ValueError(f"act must be 'sample' or 'argmax', got {act!r}")
+        if action not in ("mode", "sample"):
+            raise ValueError(f"action must be 'mode' or 'sample', got {action!r}")
+        self.action = action
         if style not in ("session", "marginal"):
             raise ValueError(f"style must be 'session' or 'marginal', got {style!r}")
         self.uri, self.act, self.style_mode = uri, act, style
@@ -132,8 +135,10 @@ class ModelController(Controller):
         samples, tracks = self.step_samples(obs)
         if tracks is None:
             return Decision()
+        draw = int(self.rng.integers(2**63)) if self.action == "sample" else None
         dec, _ = self.predictor.predict_samples(samples, tracks, obs.cleared,
-                                                flight_plans=self.plan_rows(obs.flight_plans), code=self.code)
+                                                flight_plans=self.plan_rows(obs.flight_plans), code=self.code,
+                                                draw_seed=draw)
         self.last_decisions = dec               # the policy's decisions at this step (p_act per pair), for inspection
         if self.act == "sample":
             dec["act"] = self.rng.random(len(dec)) < dec["p_act"].to_numpy(float)
