@@ -110,11 +110,14 @@ def ingest(inputs: List[Path] = typer.Argument(..., help="track files or folders
            merge_window_s: Optional[float] = typer.Option(
                None, help="merge ADS-B messages of one aircraft that carry position, altitude and velocity "
                           "separately when this close in time (s), default 1; 0 turns merging off"),
-           chunk_rows: int = typer.Option(250_000, help="rows per chunk when streaming large files")):
+           chunk_rows: int = typer.Option(250_000, help="rows per chunk when streaming large files"),
+           partition: str = typer.Option("day", help="track partitions: day, or hour (batch prediction over many "
+                                                     "workers: one task per partition)")):
     """Read, validate (quarantining bad rows), clean and resample raw tracks into canonical tracks."""
     from pipelines.ingest import ingest as run_ingest
     cfg = _config(config, resample={"step_s": step_s}, clean={"max_gap_s": max_gap_s, "merge_window_s": merge_window_s})
-    report = run_ingest(inputs, work, fmt=fmt, mapping=mapping, config=cfg, resample=resample, chunk_rows=chunk_rows)
+    report = run_ingest(inputs, work, fmt=fmt, mapping=mapping, config=cfg, resample=resample, chunk_rows=chunk_rows,
+                        partition=partition)
     _table("ingest", report.to_dict())
     if report.scat:
         s = report.scat

@@ -237,3 +237,24 @@ def test_killed_predict_reruns_to_the_uninterrupted_output_with_cumulative_total
     cum = json.loads((out / P.REPORT_FILE).read_text())["cumulative"]
     assert cum["predictions"] == local_out[1]["predictions"] == len(_read(out)) and cum["partitions_done"] == 3
     assert cum["conflict_steps"] == local_out[1]["conflict_steps"]
+
+
+def test_hour_partitions_from_ingest_give_the_same_decisions_as_day_partitions(ws, uri, local_out, tmp_path):
+    """`atc-il ingest --partition hour` (many small tasks for many workers): every hour is its own partition, and
+    batch prediction over them, each reading the previous hour's history, decides as over day partitions."""
+    from pipelines.ingest import ingest
+    rep = ingest(sorted((ws / "raw").glob("opensky_day*.csv")), tmp_path / "w", fmt="opensky", partition="hour",
+                 progress=False)
+    hours = sorted(p.parent.relative_to(tmp_path / "w" / "tracks").as_posix()
+                   for p in (tmp_path / "w" / "tracks").rglob(MARKER))
+    assert rep.points_out > 0 and len(hours) >= 3 and all("/hour=" in h for h in hours)
+    pd.testing.assert_frame_equal(read_table(tmp_path / "w" / "tracks", TRACK_SCHEMA).sort_values(["flight_id", "time"])
+                                  .reset_index(drop=True),
+                                  read_table(ws / "tracks", TRACK_SCHEMA).sort_values(["flight_id", "time"])
+                                  .reset_index(drop=True))
+    out = tmp_path / "pred"
+    by_hour = P.run(tmp_path / "w" / "tracks", out, uri, clearances=ws / "actions")
+    assert by_hour["partitions_done"] == len(hours) and by_hour["partitions_failed"] == 0
+    _assert_same(_read(out), _read(local_out[0]))
+    with pytest.raises(Exception, match="partition"):
+        ingest(sorted((ws / "raw").glob("opensky_day*.csv")), tmp_path / "w2", fmt="opensky", partition="week")
