@@ -23,9 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def run(work: Path, say: Callable[[str], None] = print, *, scenarios: int = 48, duration_s: float = 1800.0,
         seed: int = 0, epochs: int = 25, sim_scenarios: int = 8, learn: bool = True) -> dict:
     from atc_il.config import PipelineConfig
-    from pipelines import actions as act
-    from pipelines import conflicts as con
-    from pipelines.dataset import build
     from pipelines.sample import radar_chain
 
     work = Path(work)
@@ -45,15 +42,13 @@ def run(work: Path, say: Callable[[str], None] = print, *, scenarios: int = 48, 
     if not learn:
         return out
 
-    from simulator_adapters.demonstrations import simulate
+    from simulator_adapters.demonstrations import build_dataset, simulate
     sim = work / "sim"
     s = simulate(sim, scenarios, "atco", seed=seed, workers=2,
                  scenario_kwargs={"duration_s": duration_s, "density": 4.0, "conflicts": 8})
     step(f"simulated {scenarios} scenarios x {duration_s:.0f} s in BlueSky under the synthetic expert: "
          f"{s['clearances']} clearances, {s['sim_seconds_per_wall_second']} simulated s per wall s -> {sim}")
-    con.run(sim / "tracks", sim, cfg.conflicts)
-    act.run(sim / "tracks", sim, cfg.actions, log=sim / "clearances.parquet", infer=False, episodes_dir=sim / "episodes")
-    ds = build(sim, None, cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"split": "scenario"})}))
+    ds = build_dataset(sim, cfg)
     step(f"observation histories: {ds['samples']} samples ({ds['positive samples']} with an action), "
          f"train/val/test {ds['train samples']}/{ds['val samples']}/{ds['test samples']} by scenario")
 

@@ -54,10 +54,7 @@ SCENARIO_KW = {"duration_s": 1800, "density": 4.0, "conflicts": 8}
 def make_data(cache: Path, n: int, n_test: int, n_val: int, seed: int, workers: int) -> Path:
     """Simulated demonstrations and their data set in ``cache`` (reused when complete)."""
     from atc_il.config import PipelineConfig
-    from pipelines import actions as act
-    from pipelines import conflicts as con
-    from pipelines.dataset import build
-    from simulator_adapters.demonstrations import simulate
+    from simulator_adapters.demonstrations import build_dataset, simulate
     sim = cache / "sim"
     if not (sim / "simulate_report.json").exists():
         t = time.perf_counter()
@@ -65,12 +62,7 @@ def make_data(cache: Path, n: int, n_test: int, n_val: int, seed: int, workers: 
         print(f"simulated {rep['scenarios']} scenarios ({rep['clearances']} clearances) in "
               f"{time.perf_counter() - t:.0f} s", flush=True)
     if not (sim / "dataset" / "dataset_report.json").exists():
-        cfg = PipelineConfig()
-        con.run(sim / "tracks", sim, cfg.conflicts)
-        act.run(sim / "tracks", sim, cfg.actions, log=sim / "clearances.parquet", infer=False,
-                episodes_dir=sim / "episodes")
-        ds = cfg.dataset.model_copy(update={"split": "scenario", "test_fraction": n_test / n, "val_fraction": n_val / n})
-        s = build(sim, None, cfg.model_copy(update={"dataset": ds}))
+        s = build_dataset(sim, PipelineConfig(), test_fraction=n_test / n, val_fraction=n_val / n)
         print(f"data set: {s['samples']} samples ({s['positive samples']} acting)", flush=True)
     return sim / "dataset"
 

@@ -126,9 +126,7 @@ def build_rollout_dataset(work: Path, base_spec: FeatureSpec, pipeline: Pipeline
     """Rollouts written by ``simulate`` in ``work`` -> ``work/dataset`` (every sample in the train split), with
     the base data set's features (its dataset config and grid step), executed clearances as the features'
     history and the expert's labels (``work/labels.parquet``, linked in ``work/expert_labels``) as labels."""
-    from pipelines import actions as act
-    from pipelines import conflicts as con
-    from pipelines.dataset import build
+    from simulator_adapters.demonstrations import build_dataset
 
     truth = pd.read_parquet(work / "expert_truth.parquet") if (work / "expert_truth.parquet").exists() else None
     if truth is None or truth.empty:
@@ -141,12 +139,7 @@ def build_rollout_dataset(work: Path, base_spec: FeatureSpec, pipeline: Pipeline
                                          "val_fraction": 0.0})
     cfg = pipeline.model_copy(update={"dataset": ds, "resample": pipeline.resample.model_copy(
         update={"step_s": float(base_spec.step_s)})})
-    con.run(work / "tracks", work, cfg.conflicts, progress=False)
-    act.run(work / "tracks", work, cfg.actions, log=work / "clearances.parquet", infer=False,
-            episodes_dir=work / "episodes", progress=False)
-    act.run(work / "tracks", work / "expert_labels", cfg.actions, log=work / "labels.parquet", infer=False,
-            episodes_dir=work / "episodes", progress=False)
-    summary = build(work, work / "dataset", cfg, progress=False, labels=work / "expert_labels")
+    summary = build_dataset(work, cfg, out=work / "dataset", labels_log=work / "labels.parquet", progress=False)
     if summary["spec_hash"] != base_spec.hash():
         raise DataError(f"{work}: the rollouts' features (spec {summary['spec_hash']}) differ from the demonstrations' "
                         f"({base_spec.hash()})")

@@ -157,3 +157,31 @@ def simulate(out: str | Path, n_scenarios: int, expert: str = "atco", seed: int 
               "sim_seconds_per_wall_second": round(sim_s / wall_s, 1)}
     write_json(report, out / "simulate_report.json")
     return report
+
+
+def build_dataset(work: str | Path, config=None, *, out: str | Path | None = None, labels_log: str | Path | None = None,
+                  progress: bool | None = None, **dataset: object) -> dict:
+    """The data chain on demonstrations written by :func:`simulate` in ``work``: conflicts -> actions (the
+    executed clearance log, ``work/clearances.parquet``) -> observation histories (``out``, default
+    ``work/dataset``), split by scenario. ``dataset``: overrides of the data set config (``test_fraction``,
+    ``val_fraction``...). ``labels_log``: label the samples with this clearance log instead of the executed one
+    (its actions stage goes to ``work/expert_labels``; the features' clearance history stays the executed one, as
+    DAgger needs). Returns the data set stage's summary."""
+    from atc_il.config import PipelineConfig
+    from pipelines import actions as act
+    from pipelines import conflicts as con
+    from pipelines.dataset import build
+
+    work = Path(work)
+    cfg = config or PipelineConfig()
+    cfg = cfg.model_copy(update={"dataset": cfg.dataset.model_validate(
+        {**cfg.dataset.model_dump(), "split": "scenario", **dataset})})
+    con.run(work / "tracks", work, cfg.conflicts, progress=progress)
+    act.run(work / "tracks", work, cfg.actions, log=work / "clearances.parquet", infer=False,
+            episodes_dir=work / "episodes", progress=progress)
+    labels = None
+    if labels_log is not None:
+        labels = work / "expert_labels"
+        act.run(work / "tracks", labels, cfg.actions, log=Path(labels_log), infer=False, episodes_dir=work / "episodes",
+                progress=progress)
+    return build(work, None if out is None else Path(out), cfg, progress=progress, labels=labels)

@@ -188,16 +188,9 @@ def check_policy_interface(policy, obs, dec) -> dict:
 def simulated_dataset(ws, n: int, seed: int, scenario_kwargs: dict, workers: int = 1, **fractions):
     """``n`` scenarios simulated under the synthetic expert into ``ws`` and their data set (``ws/dataset``, split by
     scenario; ``fractions``: test_fraction, val_fraction). Returns ``ws``."""
-    from atc_il.config import PipelineConfig
-    from pipelines import actions as act
-    from pipelines import conflicts as con
-    from pipelines.dataset import build
-    from simulator_adapters.demonstrations import simulate
+    from simulator_adapters.demonstrations import build_dataset, simulate
     simulate(ws, n, "atco", seed=seed, workers=workers, scenario_kwargs=scenario_kwargs)
-    cfg = PipelineConfig()
-    con.run(ws / "tracks", ws, cfg.conflicts)
-    act.run(ws / "tracks", ws, cfg.actions, log=ws / "clearances.parquet", infer=False, episodes_dir=ws / "episodes")
-    build(ws, None, cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"split": "scenario", **fractions})}))
+    build_dataset(ws, **fractions)
     return ws
 
 
