@@ -51,6 +51,8 @@ TYPES = ("heading", "altitude", "speed")
 
 
 def _sigmoid(x: float) -> float:
+    if x < -700.0:              # exp(-x) would overflow (a time to CPA of hours); 1 / (1 + e^-x) = e^x there
+        return math.exp(x)
     return 1.0 / (1.0 + math.exp(-x))
 
 

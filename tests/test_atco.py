@@ -106,3 +106,11 @@ def test_records_the_distribution_under_every_style_and_the_resume_decisions():
     r = recs[0]
     assert (r["flight_id_1"], r["flight_id_2"]) == ("A", "B") and r["p_act"] == atco.p.p_resume
     assert r["joint"] == [(0, "resume", 0.0, 1.0)] and r["acted"] == (r["action_type"] == "resume")
+
+
+def test_a_conflict_hours_away_has_a_tiny_act_probability_and_no_overflow():
+    """A time to CPA of hours (nearly parallel tracks) once overflowed math.exp in the act hazard and killed a run."""
+    atco = SyntheticAtco()
+    atco.reset("s", 0)
+    d = atco.distribution({**CONF, "tcpa_s": 1e6}, A, B, now=100.0, shown_s=1e6)
+    assert 0.0 <= d["p_act"] < 1e-300
