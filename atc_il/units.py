@@ -41,3 +41,40 @@ def factor(from_unit: str, to_unit: str) -> float:
 
 def known_units(to_unit: str) -> list[str]:
     return sorted(_CONVERSIONS[to_unit])
+
+
+# ---------------------------------------------------------------- ISA (International Standard Atmosphere)
+_GAMMA, _R_AIR, _G0 = 1.4, 287.05287, 9.80665
+_T0, _P0, _LAPSE, _H_TROP = 288.15, 101325.0, 0.0065, 11000.0
+_A0 = (_GAMMA * _R_AIR * _T0) ** 0.5
+
+
+def isa_temperature_pressure(alt_ft):
+    """ISA temperature (K) and static pressure (Pa) at pressure altitude ``alt_ft`` (troposphere and the
+    isothermal layer above it, to 20 km)."""
+    import numpy as np
+    h = np.minimum(np.asarray(alt_ft, float) * FT_M, 20000.0)
+    t = np.where(h < _H_TROP, _T0 - _LAPSE * h, _T0 - _LAPSE * _H_TROP)
+    p_trop = _P0 * (1.0 - _LAPSE * np.minimum(h, _H_TROP) / _T0) ** (_G0 / (_R_AIR * _LAPSE))
+    p = np.where(h < _H_TROP, p_trop, p_trop * np.exp(-_G0 / (_R_AIR * t) * (h - _H_TROP)))
+    return t, p
+
+
+def tas_to_mach(tas_kt, alt_ft):
+    """Mach number of a true airspeed at a pressure altitude (ISA)."""
+    t, _ = isa_temperature_pressure(alt_ft)
+    return (tas_kt * KT_MPS) / (_GAMMA * _R_AIR * t) ** 0.5
+
+
+def tas_to_cas_kt(tas_kt, alt_ft):
+    """Calibrated airspeed (kt) of a true airspeed (kt) at a pressure altitude (ISA, compressible flow).
+
+    >>> round(float(tas_to_cas_kt(250.0, 0.0)), 6)
+    250.0
+    """
+    import numpy as np
+    _, p = isa_temperature_pressure(alt_ft)
+    m = np.asarray(tas_to_mach(tas_kt, alt_ft), float)
+    e = _GAMMA / (_GAMMA - 1.0)
+    qc = p * ((1.0 + 0.5 * (_GAMMA - 1.0) * m * m) ** e - 1.0)
+    return _A0 * np.sqrt(2.0 / (_GAMMA - 1.0) * ((qc / _P0 + 1.0) ** (1.0 / e) - 1.0)) / KT_MPS

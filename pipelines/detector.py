@@ -142,11 +142,22 @@ def _scores(x: np.ndarray, w: _Windows, signal: str, scale_s: float, dt: float) 
     return s
 
 
-def _peaks(s: np.ndarray, thr: float, nms: int) -> list[int]:
+def _peaks(s: np.ndarray, thr: float, nms: int, reach: int) -> list[int]:
+    """Local maxima of |s| at least ``thr``: the largest within ``reach`` grid steps either side (the middle of a
+    run of equal maxima), then at least ``nms`` steps apart (the stronger kept). Points on the flanks of a broad
+    peak are not candidates: a long window's score stays over the threshold for the whole window around a change."""
     a = np.abs(np.nan_to_num(s, nan=0.0))
-    idx = np.flatnonzero(a >= thr)
+    if not len(a):
+        return []
+    from scipy.ndimage import maximum_filter1d
+    top = (a >= thr) & (a >= maximum_filter1d(a, size=2 * reach + 1, mode="constant", cval=0.0))
+    idx = np.flatnonzero(top)
+    if not len(idx):
+        return []
+    runs = np.split(idx, np.flatnonzero(np.diff(idx) > 1) + 1)
+    mids = np.array([r[len(r) // 2] for r in runs])
     out: list[int] = []
-    for i in idx[np.argsort(-a[idx], kind="stable")]:
+    for i in mids[np.argsort(-a[mids], kind="stable")]:
         if all(abs(i - j) > nms for j in out):
             out.append(int(i))
     return sorted(out)
@@ -164,7 +175,8 @@ def _piece_candidates(p: _Piece, plan) -> list[Candidate]:
     found: list[tuple[str, int]] = []
     for k in SIGNALS:
         nms = int(round(NMS_S[k] / dt))
-        cand = sorted(set(_peaks(sc[(k, 0)], THRESHOLDS[k], nms)) | set(_peaks(sc[(k, 1)], THRESHOLDS[k], nms)))
+        cand = sorted(set().union(*(_peaks(sc[(k, j)], THRESHOLDS[k], nms, max(2, int(round(SCALES_S[k][j] / dt))))
+                                    for j in (0, 1))))
         strength = {i: max(abs(np.nan_to_num(sc[(k, 0)][i])), abs(np.nan_to_num(sc[(k, 1)][i]))) for i in cand}
         kept: list[int] = []
         for i in sorted(cand, key=lambda i: -strength[i]):
@@ -355,7 +367,11 @@ def detect_actions(tracks: pd.DataFrame, flight_plans: pd.DataFrame | None, mode
     :class:`pipelines.detector_model.DetectorModel` (the one shipped with the package:
     ``pipelines.detector_model.load_default()``; that module builds on this one, so the caller loads it).
     ``result.attrs["candidates"]`` counts the candidates per signal, ``attrs["rejected"]`` those under threshold."""
-    cand = candidate_table(flight_candidates(tracks, flight_plans, progress))
+    return actions_from_candidates(candidate_table(flight_candidates(tracks, flight_plans, progress)), model, threshold)
+
+
+def actions_from_candidates(cand: pd.DataFrame, model, threshold: float | None = None) -> pd.DataFrame:
+    """The actions of :func:`detect_actions` from an already computed :func:`candidate_table`."""
     result = empty(ACTION_SCHEMA)
     result.attrs["candidates"] = {k: int(v) for k, v in cand["signal"].value_counts().items()} if len(cand) else {}
     if cand.empty:
