@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from atc_il.geometry import bearing_deg, to_local_nm, wrap180
+from atc_il.geometry import bearing_deg, haversine_nm, to_local_nm, wrap180
 from atc_il.progress import track as progress_track
 from atc_il.schemas import ACTION_SCHEMA, ACTION_UNITS, action_id, conform, empty
 from pipelines.manoeuvres import _fill_kinematics, _interp_nan, _pieces, _plans_by_flight, flight_arrays
@@ -50,12 +50,30 @@ NMS_S = {"altitude": 90.0, "speed": 150.0, "track": 90.0}
 RATES = {"speed": 0.55, "track": 1.2}          # kt/s, deg/s: typical rates, for the onset of a step
 LEVEL_OFF_LEAD_S = 60.0
 MAX_DOWNSTREAM = 8
+LINE_WINDOW_S = 150.0          # the straight lines flown before and after a change: this long, clear of the turn
+ROUTE_TURN_RADIUS_NM = 12.0    # a change this close to a waypoint may be the plan's own turn there
+ROUTE_FEATURES = (
+    "wp_dist_nm",              # nearest plan waypoint to the change
+    "pre_aim_miss_nm",         # the line before passes this close to a waypoint ahead (flying the plan: ~0)
+    "post_aim_miss_nm",        # the line after passes this close to a downstream waypoint ahead of it
+    "post_aim_rank",           # that waypoint's rank (1: the next one of the plan from the position after)
+    "post_aim_along_nm",       # and its distance ahead
+    "post_aim_err_deg",        # angle between the track after and the bearing to it
+    "post_next_miss_nm",       # the line after against the plan's next waypoint (rank 1)
+    "post_beyond_miss_nm",     # the line after against the best waypoint of rank >= 2 (a direct-to's target)
+    "aim_changed",             # 1 when the waypoint aimed at after is another than before
+    "route_turn_miss_nm",      # a turn at waypoint k onto the leg k -> k+1: both lines through k, the after one
+                               # through k+1 (the plan's own turn: ~0)
+    "xte_before_nm", "xte_after_nm",   # distance to the plan's route (polyline) at the ends of the two lines
+    "trk_vs_leg_after_deg",    # the track after against the direction of the plan leg nearest to its end
+    "alt_after_vs_plan",
+)
 FEATURES = (
     "alt_dslope_s", "alt_dslope_l", "vs_before_s", "vs_after_s", "vs_before_l", "vs_after_l",
     "gs_step_s", "gs_step_l", "gs", "trk_step_s", "trk_step_l",
     "alt_noise", "gs_noise", "trk_noise", "plot_spacing_s", "t_from_start_s", "t_to_end_s",
-    "wp_dist_nm", "err_before_next", "err_after_next", "err_after_leg", "err_after_best", "best_rank",
-    "alt_after_vs_plan", "alt_after_vs_1000", "alt",
+    *ROUTE_FEATURES,
+    "alt_after_vs_1000", "alt",
     "dt_prev_s", "dt_next_s", "step_prev", "step_next",
 )
 GAP_CAP_S = 1800.0
@@ -242,39 +260,9 @@ def _candidate(p: _Piece, plan, k: str, i: int, sc, win, noise, spacing) -> Cand
         mag = abs(step_l if np.isfinite(step_l) else step_s)
         onset = i - int(round(mag / RATES[k] / 2 / dt))
     onset = int(np.clip(onset, 0, n - 1))
-    # plan geometry (track after, from the position after the change)
-    h_after = hl["track"]
-    j_end = min(n - 1, i + hs["track"])
-    trk_after = float(wt.mean(np.array([i + hs["track"]]), np.array([i + hs["track"] + h_after]))[0]) % 360.0 \
-        if i + hs["track"] < n else np.nan
-    trk_before = float(wt.mean(np.array([max(0, i - h_after)]), np.array([i]))[0]) % 360.0 if i > 0 else np.nan
-    wp_dist = err_b = err_a = err_leg = err_best = best_rank = np.nan
-    waypoint = None
-    if plan is not None and len(plan[0]) >= 1:
-        wlat, wlon, names = plan[:3]
-        m = len(wlat)
-        x, y = to_local_nm(wlat, wlon, p.lat[i], p.lon[i])
-        wp_dist = float(np.min(np.hypot(x, y)))
-        nxt = _next_wp(wlat, wlon, p.lat[max(0, i - h_after)], p.lon[max(0, i - h_after)], trk_before)
-        if nxt < m and np.isfinite(trk_before):
-            b0 = bearing_deg(p.lat[max(0, i - h_after)], p.lon[max(0, i - h_after)], wlat[nxt], wlon[nxt])
-            err_b = float(abs(wrap180(trk_before - b0)))
-        if np.isfinite(trk_after):
-            brg = bearing_deg(p.lat[j_end], p.lon[j_end], wlat, wlon)
-            err = np.abs(wrap180(trk_after - brg))
-            if nxt < m:
-                err_a = float(err[nxt])
-                if nxt + 1 < m:
-                    leg = bearing_deg(wlat[nxt], wlon[nxt], wlat[nxt + 1], wlon[nxt + 1])
-                    err_leg = float(abs(wrap180(trk_after - leg)))
-            down = np.arange(nxt, min(m, nxt + MAX_DOWNSTREAM))
-            # a waypoint already passed after the change is not a direct-to target
-            xs, ys = to_local_nm(wlat[down], wlon[down], p.lat[j_end], p.lon[j_end])
-            ahead = xs * np.sin(np.radians(trk_after)) + ys * np.cos(np.radians(trk_after)) > 0
-            down = down[ahead]
-            if len(down):
-                b = down[np.argmin(err[down])]
-                err_best, best_rank, waypoint = float(err[b]), float(b - nxt + 1), str(names[b])
+    # plan geometry: straight lines flown before and after the change, against the plan's waypoints
+    geo, waypoint = _route_geometry(p, plan, i, k, step_l if np.isfinite(step_l) else step_s, spacing)
+    trk_before, trk_after = geo.pop("_trk_before"), geo.pop("_trk_after")
     plan_level = np.nan
     if plan is not None and len(plan) > 3 and plan[3] is not None:
         plan_level = plan[3]
@@ -283,7 +271,7 @@ def _candidate(p: _Piece, plan, k: str, i: int, sc, win, noise, spacing) -> Cand
         at("altitude", 0) * 60, at("altitude", 1) * 60, vs_b_s, vs_a_s, vs_b_l, vs_a_l,
         at("speed", 0), at("speed", 1), float(p.gs[i]), at("track", 0), at("track", 1),
         noise["altitude"], noise["speed"], noise["track"], spacing, i * dt, (n - 1 - i) * dt,
-        wp_dist, err_b, err_a, err_leg, err_best, best_rank,
+        *(geo[f] for f in ROUTE_FEATURES[:-1]),
         alt_after - plan_level if np.isfinite(plan_level) else np.nan,
         abs(alt_after - round(alt_after / 1000.0) * 1000.0), float(p.alt[i]),
         GAP_CAP_S, GAP_CAP_S, 0.0, 0.0,
@@ -294,6 +282,102 @@ def _candidate(p: _Piece, plan, k: str, i: int, sc, win, noise, spacing) -> Cand
         float(wg.mean(np.array([i + 1]), np.array([i + 1 + hl[k]]))[0]) if k == "speed" else trk_after
     step = (vs_a_l - vs_b_l) if k == "altitude" else (step_l if np.isfinite(step_l) else step_s)
     return Candidate(k, i, onset, float(step), f, waypoint, after, before)
+
+
+def _line_miss(wlat, wlon, lat, lon, trk_deg):
+    """Distance ahead and signed lateral miss (NM, + = right) of waypoints from the great circle through (lat, lon)
+    with course ``trk_deg`` there (as a flight management system flies it; a straight line in a local plane bends
+    away from it by ~0.5 NM at 50 NM)."""
+    d = haversine_nm(lat, lon, wlat, wlon)
+    e = np.radians(wrap180(bearing_deg(lat, lon, wlat, wlon) - trk_deg))
+    return d * np.cos(e), d * np.sin(e)
+
+
+def _polyline_dist(wx, wy, px, py) -> float:
+    """Distance (NM) from the point (px, py) to the polyline through (wx, wy)."""
+    if len(wx) == 1:
+        return float(np.hypot(wx[0] - px, wy[0] - py))
+    ax, ay, dx, dy = wx[:-1], wy[:-1], np.diff(wx), np.diff(wy)
+    t = np.clip(((px - ax) * dx + (py - ay) * dy) / np.maximum(dx * dx + dy * dy, 1e-12), 0.0, 1.0)
+    return float(np.min(np.hypot(ax + t * dx - px, ay + t * dy - py)))
+
+
+def _route_geometry(p: _Piece, plan, i: int, k: str, step: float, spacing: float) -> tuple[dict, str | None]:
+    """:data:`ROUTE_FEATURES` (NaN without a plan) and the direct-to waypoint of a change at grid index ``i``.
+
+    The lines: the mean track over ``LINE_WINDOW_S`` ending (starting) ``g`` before (after) the change, through
+    the position there; ``g`` is half the turn's duration at a typical rate plus the plot spacing, so that the
+    lines are clear of the turn itself."""
+    n, dt = len(p.trk), p.dt
+    turn_s = abs(step) / RATES["track"] if k == "track" and np.isfinite(step) else 0.0
+    g = int(np.ceil((turn_s / 2 + spacing) / dt))
+    hw = max(2, int(round(LINE_WINDOW_S / dt)))
+    a1, b0 = max(0, i - g), min(n - 1, i + g)
+    a0, b1 = max(0, a1 - hw), min(n - 1, b0 + hw)
+    trk_pre = float(np.mean(p.trk[a0:a1 + 1])) % 360.0 if a1 - a0 >= 2 else np.nan
+    trk_post = float(np.mean(p.trk[b0:b1 + 1])) % 360.0 if b1 - b0 >= 2 else np.nan
+    out = {f: np.nan for f in ROUTE_FEATURES}
+    out["_trk_before"], out["_trk_after"] = trk_pre, trk_post
+    waypoint = None
+    if plan is None or len(plan[0]) < 1:
+        return out, waypoint
+    wlat, wlon, names = plan[:3]
+    m = len(wlat)
+    wx, wy = to_local_nm(wlat, wlon, p.lat[i], p.lon[i])
+    pts = {j: to_local_nm(p.lat[j], p.lon[j], p.lat[i], p.lon[i]) for j in (a0, a1, b0, b1)}
+    am, bm = (a0 + a1) // 2, (b0 + b1) // 2      # a mean track is the course at its window's middle
+    out["wp_dist_nm"] = float(np.min(np.hypot(wx, wy)))
+    out["xte_before_nm"] = _polyline_dist(wx, wy, *pts[a0])
+    out["xte_after_nm"] = _polyline_dist(wx, wy, *pts[b1])
+    miss_pre = along_pre = miss_post = along_post = None
+    pre_aim = -1
+    if np.isfinite(trk_pre):
+        along_pre, miss_pre = _line_miss(wlat, wlon, p.lat[am], p.lon[am], trk_pre)
+        along_pre = along_pre - float(haversine_nm(p.lat[am], p.lon[am], p.lat[a1], p.lon[a1]))
+        nxt_pre = _next_wp(wlat, wlon, p.lat[a1], p.lon[a1], trk_pre)
+        cand = np.arange(nxt_pre, min(m, nxt_pre + MAX_DOWNSTREAM))
+        cand = cand[along_pre[cand] > 0.5]
+        if len(cand):
+            pre_aim = int(cand[np.argmin(np.abs(miss_pre[cand]))])
+            out["pre_aim_miss_nm"] = float(abs(miss_pre[pre_aim]))
+    if np.isfinite(trk_post):
+        along_post, miss_post = _line_miss(wlat, wlon, p.lat[bm], p.lon[bm], trk_post)
+        along_post = along_post + float(haversine_nm(p.lat[b0], p.lon[b0], p.lat[bm], p.lon[bm]))
+        nxt = _next_wp(wlat, wlon, p.lat[b0], p.lon[b0], trk_post)
+        if nxt < m and along_post[nxt] > 0:
+            out["post_next_miss_nm"] = float(abs(miss_post[nxt]))
+        down = np.arange(nxt, min(m, nxt + MAX_DOWNSTREAM))
+        down = down[along_post[down] > 1.0]
+        if len(down):
+            b = int(down[np.argmin(np.abs(miss_post[down]))])
+            out["post_aim_miss_nm"] = float(abs(miss_post[b]))
+            out["post_aim_rank"] = float(b - nxt + 1)
+            out["post_aim_along_nm"] = float(along_post[b])
+            out["post_aim_err_deg"] = float(np.degrees(np.arctan2(abs(miss_post[b]), along_post[b])))
+            waypoint = str(names[b])
+            beyond = down[down > nxt]
+            if len(beyond):
+                out["post_beyond_miss_nm"] = float(np.min(np.abs(miss_post[beyond])))
+            if pre_aim >= 0:
+                out["aim_changed"] = float(b != pre_aim)
+        # the plan's leg nearest to the end of the line after
+        if m >= 2:
+            px, py = pts[b1]
+            ax, ay, dx, dy = wx[:-1], wy[:-1], np.diff(wx), np.diff(wy)
+            t = np.clip(((px - ax) * dx + (py - ay) * dy) / np.maximum(dx * dx + dy * dy, 1e-12), 0.0, 1.0)
+            j = int(np.argmin(np.hypot(ax + t * dx - px, ay + t * dy - py)))
+            leg = float(np.degrees(np.arctan2(dx[j], dy[j])))
+            out["trk_vs_leg_after_deg"] = float(abs(wrap180(trk_post - leg)))
+    if miss_pre is not None and miss_post is not None:
+        near = np.flatnonzero(np.hypot(wx, wy) < ROUTE_TURN_RADIUS_NM)
+        best = np.inf
+        for j in near:
+            parts = [abs(miss_pre[j]), abs(miss_post[j])]
+            if j + 1 < m:
+                parts.append(abs(miss_post[j + 1]) if along_post[j + 1] > 0 else np.inf)
+            best = min(best, max(parts))
+        out["route_turn_miss_nm"] = float(best) if np.isfinite(best) else np.nan
+    return out, waypoint
 
 
 def _next_wp(wlat, wlon, lat, lon, trk) -> int:

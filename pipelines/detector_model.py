@@ -27,12 +27,13 @@ import numpy as np
 import pandas as pd
 
 from atc_il.errors import ConfigError, DataError
-from pipelines.detector import CLASSES, FEATURES, SIGNALS
+from pipelines.detector import CLASSES, FEATURES, ROUTE_FEATURES, SIGNALS
 
 FORMAT = "atc-il/detector/1"
 NODE_FIELDS = ("value", "feature_idx", "num_threshold", "missing_go_to_left", "left", "right", "is_leaf")
 TYPE_OF_LOG = {"heading": "heading", "direct_to": "direct_to", "resume": "direct_to", "altitude": "altitude",
                "speed": "speed"}
+ROUTE_TURN_MISS_NM = 1.0    # both lines through a waypoint, the one after along the next leg: the plan's own turn
 SIGNAL_OF_TYPE = {"heading": "track", "direct_to": "track", "altitude": "altitude", "speed": "speed"}
 
 
@@ -228,16 +229,15 @@ def label_candidates(cand: pd.DataFrame, log: pd.DataFrame, tol_s: float,
     return lab
 
 
-PLAN_FEATURES = ("wp_dist_nm", "err_before_next", "err_after_next", "err_after_leg", "err_after_best", "best_rank",
-                 "alt_after_vs_plan")
+PLAN_FEATURES = ROUTE_FEATURES
 
 
 def without_plans(cand: pd.DataFrame, labels: pd.Series) -> tuple[pd.DataFrame, pd.Series]:
     """Copies of the candidates as if no flight plan were given (plan features missing), so that one model serves
     flights with and without a plan: a direct-to is then a heading change, and a turn onto the plan's next leg
     near a waypoint (a route turn, not a clearance, but indistinguishable without the plan) is left out."""
-    route_turn = ((cand["signal"] == "track") & (labels == "none") & (cand["wp_dist_nm"] < 8.0)
-                  & (cand["err_after_leg"] < 8.0)).to_numpy()
+    route_turn = ((cand["signal"] == "track") & (labels == "none")
+                  & (cand["route_turn_miss_nm"] < ROUTE_TURN_MISS_NM)).to_numpy()
     has_plan = cand["wp_dist_nm"].notna().to_numpy()
     keep = has_plan & ~route_turn
     c = cand[keep].copy()
