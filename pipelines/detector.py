@@ -160,11 +160,12 @@ def _scores(x: np.ndarray, w: _Windows, signal: str, scale_s: float, dt: float) 
     return s
 
 
-def _peaks(s: np.ndarray, thr: float, nms: int, reach: int) -> list[int]:
-    """Local maxima of |s| at least ``thr``: the largest within ``reach`` grid steps either side (the middle of a
+def _peaks(s: np.ndarray, thr: float, nms: int, reach: int, sign: int = 0) -> list[int]:
+    """Local maxima of |s| (``sign`` 1 or -1: of the positive or negative part of s only) at least ``thr``: the largest within ``reach`` grid steps either side (the middle of a
     run of equal maxima), then at least ``nms`` steps apart (the stronger kept). Points on the flanks of a broad
     peak are not candidates: a long window's score stays over the threshold for the whole window around a change."""
-    a = np.abs(np.nan_to_num(s, nan=0.0))
+    a = np.nan_to_num(s, nan=0.0)
+    a = np.abs(a) if sign == 0 else np.maximum(sign * a, 0.0)
     if not len(a):
         return []
     from scipy.ndimage import maximum_filter1d
@@ -181,6 +182,11 @@ def _peaks(s: np.ndarray, thr: float, nms: int, reach: int) -> list[int]:
     return sorted(out)
 
 
+def _signed(v: float, sign: int) -> float:
+    v = float(np.nan_to_num(v, nan=0.0))
+    return abs(v) if sign == 0 else max(sign * v, 0.0)
+
+
 def _piece_candidates(p: _Piece, plan) -> list[Candidate]:
     n, dt = len(p.alt), p.dt
     if n < 8:
@@ -193,14 +199,18 @@ def _piece_candidates(p: _Piece, plan) -> list[Candidate]:
     found: list[tuple[str, int]] = []
     for k in SIGNALS:
         nms = int(round(NMS_S[k] / dt))
-        cand = sorted(set().union(*(_peaks(sc[(k, j)], THRESHOLDS[k], nms, max(2, int(round(SCALES_S[k][j] / dt))))
-                                    for j in (0, 1))))
-        strength = {i: max(abs(np.nan_to_num(sc[(k, 0)][i])), abs(np.nan_to_num(sc[(k, 1)][i]))) for i in cand}
-        kept: list[int] = []
-        for i in sorted(cand, key=lambda i: -strength[i]):
-            if all(abs(i - j) > nms for j in kept):
-                kept.append(i)
-        found += [(k, i) for i in sorted(kept)]
+        # a turn one way and a turn back (a vector, then back onto the route a minute later) are two changes:
+        # track peaks of either sign do not suppress each other
+        for sign in ((1, -1) if k == "track" else (0,)):
+            cand = sorted(set().union(*(_peaks(sc[(k, j)], THRESHOLDS[k], nms, max(2, int(round(SCALES_S[k][j] / dt))),
+                                               sign) for j in (0, 1))))
+            strength = {i: max(_signed(sc[(k, 0)][i], sign), _signed(sc[(k, 1)][i], sign)) for i in cand}
+            kept: list[int] = []
+            for i in sorted(cand, key=lambda i: -strength[i]):
+                if all(abs(i - j) > nms for j in kept):
+                    kept.append(i)
+            found += [(k, i) for i in kept]
+    found.sort(key=lambda c: (SIGNALS.index(c[0]), c[1]))
     cands = [_candidate(p, plan, k, i, sc, win, noise, spacing) for k, i in found]
     cands = _merge_level_changes(cands)
     for k in SIGNALS:
@@ -245,7 +255,8 @@ def _candidate(p: _Piece, plan, k: str, i: int, sc, win, noise, spacing) -> Cand
 
     def at(s, j):
         v = sc[(s, j)]
-        lo, hi = max(0, i - hs[k]), min(n, i + hs[k] + 1)
+        r = max(1, hs[k] // 2)
+        lo, hi = max(0, i - r), min(n, i + r + 1)
         seg = v[lo:hi]
         if not np.isfinite(seg).any():
             return np.nan
