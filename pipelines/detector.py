@@ -39,6 +39,7 @@ import pandas as pd
 
 from atc_il.geometry import bearing_deg, haversine_nm, to_local_nm, wrap180
 from atc_il.progress import track as progress_track
+from atc_il.units import tas_to_cas_kt
 from atc_il.schemas import ACTION_SCHEMA, ACTION_UNITS, action_id, conform, empty
 from pipelines.manoeuvres import _fill_kinematics, _interp_nan, _pieces, _plans_by_flight, flight_arrays
 
@@ -77,6 +78,7 @@ FEATURES = (
     "dt_prev_s", "dt_next_s", "step_prev", "step_next",
 )
 GAP_CAP_S = 1800.0
+MIN_EDGE_S = 60.0
 
 
 @dataclass
@@ -150,13 +152,16 @@ class _Piece:
 
 
 def _scores(x: np.ndarray, w: _Windows, signal: str, scale_s: float, dt: float) -> np.ndarray:
-    h = max(2, int(round(scale_s / dt)))
-    i = np.arange(len(x))
+    """The change score at every grid index; near the ends of the piece over the longest symmetric windows that fit
+    (at least ``MIN_EDGE_S``), so that a change in the last minutes of a track is still seen."""
+    n = len(x)
+    i = np.arange(n)
+    h = np.minimum(max(2, int(round(scale_s / dt))), np.minimum(i, n - 1 - i))
     if signal == "altitude":
         s = w.slope(i, i + h + 1) - w.slope(i - h, i + 1)
     else:
         s = w.mean(i + 1, i + h + 1) - w.mean(i - h, i)
-    s[(i - h < 0) | (i + h >= len(x))] = np.nan
+    s[h < max(2, int(round(min(scale_s, MIN_EDGE_S) / dt)))] = np.nan
     return s
 
 
@@ -191,8 +196,11 @@ def _piece_candidates(p: _Piece, plan) -> list[Candidate]:
     n, dt = len(p.alt), p.dt
     if n < 8:
         return []
-    sig = {"altitude": p.alt, "speed": p.gs, "track": p.trk}
+    # speed as calibrated airspeed (from ground speed and altitude, no wind known): what a controller clears and
+    # an aircraft holds, while its ground speed changes by ~9 kt per 1000 ft of climb or descent at the same CAS
+    sig = {"altitude": p.alt, "speed": tas_to_cas_kt(p.gs, p.alt), "track": p.trk}
     win = {k: _Windows(v, dt) for k, v in sig.items()}
+    win["gs"] = _Windows(p.gs, dt)
     sc = {(k, j): _scores(sig[k], win[k], k, SCALES_S[k][j], dt) for k in SIGNALS for j in (0, 1)}
     noise = {k: _rsd(np.diff(v, 2)) for k, v in sig.items()}
     spacing = plot_spacing_s(p.lat, p.lon, dt)
@@ -247,7 +255,7 @@ def _candidate(p: _Piece, plan, k: str, i: int, sc, win, noise, spacing) -> Cand
     hs = {s: max(2, int(round(SCALES_S[s][0] / dt))) for s in SIGNALS}
     hl = {s: max(2, int(round(SCALES_S[s][1] / dt))) for s in SIGNALS}
     ii = np.array([i])
-    wa, wg, wt = win["altitude"], win["speed"], win["track"]
+    wa, wg = win["altitude"], win["gs"]
     vs_b_s = float(wa.slope(ii - hs["altitude"], ii + 1)[0]) * 60
     vs_a_s = float(wa.slope(ii, ii + hs["altitude"] + 1)[0]) * 60
     vs_b_l = float(wa.slope(ii - hl["altitude"], ii + 1)[0]) * 60
