@@ -75,6 +75,7 @@ FEATURES = (
     "alt_noise", "gs_noise", "trk_noise", "plot_spacing_s", "t_from_start_s", "t_to_end_s",
     *ROUTE_FEATURES,
     "alt_after_vs_1000", "alt",
+    "z_step_s", "z_step_l",
     "dt_prev_s", "dt_next_s", "step_prev", "step_next",
 )
 GAP_CAP_S = 1800.0
@@ -187,6 +188,12 @@ def _peaks(s: np.ndarray, thr: float, nms: int, reach: int, sign: int = 0) -> li
     return sorted(out)
 
 
+def _z(step: float, noise: float, scale_s: float, spacing: float) -> float:
+    """A step against the noise of the difference of two window means (plots ``spacing`` apart)."""
+    sd = noise * np.sqrt(2.0 / max(1.0, scale_s / max(spacing, 1e-9)))
+    return float(abs(step) / max(sd, 1e-6)) if np.isfinite(step) and np.isfinite(sd) else np.nan
+
+
 def _signed(v: float, sign: int) -> float:
     v = float(np.nan_to_num(v, nan=0.0))
     return abs(v) if sign == 0 else max(sign * v, 0.0)
@@ -202,8 +209,10 @@ def _piece_candidates(p: _Piece, plan) -> list[Candidate]:
     win = {k: _Windows(v, dt) for k, v in sig.items()}
     win["gs"] = _Windows(p.gs, dt)
     sc = {(k, j): _scores(sig[k], win[k], k, SCALES_S[k][j], dt) for k in SIGNALS for j in (0, 1)}
-    noise = {k: _rsd(np.diff(v, 2)) for k, v in sig.items()}
     spacing = plot_spacing_s(p.lat, p.lon, dt)
+    lag = max(1, int(round(spacing / dt)))      # second differences between plots (the grid interpolates them)
+    noise = {k: _rsd(v[2 * lag:] - 2 * v[lag:-lag] + v[:-2 * lag]) if len(v) > 2 * lag else np.nan
+             for k, v in sig.items()}
     found: list[tuple[str, int]] = []
     for k in SIGNALS:
         nms = int(round(NMS_S[k] / dt))
@@ -293,6 +302,7 @@ def _candidate(p: _Piece, plan, k: str, i: int, sc, win, noise, spacing) -> Cand
         *(geo[f] for f in ROUTE_FEATURES[:-1]),
         alt_after - plan_level if np.isfinite(plan_level) else np.nan,
         abs(alt_after - round(alt_after / 1000.0) * 1000.0), float(p.alt[i]),
+        _z(step_s, noise[k], SCALES_S[k][0], spacing), _z(step_l, noise[k], SCALES_S[k][1], spacing),
         GAP_CAP_S, GAP_CAP_S, 0.0, 0.0,
     ], float)
     before = float(np.median(p.alt[max(0, i - hs[k]):i + 1])) if k == "altitude" else \
