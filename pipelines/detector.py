@@ -71,7 +71,7 @@ ROUTE_FEATURES = (
 )
 FEATURES = (
     "alt_dslope_s", "alt_dslope_l", "vs_before_s", "vs_after_s", "vs_before_l", "vs_after_l",
-    "gs_step_s", "gs_step_l", "gs", "trk_step_s", "trk_step_l",
+    "gs_step_s", "gs_step_l", "gs", "trk_step_s", "trk_step_l", "trk_change",
     "alt_noise", "gs_noise", "trk_noise", "plot_spacing_s", "t_from_start_s", "t_to_end_s",
     *ROUTE_FEATURES,
     "alt_after_vs_1000", "alt",
@@ -228,7 +228,13 @@ def _piece_candidates(p: _Piece, plan) -> list[Candidate]:
                     kept.append(i)
             found += [(k, i) for i in kept]
     found.sort(key=lambda c: (SIGNALS.index(c[0]), c[1]))
-    cands = [_candidate(p, plan, k, i, sc, win, noise, spacing) for k, i in found]
+    # each candidate's lines reach no further than halfway to the next change of its signal either side
+    bounds = []
+    for j, (k, i) in enumerate(found):
+        prev = found[j - 1][1] if j and found[j - 1][0] == k else None
+        nxt = found[j + 1][1] if j + 1 < len(found) and found[j + 1][0] == k else None
+        bounds.append((0 if prev is None else (prev + i + 1) // 2, n - 1 if nxt is None else (i + nxt) // 2))
+    cands = [_candidate(p, plan, k, i, sc, win, noise, spacing, b) for (k, i), b in zip(found, bounds)]
     cands = _merge_level_changes(cands)
     for k in SIGNALS:
         same = [c for c in cands if c.signal == k]
@@ -259,7 +265,7 @@ def _merge_level_changes(cands: list[Candidate]) -> list[Candidate]:
     return out
 
 
-def _candidate(p: _Piece, plan, k: str, i: int, sc, win, noise, spacing) -> Candidate:
+def _candidate(p: _Piece, plan, k: str, i: int, sc, win, noise, spacing, bounds: tuple[int, int]) -> Candidate:
     n, dt = len(p.alt), p.dt
     hs = {s: max(2, int(round(SCALES_S[s][0] / dt))) for s in SIGNALS}
     hl = {s: max(2, int(round(SCALES_S[s][1] / dt))) for s in SIGNALS}
@@ -289,15 +295,16 @@ def _candidate(p: _Piece, plan, k: str, i: int, sc, win, noise, spacing) -> Cand
         onset = i - int(round(mag / RATES[k] / 2 / dt))
     onset = int(np.clip(onset, 0, n - 1))
     # plan geometry: straight lines flown before and after the change, against the plan's waypoints
-    geo, waypoint = _route_geometry(p, plan, i, k, step_l if np.isfinite(step_l) else step_s, spacing)
+    geo, waypoint = _route_geometry(p, plan, i, k, step_l if np.isfinite(step_l) else step_s, spacing, bounds)
     trk_before, trk_after = geo.pop("_trk_before"), geo.pop("_trk_after")
+    trk_change = float(wrap180(trk_after - trk_before))      # over lines that stop short of the neighbouring changes
     plan_level = np.nan
     if plan is not None and len(plan) > 3 and plan[3] is not None:
         plan_level = plan[3]
     alt_after = float(wa.mean(np.array([min(n - 1, i + hs["altitude"])]), np.array([min(n, i + hl["altitude"])]))[0])
     f = np.array([
         at("altitude", 0) * 60, at("altitude", 1) * 60, vs_b_s, vs_a_s, vs_b_l, vs_a_l,
-        at("speed", 0), at("speed", 1), float(p.gs[i]), at("track", 0), at("track", 1),
+        at("speed", 0), at("speed", 1), float(p.gs[i]), at("track", 0), at("track", 1), trk_change,
         noise["altitude"], noise["speed"], noise["track"], spacing, i * dt, (n - 1 - i) * dt,
         *(geo[f] for f in ROUTE_FEATURES[:-1]),
         alt_after - plan_level if np.isfinite(plan_level) else np.nan,
@@ -309,7 +316,8 @@ def _candidate(p: _Piece, plan, k: str, i: int, sc, win, noise, spacing) -> Cand
         float(wg.mean(np.array([max(0, i - hl[k])]), np.array([i]))[0]) if k == "speed" else trk_before
     after = alt_after if k == "altitude" else \
         float(wg.mean(np.array([i + 1]), np.array([i + 1 + hl[k]]))[0]) if k == "speed" else trk_after
-    step = (vs_a_l - vs_b_l) if k == "altitude" else (step_l if np.isfinite(step_l) else step_s)
+    step = (vs_a_l - vs_b_l) if k == "altitude" else trk_change if k == "track" and np.isfinite(trk_change) else \
+        (step_l if np.isfinite(step_l) else step_s)
     return Candidate(k, i, onset, float(step), f, waypoint, after, before)
 
 
@@ -331,7 +339,8 @@ def _polyline_dist(wx, wy, px, py) -> float:
     return float(np.min(np.hypot(ax + t * dx - px, ay + t * dy - py)))
 
 
-def _route_geometry(p: _Piece, plan, i: int, k: str, step: float, spacing: float) -> tuple[dict, str | None]:
+def _route_geometry(p: _Piece, plan, i: int, k: str, step: float, spacing: float,
+                    bounds: tuple[int, int]) -> tuple[dict, str | None]:
     """:data:`ROUTE_FEATURES` (NaN without a plan) and the direct-to waypoint of a change at grid index ``i``.
 
     The lines: the mean track over ``LINE_WINDOW_S`` ending (starting) ``g`` before (after) the change, through
@@ -341,8 +350,13 @@ def _route_geometry(p: _Piece, plan, i: int, k: str, step: float, spacing: float
     turn_s = abs(step) / RATES["track"] if k == "track" and np.isfinite(step) else 0.0
     g = int(np.ceil((turn_s / 2 + spacing) / dt))
     hw = max(2, int(round(LINE_WINDOW_S / dt)))
-    a1, b0 = max(0, i - g), min(n - 1, i + g)
-    a0, b1 = max(0, a1 - hw), min(n - 1, b0 + hw)
+    lo, hi = bounds
+    a1, b0 = max(lo, min(i - g, i - 2)), min(hi, max(i + g, i + 2))
+    if a1 - lo < 2:
+        a1 = min(i, lo + 2)
+    if hi - b0 < 2:
+        b0 = max(i, hi - 2)
+    a0, b1 = max(lo, a1 - hw), min(hi, b0 + hw)
     trk_pre = float(np.mean(p.trk[a0:a1 + 1])) % 360.0 if a1 - a0 >= 2 else np.nan
     trk_post = float(np.mean(p.trk[b0:b1 + 1])) % 360.0 if b1 - b0 >= 2 else np.nan
     out = {f: np.nan for f in ROUTE_FEATURES}
