@@ -309,7 +309,8 @@ def _candidate(p: _Piece, plan, k: str, i: int, sc, win, noise, spacing, bounds:
         *(geo[f] for f in ROUTE_FEATURES[:-1]),
         alt_after - plan_level if np.isfinite(plan_level) else np.nan,
         abs(alt_after - round(alt_after / 1000.0) * 1000.0), float(p.alt[i]),
-        _z(step_s, noise[k], SCALES_S[k][0], spacing), _z(step_l, noise[k], SCALES_S[k][1], spacing),
+        *(_z(st, noise[k], min(SCALES_S[k][j], i * dt, (n - 1 - i) * dt), spacing)
+          for j, st in enumerate((step_s, step_l))),
         GAP_CAP_S, GAP_CAP_S, 0.0, 0.0,
     ], float)
     before = float(np.median(p.alt[max(0, i - hs[k]):i + 1])) if k == "altitude" else \
