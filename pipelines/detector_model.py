@@ -111,7 +111,7 @@ class DetectorModel:
             idx = np.flatnonzero(cand["signal"].to_numpy() == s)
             if not len(idx):
                 continue
-            X = cand.iloc[idx][list(FEATURES)].to_numpy(float)
+            X = np.array(cand.iloc[idx][list(FEATURES)].to_numpy(float), dtype=float)     # a writable copy
             p = m.proba(X)
             c = m.calibrate(1.0 - p[:, 0])
             best = 1 + np.argmax(p[:, 1:], axis=1)
@@ -283,7 +283,7 @@ def train(cand: pd.DataFrame, labels: pd.Series, seed: int = 0, max_iter: int = 
         if len(idx) < 20 or len(np.unique(y)) < 2:
             raise DataError(f"too few labelled {s} candidates to train on ({len(idx)}, classes {sorted(set(y))}); "
                             "give more tracks and clearances")
-        X = cand.iloc[idx][list(FEATURES)].to_numpy(float)
+        X = np.array(cand.iloc[idx][list(FEATURES)].to_numpy(float), dtype=float)     # a writable copy
         fit = _split(cand.iloc[idx]["flight_id"])
         if fit.all() or not fit.any():
             fit = np.arange(len(idx)) % 2 == 0
