@@ -51,7 +51,8 @@ NMS_S = {"altitude": 90.0, "speed": 150.0, "track": 90.0}
 RATES = {"speed": 0.55, "track": 1.2}          # kt/s, deg/s: typical rates, for the onset of a step
 LEVEL_OFF_LEAD_S = 60.0
 MAX_DOWNSTREAM = 8
-LINE_WINDOW_S = 150.0          # the straight lines flown before and after a change: this long, clear of the turn
+LINE_WINDOW_S = 150.0
+ARRIVAL_OFF_NM = 1.0          # the straight lines flown before and after a change: this long, clear of the turn
 ROUTE_TURN_RADIUS_NM = 12.0    # a change this close to a waypoint may be the plan's own turn there
 ROUTE_FEATURES = (
     "wp_dist_nm",              # nearest plan waypoint to the change
@@ -67,6 +68,7 @@ ROUTE_FEATURES = (
                                # through k+1 (the plan's own turn: ~0)
     "xte_before_nm", "xte_after_nm",   # distance to the plan's route (polyline) at the ends of the two lines
     "trk_vs_leg_after_deg",    # the track after against the direction of the plan leg nearest to its end
+    "aim_closest_nm", "aim_held_frac", "aim_follow_err_deg",    # arrival at the aimed waypoint (_arrival)
     "alt_after_vs_plan",
 )
 FEATURES = (
@@ -404,6 +406,7 @@ def _route_geometry(p: _Piece, plan, i: int, k: str, step: float, spacing: float
                 out["post_beyond_miss_nm"] = float(np.min(np.abs(miss_post[beyond])))
             if pre_aim >= 0:
                 out["aim_changed"] = float(b != pre_aim)
+            out.update(_arrival(p, b0, bm, trk_post, wlat, wlon, b, float(along_post[b])))
         # the plan's leg nearest to the end of the line after
         if m >= 2:
             px, py = pts[b1]
@@ -422,6 +425,25 @@ def _route_geometry(p: _Piece, plan, i: int, k: str, step: float, spacing: float
             best = min(best, max(parts))
         out["route_turn_miss_nm"] = float(best) if np.isfinite(best) else np.nan
     return out, waypoint
+
+
+def _arrival(p: _Piece, b0: int, bm: int, trk_post: float, wlat, wlon, b: int, along: float) -> dict:
+    """What the track does after a change towards the waypoint ``b`` its line points at: how closely it passes it,
+    which share of the way it stays on the line (within ``ARRIVAL_OFF_NM``), and whether it then follows the
+    plan's next leg (a direct-to flies the plan on; a heading that happens to point there flies on straight)."""
+    lat, lon = p.lat[b0:], p.lon[b0:]
+    d = haversine_nm(lat, lon, wlat[b], wlon[b])
+    c = int(np.argmin(d))
+    _, dev = _line_miss(lat[:c + 1], lon[:c + 1], p.lat[bm], p.lon[bm], trk_post)
+    off = np.flatnonzero(np.abs(dev) > ARRIVAL_OFF_NM)
+    stop = int(off[0]) if len(off) else c
+    flown = float(haversine_nm(lat[0], lon[0], lat[stop], lon[stop]))
+    out = {"aim_closest_nm": float(d[c]), "aim_held_frac": float(min(1.0, flown / max(along, 1e-3)))}
+    k0, k1 = b0 + c + int(round(30.0 / p.dt)), b0 + c + int(round(120.0 / p.dt))
+    if d[c] < 3.0 and b + 1 < len(wlat) and k1 < len(p.trk):
+        leg = float(bearing_deg(wlat[b], wlon[b], wlat[b + 1], wlon[b + 1]))
+        out["aim_follow_err_deg"] = float(abs(wrap180(float(np.mean(p.trk[k0:k1 + 1])) - leg)))
+    return out
 
 
 def _next_wp(wlat, wlon, lat, lon, trk) -> int:
