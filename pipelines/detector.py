@@ -219,8 +219,9 @@ def _piece_candidates(p: _Piece, plan) -> list[Candidate]:
     for k in SIGNALS:
         nms = int(round(NMS_S[k] / dt))
         # a turn one way and a turn back (a vector, then back onto the route a minute later) are two changes, and so
-        # are the start of a climb and its level-off a minute later: peaks of either sign do not suppress each other
-        for sign in ((1, -1) if k in ("track", "altitude") else (0,)):
+        # are the start of a climb and its level-off a minute later, or a speed step and the step back: peaks of
+        # either sign do not suppress each other
+        for sign in (1, -1):
             cand = sorted(set().union(*(_peaks(sc[(k, j)], THRESHOLDS[k], nms, max(2, int(round(SCALES_S[k][j] / dt))),
                                                sign) for j in (0, 1))))
             strength = {i: max(_signed(sc[(k, 0)][i], sign), _signed(sc[(k, 1)][i], sign)) for i in cand}
