@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from atc_il.geometry import wrap180
+from atc_il.geometry import haversine_nm, wrap180
 from atc_il.progress import track as progress_track
 from atc_il.schemas import ACTION_SCHEMA, ACTION_UNITS, action_id, conform, empty
 from atc_il.units import tas_to_cas_kt
@@ -63,7 +63,7 @@ LEVEL_OFF_LEAD_S = 60.0
 FEATURES = (
     "alt_dslope_s", "alt_dslope_l", "vs_before_s", "vs_after_s", "vs_before_l", "vs_after_l",
     "gs_step_s", "gs_step_l", "gs", "trk_step_s", "trk_step_l", "trk_change",
-    "alt_noise", "gs_noise", "trk_noise", "plot_spacing_s", "t_from_start_s", "t_to_end_s",
+    "alt_noise", "gs_noise", "trk_noise", "plot_spacing_s", "kin_corr", "t_from_start_s", "t_to_end_s",
     *ROUTE_FEATURES,
     "alt_after_vs_1000", "alt",
     "z_step_s", "z_step_l",
@@ -132,6 +132,21 @@ def plot_spacing_s(lat: np.ndarray, lon: np.ndarray, dt: float) -> float:
 
 
 # ---------------------------------------------------------------- per piece
+def speed_position_correlation(lat: np.ndarray, lon: np.ndarray, gs: np.ndarray, dt: float, spacing: float) -> float:
+    """Correlation between the fast fluctuations of the ground speed and of the speed between successive positions:
+    ~1 when the feed's ground speed was itself derived from the positions, ~0 when a tracker measured it (its
+    noise is its own). Tells the model which of the two kinds of speed (and track) noise it is looking at."""
+    if len(gs) < 12:
+        return np.nan
+    v = haversine_nm(lat[:-1], lon[:-1], lat[1:], lon[1:]) / dt * 3600.0
+    g = 0.5 * (gs[:-1] + gs[1:])
+    k = max(3, int(round(4 * spacing / dt)) | 1)
+    from scipy.ndimage import median_filter
+    a, b = v - median_filter(v, size=k, mode="nearest"), g - median_filter(g, size=k, mode="nearest")
+    sa, sb = float(np.std(a)), float(np.std(b))
+    return float(np.mean((a - a.mean()) * (b - b.mean())) / (sa * sb)) if sa > 0 and sb > 0 else np.nan
+
+
 @dataclass
 class _Piece:
     t_ns: np.ndarray
@@ -141,6 +156,7 @@ class _Piece:
     gs: np.ndarray
     trk: np.ndarray     # unwrapped
     dt: float
+    kin_corr: float = np.nan
 
 
 def _scores(x: np.ndarray, w: _Windows, signal: str, scale_s: float, dt: float) -> np.ndarray:
@@ -201,6 +217,7 @@ def _piece_candidates(p: _Piece, plan) -> list[Candidate]:
     win["gs"] = _Windows(p.gs, dt)
     sc = {(k, j): _scores(sig[k], win[k], k, SCALES_S[k][j], dt) for k in SIGNALS for j in (0, 1)}
     spacing = plot_spacing_s(p.lat, p.lon, dt)
+    p.kin_corr = speed_position_correlation(p.lat, p.lon, p.gs, dt, spacing)
     lag = max(1, int(round(spacing / dt)))      # second differences between plots (the grid interpolates them)
     noise = {k: _rsd(v[2 * lag:] - 2 * v[lag:-lag] + v[:-2 * lag]) if len(v) > 2 * lag else np.nan
              for k, v in sig.items()}
@@ -299,7 +316,7 @@ def _candidate(p: _Piece, plan, k: str, i: int, sc, win, noise, spacing, bounds:
     f = np.array([
         at("altitude", 0) * 60, at("altitude", 1) * 60, vs_b_s, vs_a_s, vs_b_l, vs_a_l,
         at("speed", 0), at("speed", 1), float(p.gs[i]), at("track", 0), at("track", 1), trk_change,
-        noise["altitude"], noise["speed"], noise["track"], spacing, i * dt, (n - 1 - i) * dt,
+        noise["altitude"], noise["speed"], noise["track"], spacing, p.kin_corr, i * dt, (n - 1 - i) * dt,
         *(geo[f] for f in ROUTE_FEATURES[:-1]),
         alt_after - plan_level if np.isfinite(plan_level) else np.nan,
         abs(alt_after - round(alt_after / 1000.0) * 1000.0), float(p.alt[i]),
