@@ -27,7 +27,8 @@ T_MAN = 900.0                  # the clearance
 def fly(fid, *, hdg=None, spd=None, alt=None, wps=None, direct_at=None, direct_to=None, alt0=33000.0, vs0=0.0,
         target0=None, gs0=450.0):
     """A 1 s track: a straight flight (or route ``wps`` [(x, y) NM], flown direct to the active waypoint), with at
-    T_MAN a heading change ``hdg`` (deg), a speed step ``spd`` (kt) or a new level ``alt`` (ft); ``vs0``/``target0``:
+    T_MAN a heading change ``hdg`` (deg), a speed step ``spd`` (kt) or a new level ``alt`` (ft), climbing and
+    descending at constant calibrated airspeed (:func:`constant_cas`); ``vs0``/``target0``:
     climbing from the start towards ``target0``; ``direct_to``: index of the waypoint to fly direct to at ``direct_at``."""
     t = np.arange(N, dtype=float)
     trk, gs, a = np.empty(N), np.empty(N), np.empty(N)
@@ -60,9 +61,27 @@ def fly(fid, *, hdg=None, spd=None, alt=None, wps=None, direct_at=None, direct_t
         x, y = x + vx / 3600, y + vy / 3600
         xs[i], ys[i] = x, y
     lat, lon = from_local_nm(xs, ys, LAT0, LON0)
-    return pd.DataFrame({"time": T0 + pd.to_timedelta(t, unit="s"), "flight_id": fid, "callsign": fid,
-                         "lat_deg": lat, "lon_deg": lon, "alt_ft": a, "gs_kt": gs, "trk_deg": trk,
-                         "vs_fpm": np.gradient(a) * 60, "source": "test"})
+    return constant_cas(pd.DataFrame({"time": T0 + pd.to_timedelta(t, unit="s"), "flight_id": fid, "callsign": fid,
+                                      "lat_deg": lat, "lon_deg": lon, "alt_ft": a, "gs_kt": gs, "trk_deg": trk,
+                                      "vs_fpm": np.gradient(a) * 60, "source": "test"}), alt0)
+
+
+def constant_cas(tr: pd.DataFrame, ref_alt_ft: float) -> pd.DataFrame:
+    """The track flown as aircraft do (no wind): the calibrated airspeed its ground speed would be at
+    ``ref_alt_ft`` held through climbs and descents (the true airspeed changes with the altitude), positions
+    integrated again from the first one. Level flight at ``ref_alt_ft`` is unchanged."""
+    from atc_il.units import tas_to_cas_kt
+    alt = tr["alt_ft"].to_numpy(float)
+    if np.all(alt == ref_alt_ft):
+        return tr
+    cas = tas_to_cas_kt(tr["gs_kt"].to_numpy(float), ref_alt_ft)
+    grid = np.linspace(100.0, 700.0, 6001)
+    gs = np.array([np.interp(c, tas_to_cas_kt(grid, a), grid) for c, a in zip(cas, alt)])
+    vx, vy = velocity_kt(gs, tr["trk_deg"].to_numpy(float))
+    x0, y0 = to_local_nm(tr["lat_deg"].iloc[0], tr["lon_deg"].iloc[0], LAT0, LON0)
+    dt = np.r_[0.0, np.diff((tr["time"] - tr["time"].iloc[0]).dt.total_seconds().to_numpy())]
+    lat, lon = from_local_nm(x0 + np.cumsum(vx * dt) / 3600, y0 + np.cumsum(vy * dt) / 3600, LAT0, LON0)
+    return tr.assign(gs_kt=gs, lat_deg=lat, lon_deg=lon)
 
 
 ROUTE = [(30.0, 0.0), (60.0, 4.0), (90.0, -3.0), (120.0, 5.0), (150.0, -2.0), (180.0, 3.0), (210.0, -6.0),
@@ -93,7 +112,7 @@ def levelled_off() -> tuple[pd.DataFrame, float]:
     t = np.arange(600, N, dtype=float)
     tr["alt_ft"] = np.minimum(30000.0 + VS_FPM / 60 * (t - 600), 34000.0)
     tr["vs_fpm"] = np.where(tr["alt_ft"] < 34000.0, VS_FPM, 0.0)
-    return tr, 700.0
+    return constant_cas(tr, 33000.0), 700.0
 
 
 def resampled(tracks: pd.DataFrame, interval: float, kinematics: str, seed: int = 0) -> pd.DataFrame:
@@ -129,7 +148,7 @@ def test_degrade_tracks_interval_quantisation_and_kinematics():
     x, y = to_local_nm(plots["lat_deg"].to_numpy(), plots["lon_deg"].to_numpy(), LAT0, LON0)
     assert 0.02 < np.std(y[:20] - np.mean(y[:20])) < 0.1       # 0.05 NM of noise across a straight eastbound track
     given = degrade_tracks(tr, Surveillance(interval_s=4.0, pos_noise_nm=0.0, kinematics="given"), np.random.default_rng(3))
-    assert given["gs_kt"].between(440, 460).all() and given["trk_deg"].notna().all()
+    assert given["gs_kt"].between(440, 470).all() and given["trk_deg"].notna().all()     # 450 kt, +8 kt at FL340
     again = degrade_tracks(tr, Surveillance(interval_s=30.0, kinematics="derived"), np.random.default_rng(3))
     pd.testing.assert_frame_equal(plots, again)
     with pytest.raises(ConfigError):
@@ -159,10 +178,13 @@ def test_detector_finds_each_manoeuvre(interval, kinematics):
         assert others.empty, others.to_dict("records")          # nothing else on that flight
     assert not (det["flight_id"] == "STRAIGHT").any()
     assert not ((det["flight_id"] == "DCT") & (det["action_type"] == "heading")).any()   # route turns are the plan
-    # the direct-to (a 7 degree turn 2 min after a route turn) is a candidate pointing at a downstream waypoint, but
-    # the shipped model gives it a low confidence (direct-to recall about 0.5 in bench/extraction.py)
-    cand = candidate_table(flight_candidates(grid[grid["flight_id"] == "DCT"], fp))
+    # the direct-to (a 7 degree turn 2 min after a route turn, to the 3rd waypoint ahead): found, with its waypoint,
+    # and the plan's own turns on that flight are not
+    dct = det[det["flight_id"] == "DCT"]
     t_dct = T0 + pd.Timedelta(seconds=T_DCT)
+    assert dct["action_type"].tolist() == ["direct_to"] and dct["waypoint"].tolist() == ["DCTW6"], dct.to_dict("records")
+    assert abs((dct["time"].iloc[0] - t_dct).total_seconds()) <= tol
+    cand = candidate_table(flight_candidates(grid[grid["flight_id"] == "DCT"], fp))
     near = cand[(cand["signal"] == "track") & ((cand["time"] - t_dct).dt.total_seconds().abs() <= tol)]
     assert len(near) and set(near["waypoint"]) <= {f"DCTW{i}" for i in range(4, 9)}
 
