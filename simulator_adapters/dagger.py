@@ -59,7 +59,7 @@ class DaggerController(Controller):
     name = "dagger"
 
     def __init__(self, uri: str, beta: float = 0.0, act: str = "sample", expert: SyntheticAtco | None = None,
-                 style: str = "session", action: str = "mode"):
+                 style: str = "session", action: str = "sample"):
         from simulator_adapters.model_controller import ModelController
         if not 0.0 <= float(beta) <= 1.0:
             raise ConfigError(f"dagger: beta (the expert's share of control) must lie in [0, 1], got {beta}")

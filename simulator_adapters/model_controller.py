@@ -7,19 +7,28 @@ policy for a decision and issues the clearances it decides (at most one per airc
 
 Acting is a per-step decision with a small probability (a hazard: the controller acts once over many
 steps), so the most likely decision at every step is "not now" and a controller that thresholds
-P(act) at 1/2 never acts. By default (``act="sample"``) the controller therefore rolls the learned policy
-out as it was trained: at each step it acts on a conflict with probability P(act now | history), drawn
-from a generator seeded by the session seed, and then issues the most likely clearance given that it
-acts. Besides the conflicts, the policy is asked at the resume steps of its own clearances (``pipelines.resume``: the
+P(act) at 1/2 never acts. By default the controller therefore rolls the learned policy out as it was
+trained: at each step it acts on a conflict with probability P(act now | history) (``act="sample"``), and
+then draws the clearance given that it acts from the policy (``action="sample"``: aircraft, type and value),
+both from a generator seeded by the session seed. ``action="mode"`` issues the most likely clearance given
+acting instead: every decision then takes the type the policy finds most likely, and a controller that mixes
+kinds of clearance (as the synthetic expert does within its style) is reduced to its favourite kind
+(bench/RESULTS.md, "The session style code in the closed loop"). ``act="argmax"`` keeps the threshold (the
+single most likely decision).
+
+Besides the conflicts, the policy is asked at the resume steps of its own clearances (``pipelines.resume``: the
 pair it cleared diverges, no other clearance since, within ``dataset.resume_window_s``), as the data set samples
-them, so that it can send aircraft back on their routes. ``act="argmax"`` keeps the threshold (the single most likely decision).
+them, so that it can send aircraft back on their routes.
+
 A policy with a session style code (``style.enabled``, models/style.py) plays one controller: its code is drawn
 once per session from the code's prior and held (``style="session"``, the default; recorded as the rollout's
 ``style``), as the expert keeps its style for a session; ``style="marginal"`` decides every step under the
 code's posterior given the session's clearances instead, whose most probable code given acting is the prior's
-mode in every session at first, so every session drifts to the same style. The observation's flight plans go to the feature builder as flight-plan contract rows (read by
-goal-conditioned models, ``dataset.goal``). ``direct_to`` decisions, which need a waypoint the model does not choose, are not issued and
-are counted in ``skipped``.
+mode in every session at first, so every session drifts to the same style.
+
+The observation's flight plans go to the feature builder as flight-plan contract rows (read by goal-conditioned
+models, ``dataset.goal``). ``direct_to`` decisions, which need a waypoint the model does not choose, are not
+issued and are counted in ``skipped``.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ from simulator_adapters.controllers import Clearance, Controller, Decision, Obse
 class ModelController(Controller):
     name = "model"
 
-    def __init__(self, uri: str, act: str = "sample", style: str = "session", action: str = "mode"):
+    def __init__(self, uri: str, act: str = "sample", style: str = "session", action: str = "sample"):
         if act not in ("sample", "argmax"):
             raise ValueError(f"act must be 'sample' or 'argmax', got {act!r}")
         if action not in ("mode", "sample"):

@@ -31,12 +31,12 @@ def policy_dir(tmp_path_factory):
     return root, tracks
 
 
-def _run(policy_dir, act: str, seed: int, which: str = "neutral"):
+def _run(policy_dir, act: str, seed: int, which: str = "neutral", action: str = "mode"):
     from pipelines.conflicts import detect_snapshot
     from simulator_adapters.controllers import Observation
     from simulator_adapters.model_controller import ModelController
     root, tracks = policy_dir
-    ctl = ModelController(str(root / which), act=act)
+    ctl = ModelController(str(root / which), act=act, action=action)
     decisions, issued = [], []
     real = ctl.predictor.predict_samples
 
@@ -78,6 +78,19 @@ def test_unknown_act_mode_is_refused(policy_dir):
     from simulator_adapters.model_controller import ModelController
     with pytest.raises(ValueError, match="act must be"):
         ModelController(str(policy_dir[0] / "neutral"), act="sometimes")
+    with pytest.raises(ValueError, match="action must be"):
+        ModelController(str(policy_dir[0] / "neutral"), action="sometimes")
+
+
+def test_drawn_actions_follow_the_policy_and_the_session_seed(policy_dir):
+    """action="sample" draws the clearance given acting from the policy (seeded by the session), where "mode"
+    issues the most likely one: same seed, same clearances; and the draws are not all the mode."""
+    _, drawn, _ = _run(policy_dir, "sample", 0, "eager", action="sample")
+    _, again, _ = _run(policy_dir, "sample", 0, "eager", action="sample")
+    _, mode, _ = _run(policy_dir, "sample", 0, "eager", action="mode")
+    assert drawn == again and sum(len(x) > 0 for x in drawn) >= 10
+    kinds = lambda issued: [c[1:] for step in issued for c in step]
+    assert kinds(drawn) != kinds(mode)
 
 
 def test_a_style_policy_plays_one_style_per_session(tmp_path):
