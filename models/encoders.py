@@ -144,12 +144,28 @@ class MLPEncoder(_Base):
             + self.M * self.width("clearances")
         self.net = mlp(d_in, cfg.hidden, cfg.hidden, cfg.layers + 1, cfg.dropout)
         self.out_dim = cfg.hidden
+        self.contrast = None
+        if cfg.aircraft_contrast:
+            names = FeatureSpec.of(spec, error=ModelError).feature_names("geometry")
+            own = [[names.index(f"{n}_ac{k}{u}") for n, u in (("since_clr", "_s"), ("cleared_in_conflict", ""))
+                    if f"{n}_ac{k}{u}" in names] for k in (1, 2)]
+            self.register_buffer("own_idx", torch.tensor(own, dtype=torch.long), persistent=False)   # (2, n)
+            self.own_embed = numeric_embedding(len(own[0]), cfg)     # one embedding for both aircraft's features
+            self.contrast = mlp(self.width("pair") + int(self.own_embed.out_features), cfg.hidden, cfg.hidden // 2,
+                                2, cfg.dropout)
+            self.out_dim = cfg.hidden + 2 * (cfg.hidden // 2)
 
     def forward(self, obs: Observations) -> tuple[torch.Tensor, None]:
         b, e = obs.pair.shape[0], self.embed
-        x = torch.cat([e["pair"](obs.pair[:, -1]).reshape(b, -1), e["neighbours"](obs.neighbours[:, -1]).reshape(b, -1),
-                       e["geometry"](obs.geometry[:, -1]), e["clearances"](obs.clearances).reshape(b, -1)], dim=-1)
-        return torch.nn.functional.gelu(self.net(x)), None
+        pair, geom = e["pair"](obs.pair[:, -1]), e["geometry"](obs.geometry[:, -1])
+        x = torch.cat([pair.reshape(b, -1), e["neighbours"](obs.neighbours[:, -1]).reshape(b, -1),
+                       geom, e["clearances"](obs.clearances).reshape(b, -1)], dim=-1)
+        h = torch.nn.functional.gelu(self.net(x))
+        if self.contrast is None:
+            return h, None
+        g = obs.geometry[:, -1]
+        per = [self.contrast(torch.cat([pair[:, k], self.own_embed(g[:, self.own_idx[k]])], dim=-1)) for k in (0, 1)]
+        return torch.cat([h, per[0] - per[1], per[0] + per[1]], dim=-1), None
 
 
 class StepTokens(nn.Module):

@@ -42,3 +42,26 @@ def test_markov_encoder_ignores_history_clearances_and_history_features():
         state = {k: v.clone() for k, v in feats.items()}
         state["pair"][:, -1, :, 0] += 3.0
         assert not torch.allclose(a, pol.encode(Observations.from_dict(state)).tensor)
+
+
+def test_aircraft_contrast_is_antisymmetric_in_the_two_aircraft():
+    """encoder.aircraft_contrast: one shared network per aircraft (its state and its own clearance history);
+    swapping the two aircraft flips the sign of the difference part and leaves the sum part."""
+    from atc_il.feature_spec import FeatureSpec
+    from models.config import EncoderConfig
+    from models.encoders import MLPEncoder
+    base = untrained_policy(CFG, {k: v.numpy() for k, v in _feats().items()}, 5.0)
+    enc = MLPEncoder(base.spec, EncoderConfig(name="mlp", hidden=16, layers=1, aircraft_contrast=True)).eval()
+    f = _feats()
+    names = FeatureSpec.of(base.spec).feature_names("geometry")
+    swapped = {k: v.clone() for k, v in f.items()}
+    swapped["pair"] = f["pair"][:, :, [1, 0]]
+    for a, b in (("since_clr_ac1_s", "since_clr_ac2_s"), ("cleared_in_conflict_ac1", "cleared_in_conflict_ac2")):
+        i, j = names.index(a), names.index(b)
+        swapped["geometry"][..., i], swapped["geometry"][..., j] = f["geometry"][..., j], f["geometry"][..., i]
+    with torch.no_grad():
+        h, _ = enc(Observations.from_dict(f))
+        h2, _ = enc(Observations.from_dict(swapped))
+    assert h.shape == (6, enc.out_dim) == (6, 32)
+    assert torch.allclose(h[:, 16:24], -h2[:, 16:24], atol=1e-5) and torch.allclose(h[:, 24:], h2[:, 24:], atol=1e-5)
+    assert h[:, 16:24].abs().sum() > 0
