@@ -404,7 +404,7 @@ def actions_from_candidates(cand: pd.DataFrame, model, threshold: float | None =
         result.attrs["rejected"] = {}
         return result
     kind, conf = model.classify(cand)
-    thr = cand["signal"].map(model.thresholds).fillna(0.5).to_numpy(float) if threshold is None \
+    thr = np.nan_to_num(model.thresholds_for(cand), nan=0.5) if threshold is None \
         else np.full(len(cand), float(threshold))
     keep = (kind != "none") & (conf >= thr)
     result.attrs["rejected"] = {f"{s}_below_threshold": int(v)
