@@ -7,10 +7,13 @@ within ``tol_s`` of its onset (heading for a track candidate, direct-to and resu
 and calibrated on the other: the probability that the candidate is a manoeuvre at all (1 - P(none)) is mapped
 through isotonic regression fitted on the held-out half. Optional ``ignore`` intervals (flight_id, start, end)
 hold candidates that are neither positives nor negatives (for instance a climb cleared before the track began).
+When the candidates have flight plans a second classifier per signal is fitted the same way for flights without
+one (:func:`noplan_training_set`: the plan's features withheld, a direct-to as a heading, the plan's own turns at
+its waypoints kept as negatives), and :meth:`DetectorModel.classify` scores each candidate without a plan with it.
 
 File format (``.npz``, read with ``allow_pickle=False``: arrays and a JSON header only, never code): per signal
 the trees' node arrays (value, feature, threshold, missing-goes-left, left, right, is-leaf) concatenated with
-per-tree offsets, the baseline, and the isotonic table; prediction walks the trees in numpy (identical to
+per-tree offsets, the baseline, and the isotonic table (the plan-less classifiers under ``noplan-<signal>``); prediction walks the trees in numpy (identical to
 scikit-learn's ``predict_proba``, checked by the tests).
 """
 
