@@ -26,6 +26,9 @@
    altitude detections there that match no clearance are neither right nor wrong.
    Calibration of the learned confidence: every candidate scored (threshold 0), 10 bins, expected calibration
    error against "matches a true clearance of its type".
+6. No plans: the same test workspaces once more with ``atc-il actions`` given no ``--flight-plans`` (as on most
+   real data), both detectors; a direct-to is then a heading change (nothing names its waypoint), so true
+   direct-to and resume clearances count as headings and the rows show altitude, speed and heading only.
 """
 
 from __future__ import annotations
@@ -133,18 +136,28 @@ def workspace(work: Path, data: Path, name: str, surv: Surveillance, seed: int) 
     return ws
 
 
-def actions(ws: Path, data: Path, detector: str, model: Path | None) -> pd.DataFrame:
-    args = [CLI, "actions", "-w", ws, "--flight-plans", data / "flight_plans.parquet", "--detector", detector]
+def actions(ws: Path, data: Path, detector: str, model: Path | None, plans: bool = True) -> pd.DataFrame:
+    args = [CLI, "actions", "-w", ws, "--detector", detector]
+    if plans:
+        args += ["--flight-plans", data / "flight_plans.parquet"]
     if detector == "learned" and model is not None:
         args += ["--detector-model", model]
     sh(*args, log=ws / "commands.log")
     return read_table(ws / "actions", ACTION_SCHEMA)
 
 
-def match(det: pd.DataFrame, truth: pd.DataFrame, tol_s: float, ignore: pd.DataFrame) -> dict:
-    """Per type: n_true, n_det, tp, onset errors (s); detections in don't-care intervals without a match dropped."""
+def fold_direct_to(types: pd.Series) -> pd.Series:
+    """Without flight plans a direct-to is a heading change: its type folded into heading."""
+    return types.replace({"direct_to": "heading"})
+
+
+def match(det: pd.DataFrame, truth: pd.DataFrame, tol_s: float, ignore: pd.DataFrame, plans: bool = True) -> dict:
+    """Per type: n_true, n_det, tp, onset errors (s); detections in don't-care intervals without a match dropped.
+    ``plans`` False: direct-to folded into heading on both sides."""
     det = det.assign(type=det["action_type"].map(TYPE_OF_LOG))
     truth = truth.assign(type=truth_types(truth))
+    if not plans:
+        det, truth = det.assign(type=fold_direct_to(det["type"])), truth.assign(type=fold_direct_to(truth["type"]))
     dont_care = truth[truth["type"] == "ignore"]
     out = {}
     for k in TYPES:
@@ -172,16 +185,20 @@ def match(det: pd.DataFrame, truth: pd.DataFrame, tol_s: float, ignore: pd.DataF
     return out
 
 
-def calibration(ws: Path, data: Path, model_path: Path | None, truth: pd.DataFrame, tol_s: float, who: dict) -> dict:
+def calibration(ws: Path, data: Path, model_path: Path | None, truth: pd.DataFrame, tol_s: float, who: dict,
+                plans: bool = True) -> dict:
     from pipelines.actions import read_flight_plans
     from pipelines.detector import detect_actions
     from pipelines.detector_model import DetectorModel, load_default
     model = DetectorModel.load(model_path) if model_path is not None else load_default()
     tracks = read_table(ws / "tracks", TRACK_SCHEMA)
     tracks = tracks[tracks["flight_id"].map(who) != "mvp"]
-    det = detect_actions(tracks, read_flight_plans(data / "flight_plans.parquet"), model, threshold=0.0)
+    det = detect_actions(tracks, read_flight_plans(data / "flight_plans.parquet") if plans else None, model,
+                         threshold=0.0)
     det = det.assign(type=det["action_type"].map(TYPE_OF_LOG)).reset_index(drop=True)
     truth = truth.assign(type=truth_types(truth))
+    if not plans:
+        det, truth = det.assign(type=fold_direct_to(det["type"])), truth.assign(type=fold_direct_to(truth["type"]))
     m = det.reset_index().merge(truth, on=["flight_id", "type"], suffixes=("", "_t"))
     hit = set(m.loc[(m["time"] - m["time_t"]).abs().dt.total_seconds() <= tol_s, "index"])
     y = det.index.isin(hit).astype(float)
@@ -224,17 +241,19 @@ def main(argv=None) -> int:
     for s in survs:
         ws = workspace(work, test_data, "test", s, 2)
         tol = 60.0 + 2 * s.interval_s
-        for det_name in ("rules", "learned"):
-            det = actions(ws, test_data, det_name, model)
-            for ctrl in ("all", "varied", "atco", "mvp"):
-                ctrls = ("varied", "atco") if ctrl == "all" else (ctrl,)
-                keep_d = det["flight_id"].map(who).isin(ctrls)
-                keep_t = truth["flight_id"].map(who).isin(ctrls)
-                r = match(det[keep_d], truth[keep_t], tol, ignore)
-                results.append({"interval": s.interval_s, "kin": s.kinematics, "detector": det_name, "ctrl": ctrl, **{
-                    k: v for k, v in r.items()}})
-        calib[s.label] = calibration(ws, test_data, model, truth[truth["flight_id"].map(who) != "mvp"], tol, who)
-        print(s.label, calib[s.label], flush=True)
+        for plans in (True, False):
+            for det_name in ("rules", "learned"):
+                det = actions(ws, test_data, det_name, model, plans)
+                for ctrl in ("all", "varied", "atco", "mvp"):
+                    ctrls = ("varied", "atco") if ctrl == "all" else (ctrl,)
+                    keep_d = det["flight_id"].map(who).isin(ctrls)
+                    keep_t = truth["flight_id"].map(who).isin(ctrls)
+                    r = match(det[keep_d], truth[keep_t], tol, ignore, plans)
+                    results.append({"interval": s.interval_s, "kin": s.kinematics, "detector": det_name,
+                                    "ctrl": ctrl, "plans": plans, **{k: v for k, v in r.items()}})
+            lab = s.label + ("" if plans else " no plans")
+            calib[lab] = calibration(ws, test_data, model, truth[truth["flight_id"].map(who) != "mvp"], tol, who, plans)
+            print(lab, calib[lab], flush=True)
 
     def cell(r, k):
         x = r[k]
@@ -247,7 +266,8 @@ def main(argv=None) -> int:
         return "-" if v != v else f"{v:.{d}f}"
     lines = ["| interval | speed | type | true | rules P | rules R | rules onset s | learned P | learned R | learned onset s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    by = {(r["interval"], r["kin"], r["detector"], r["ctrl"]): r for r in results}
+    by = {(r["interval"], r["kin"], r["detector"], r["ctrl"]): r for r in results if r["plans"]}
+    by_np = {(r["interval"], r["kin"], r["detector"], r["ctrl"]): r for r in results if not r["plans"]}
     for s in survs:
         for k in TYPES:
             a, b = by[(s.interval_s, s.kinematics, "rules", "all")], by[(s.interval_s, s.kinematics, "learned", "all")]
@@ -256,6 +276,17 @@ def main(argv=None) -> int:
             lines.append(f"| {s.interval_s:g} s | {s.kinematics} | {k} | {a[k]['n_true']} | {f(pa)} | {f(ra)} | {f(ea, 0)} "
                          f"| {f(pb)} | {f(rb)} | {f(eb, 0)} |")
     table = "\n".join(lines)
+    lines_np = ["| interval | speed | type | true | rules P | rules R | rules onset s | learned P | learned R | learned onset s |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
+    for s in survs:
+        for k in ("altitude", "speed", "heading"):
+            a, b = by_np[(s.interval_s, s.kinematics, "rules", "all")], by_np[(s.interval_s, s.kinematics, "learned", "all")]
+            pa, ra, ea = cell(a, k)
+            pb, rb, eb = cell(b, k)
+            name = "heading (+ direct_to)" if k == "heading" else k
+            lines_np.append(f"| {s.interval_s:g} s | {s.kinematics} | {name} | {a[k]['n_true']} | {f(pa)} | {f(ra)} "
+                            f"| {f(ea, 0)} | {f(pb)} | {f(rb)} | {f(eb, 0)} |")
+    table_np = "\n".join(lines_np)
     lines2 = ["| interval | speed | controller | " + " | ".join(f"{k} P / R" for k in TYPES) + " |",
               "|---|---|---|" + "---|" * len(TYPES)]
     for s in survs:
@@ -279,7 +310,9 @@ def main(argv=None) -> int:
             "P = precision, R = recall, onset = median |detected - true| (s) over matches; match window 60 s + 2 x "
             "interval; main table: varied + atco flights. 'derived': the plots carry no ground speed, track or vertical "
             f"rate. Wall time {time.perf_counter() - t_start:.0f} s.")
-    body = (table + "\n\nLearned detector per controller at the longest interval:\n\n" + table2
+    body = (table + "\n\nThe same test flights without flight plans (`atc-il actions` given no `--flight-plans`; "
+            "direct-to and resume clearances count as headings):\n\n" + table_np
+            + "\n\nLearned detector per controller at the longest interval (with plans):\n\n" + table2
             + "\n\nCalibration of the learned confidence (all candidates, 10 bins):\n\n" + table3 + "\n\n" + note)
     print("\n" + body)
     if not args.no_append:

@@ -29,7 +29,8 @@
    regression on held-out flights; a candidate whose calibrated ``confidence`` is at least the threshold
    becomes an action of the most probable type. The threshold is the model's own per signal (the one that
    maximised F1 on the held-out flights) unless one is given. Direct-to names the downstream waypoint the new track
-   points at best.
+   points at best. A candidate of a flight without a flight plan is scored by the model's plan-less
+   classifier of its signal (trained with the plan withheld, the plan's own turns as negatives; no direct-to).
 
 Onset: an altitude candidate is placed at the slope change, a level-off (climb or descent ending) at the
 slope change minus ``LEVEL_OFF_LEAD_S`` (a clearance to stop a climb is given before the level is reached);
@@ -404,7 +405,7 @@ def actions_from_candidates(cand: pd.DataFrame, model, threshold: float | None =
         result.attrs["rejected"] = {}
         return result
     kind, conf = model.classify(cand)
-    thr = cand["signal"].map(model.thresholds).fillna(0.5).to_numpy(float) if threshold is None \
+    thr = np.nan_to_num(model.thresholds_for(cand), nan=0.5) if threshold is None \
         else np.full(len(cand), float(threshold))
     keep = (kind != "none") & (conf >= thr)
     result.attrs["rejected"] = {f"{s}_below_threshold": int(v)

@@ -7,10 +7,13 @@ within ``tol_s`` of its onset (heading for a track candidate, direct-to and resu
 and calibrated on the other: the probability that the candidate is a manoeuvre at all (1 - P(none)) is mapped
 through isotonic regression fitted on the held-out half. Optional ``ignore`` intervals (flight_id, start, end)
 hold candidates that are neither positives nor negatives (for instance a climb cleared before the track began).
+When the candidates have flight plans a second classifier per signal is fitted the same way for flights without
+one (:func:`noplan_training_set`: the plan's features withheld, a direct-to as a heading, the plan's own turns at
+its waypoints kept as negatives), and :meth:`DetectorModel.classify` scores each candidate without a plan with it.
 
 File format (``.npz``, read with ``allow_pickle=False``: arrays and a JSON header only, never code): per signal
 the trees' node arrays (value, feature, threshold, missing-goes-left, left, right, is-leaf) concatenated with
-per-tree offsets, the baseline, and the isotonic table; prediction walks the trees in numpy (identical to
+per-tree offsets, the baseline, and the isotonic table (the plan-less classifiers under ``noplan-<signal>``); prediction walks the trees in numpy (identical to
 scikit-learn's ``predict_proba``, checked by the tests).
 """
 
@@ -98,17 +101,38 @@ class SignalModel:
 class DetectorModel:
     signals: dict[str, SignalModel]
     meta: dict = field(default_factory=dict)
+    # per signal, the model of candidates without a flight plan (every route feature missing): trained on plan-less
+    # copies of the training candidates, the plan's own turns at its waypoints among its negatives; empty in a model
+    # from before it (the one model then serves both)
+    noplan: dict[str, SignalModel] = field(default_factory=dict)
 
     @property
     def thresholds(self) -> dict[str, float]:
+        """The model's own threshold per signal (candidates with a flight plan)."""
         return {s: m.threshold for s, m in self.signals.items()}
 
+    @property
+    def thresholds_noplan(self) -> dict[str, float]:
+        """The same for candidates without a flight plan."""
+        return {s: self.noplan.get(s, m).threshold for s, m in self.signals.items()}
+
+    def thresholds_for(self, cand: pd.DataFrame) -> np.ndarray:
+        """Each candidate's own threshold: its signal's, that of the plan-less model where it has no plan."""
+        sig = cand["signal"]
+        return np.where(no_plan(cand), sig.map(self.thresholds_noplan), sig.map(self.thresholds)).astype(float)
+
     def classify(self, cand: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """(type or "none", calibrated confidence that it is a manoeuvre) per candidate row."""
+        """(type or "none", calibrated confidence that it is a manoeuvre) per candidate row; a candidate without a
+        flight plan is scored by the plan-less model of its signal when the model has one."""
         kind = np.full(len(cand), "none", dtype=object)
         conf = np.zeros(len(cand))
-        for s, m in self.signals.items():
-            idx = np.flatnonzero(cand["signal"].to_numpy() == s)
+        nop = no_plan(cand) if len(cand) else np.zeros(0, bool)
+        parts = [(s, m, cand["signal"].to_numpy() == s) for s, m in self.signals.items()]
+        if self.noplan:
+            parts = [(s, self.noplan.get(s, m) if plan_less else m, sel & (nop if plan_less else ~nop))
+                     for s, m, sel in parts for plan_less in (False, True)]
+        for _, m, sel in parts:
+            idx = np.flatnonzero(sel)
             if not len(idx):
                 continue
             X = np.array(cand.iloc[idx][list(FEATURES)].to_numpy(float), dtype=float)     # a writable copy
@@ -124,8 +148,12 @@ class DetectorModel:
         path = Path(path)
         arrays: dict[str, np.ndarray] = {}
         header = {"format": FORMAT, "features": list(FEATURES), "meta": self.meta, "signals": {}}
-        for s, m in self.signals.items():
-            header["signals"][s] = {"classes": list(m.classes), "threshold": float(m.threshold)}
+        if self.noplan:
+            header["noplan"] = {}
+        for key, m, part in [(s, m, "signals") for s, m in self.signals.items()] + \
+                [(f"noplan-{s}", m, "noplan") for s, m in self.noplan.items()]:
+            s = key
+            header[part][key.removeprefix("noplan-")] = {"classes": list(m.classes), "threshold": float(m.threshold)}
             arrays[f"{s}/baseline"] = m.baseline.astype(float)
             arrays[f"{s}/offsets"] = m.offsets.astype(np.int64)
             arrays[f"{s}/iso_x"] = m.iso_x.astype(float)
@@ -152,14 +180,16 @@ class DetectorModel:
                 if header["features"] != list(FEATURES):
                     raise ConfigError(f"{path}: the model was trained on other features than this version computes; "
                                       "retrain it with `atc-il train-detector`")
-                signals = {}
-                for s, info in header["signals"].items():
-                    signals[s] = SignalModel(tuple(info["classes"]), z[f"{s}/baseline"], {k: z[f"{s}/{k}"] for k in NODE_FIELDS},
-                                             z[f"{s}/offsets"], z[f"{s}/iso_x"], z[f"{s}/iso_y"],
-                                             float(info.get("threshold", 0.5)))
+                parts: dict[str, dict[str, SignalModel]] = {"signals": {}, "noplan": {}}
+                for part, prefix in (("signals", ""), ("noplan", "noplan-")):
+                    for sig, info in header.get(part, {}).items():
+                        s = prefix + sig
+                        parts[part][sig] = SignalModel(
+                            tuple(info["classes"]), z[f"{s}/baseline"], {k: z[f"{s}/{k}"] for k in NODE_FIELDS},
+                            z[f"{s}/offsets"], z[f"{s}/iso_x"], z[f"{s}/iso_y"], float(info.get("threshold", 0.5)))
         except (OSError, ValueError, KeyError) as exc:
             raise ConfigError(f"{path}: cannot read the detector model: {exc}") from None
-        return cls(signals, header.get("meta", {}))
+        return cls(parts["signals"], header.get("meta", {}), parts["noplan"])
 
 
 def default_path():
@@ -230,6 +260,22 @@ def label_candidates(cand: pd.DataFrame, log: pd.DataFrame, tol_s: float,
 
 
 PLAN_FEATURES = ROUTE_FEATURES
+NOPLAN_CLASSES = {**CLASSES, "track": ("none", "heading")}     # without the plan a direct-to is a heading change
+
+
+def no_plan(cand: pd.DataFrame) -> np.ndarray:
+    """Candidates of a flight without a flight plan (no waypoint to measure against: every route feature missing)."""
+    return cand["wp_dist_nm"].isna().to_numpy()
+
+
+def noplan_training_set(cand: pd.DataFrame, labels: pd.Series) -> tuple[pd.DataFrame, pd.Series]:
+    """The training set of the plan-less model: every candidate with its plan's features withheld, a direct-to
+    labelled a heading, and every other label kept -- the plan's own turns at its waypoints among them as "none":
+    without the plan the model must tell them from a vector by what the track alone shows (the cadence of the
+    turns, a turn back), or say by its calibrated confidence that it cannot."""
+    c = cand.copy()
+    c.loc[:, list(PLAN_FEATURES)] = np.nan
+    return c, labels.replace({"direct_to": "heading"})
 
 
 def without_plans(cand: pd.DataFrame, labels: pd.Series) -> tuple[pd.DataFrame, pd.Series]:
@@ -262,46 +308,59 @@ def _split(fids: pd.Series) -> np.ndarray:
     return np.array([int(hashlib.sha1(str(f).encode()).hexdigest()[:8], 16) % 2 == 0 for f in fids])
 
 
-def train(cand: pd.DataFrame, labels: pd.Series, seed: int = 0, max_iter: int = 200,
-          meta: dict | None = None) -> tuple[DetectorModel, dict]:
-    """Fit and calibrate the per-signal classifiers on labelled candidates; returns (model, report)."""
+def _fit_signal(cand: pd.DataFrame, labels: pd.Series, s: str, classes: tuple[str, ...], seed: int, max_iter: int,
+                report: dict, tag: str = "") -> SignalModel:
+    """One signal's classifier, fitted on one half of the flights and calibrated (isotonic, threshold) on the other."""
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.isotonic import IsotonicRegression
 
+    idx = np.flatnonzero(cand["signal"].to_numpy() == s)
+    y = labels.iloc[idx].map({c: i for i, c in enumerate(classes)}).fillna(0).astype(int).to_numpy()
+    report["candidates"][tag + s] = int(len(idx))
+    report["positives"][tag + s] = {c: int((y == i).sum()) for i, c in enumerate(classes) if i}
+    if len(idx) < 20 or len(np.unique(y)) < 2:
+        raise DataError(f"too few labelled {s} candidates to train on ({len(idx)}, classes {sorted(set(y))}); "
+                        "give more tracks and clearances")
+    X = np.array(cand.iloc[idx][list(FEATURES)].to_numpy(float), dtype=float)     # a writable copy
+    fit = _split(cand.iloc[idx]["flight_id"])
+    if fit.all() or not fit.any():
+        fit = np.arange(len(idx)) % 2 == 0
+    X[:, np.isnan(X[fit]).all(axis=0)] = 0.0     # a feature never known (e.g. no flight plans): constant, unused
+    present = np.unique(y[fit])
+    clf = HistGradientBoostingClassifier(max_iter=max_iter, learning_rate=0.08, max_leaf_nodes=15,
+                                         min_samples_leaf=10, l2_regularization=1.0, random_state=seed)
+    clf.fit(X[fit], y[fit])
+    if len(present) < len(classes):     # a class absent from the fitting half: no probability for it
+        raise DataError(f"{s}: class(es) {[classes[i] for i in range(len(classes)) if i not in present]} absent "
+                        "from the fitting half; give more clearances of that type")
+    p_any = 1.0 - clf.predict_proba(X[~fit])[:, 0]
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p_any, (y[~fit] > 0).astype(float))
+    m = _from_sklearn(clf, iso.X_thresholds_, iso.y_thresholds_, classes)
+    m.threshold = _best_f1_threshold(m.calibrate(p_any), y[~fit] > 0)
+    report.setdefault("thresholds", {})[tag + s] = m.threshold
+    report.setdefault("sklearn_check", {})[tag + s] = float(np.max(np.abs(m.proba(X[~fit][:200])
+                                                                          - clf.predict_proba(X[~fit][:200]))))
+    return m
+
+
+def train(cand: pd.DataFrame, labels: pd.Series, seed: int = 0, max_iter: int = 200,
+          meta: dict | None = None) -> tuple[DetectorModel, dict]:
+    """Fit and calibrate the per-signal classifiers on labelled candidates; returns (model, report).
+
+    Two models per signal when the candidates have flight plans: one for candidates with a plan (trained on them
+    and on plan-less copies without the plan's own turns, as before the second existed), and one for candidates
+    without (:func:`noplan_training_set`: every candidate, plan features withheld, route turns as negatives)."""
     keep = labels != "ignore"
     cand, labels = cand[keep], labels[keep]
     extra_c, extra_l = without_plans(cand, labels)
-    cand = pd.concat([cand, extra_c], ignore_index=True)
-    labels = pd.concat([labels, extra_l], ignore_index=True)
-    signals, report = {}, {"candidates": {}, "positives": {}}
-    for s in SIGNALS:
-        idx = np.flatnonzero(cand["signal"].to_numpy() == s)
-        classes = CLASSES[s]
-        y = labels.iloc[idx].map({c: i for i, c in enumerate(classes)}).fillna(0).astype(int).to_numpy()
-        report["candidates"][s] = int(len(idx))
-        report["positives"][s] = {c: int((y == i).sum()) for i, c in enumerate(classes) if i}
-        if len(idx) < 20 or len(np.unique(y)) < 2:
-            raise DataError(f"too few labelled {s} candidates to train on ({len(idx)}, classes {sorted(set(y))}); "
-                            "give more tracks and clearances")
-        X = np.array(cand.iloc[idx][list(FEATURES)].to_numpy(float), dtype=float)     # a writable copy
-        fit = _split(cand.iloc[idx]["flight_id"])
-        if fit.all() or not fit.any():
-            fit = np.arange(len(idx)) % 2 == 0
-        X[:, np.isnan(X[fit]).all(axis=0)] = 0.0     # a feature never known (e.g. no flight plans): constant, unused
-        present = np.unique(y[fit])
-        clf = HistGradientBoostingClassifier(max_iter=max_iter, learning_rate=0.08, max_leaf_nodes=15,
-                                             min_samples_leaf=10, l2_regularization=1.0, random_state=seed)
-        clf.fit(X[fit], y[fit])
-        if len(present) < len(classes):     # a class absent from the fitting half: no probability for it
-            raise DataError(f"{s}: class(es) {[classes[i] for i in range(len(classes)) if i not in present]} absent "
-                            "from the fitting half; give more clearances of that type")
-        p_any = 1.0 - clf.predict_proba(X[~fit])[:, 0]
-        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p_any, (y[~fit] > 0).astype(float))
-        signals[s] = _from_sklearn(clf, iso.X_thresholds_, iso.y_thresholds_, classes)
-        signals[s].threshold = _best_f1_threshold(signals[s].calibrate(p_any), y[~fit] > 0)
-        report.setdefault("thresholds", {})[s] = signals[s].threshold
-        report.setdefault("sklearn_check", {})[s] = float(np.max(np.abs(signals[s].proba(X[~fit][:200])
-                                                                        - clf.predict_proba(X[~fit][:200]))))
+    both_c = pd.concat([cand, extra_c], ignore_index=True)
+    both_l = pd.concat([labels, extra_l], ignore_index=True)
+    report: dict = {"candidates": {}, "positives": {}}
+    signals = {s: _fit_signal(both_c, both_l, s, CLASSES[s], seed, max_iter, report) for s in SIGNALS}
+    noplan = {}
+    if (~no_plan(cand)).any():
+        nc, nl = noplan_training_set(cand, labels)
+        noplan = {s: _fit_signal(nc, nl, s, NOPLAN_CLASSES[s], seed, max_iter, report, "noplan-") for s in SIGNALS}
     import sklearn
-    model = DetectorModel(signals, {**(meta or {}), "sklearn": sklearn.__version__, **report})
+    model = DetectorModel(signals, {**(meta or {}), "sklearn": sklearn.__version__, **report}, noplan)
     return model, report

@@ -252,3 +252,56 @@ def test_bearing_helper_consistency():
     # the direct-to case's target waypoint lies off the current leg: its track change is a few degrees
     lat, lon = from_local_nm(np.array([ROUTE[7][0]]), np.array([ROUTE[7][1]]), LAT0, LON0)
     assert abs(float(wrap180(bearing_deg(LAT0, LON0, lat[0], lon[0]) - 90.0))) < 5
+
+
+# ---------------------------------------------------------------- flights without a flight plan
+def test_noplan_training_set_keeps_route_turns_as_negatives():
+    from pipelines.detector_model import PLAN_FEATURES, no_plan, noplan_training_set, without_plans
+    cand = pd.DataFrame({"flight_id": ["A"] * 4, "signal": ["track"] * 3 + ["speed"],
+                         **{f: [0.2, 5.0, 0.3, 1.0] for f in PLAN_FEATURES}})
+    lab = pd.Series(["none", "heading", "direct_to", "speed"])      # row 0: the plan's own turn at a waypoint
+    c, y = noplan_training_set(cand, lab)
+    assert no_plan(c).all() and c[list(PLAN_FEATURES)].isna().all().all()
+    assert y.tolist() == ["none", "heading", "heading", "speed"]    # the route turn stays, a negative
+    c2, y2 = without_plans(cand, lab)       # the with-plan model's plan-less copies leave the route turn out
+    assert y2.tolist() == ["heading", "heading", "speed"] and len(c2) == 3
+
+
+def test_model_without_plan_models_loads_and_falls_back(tmp_path):
+    cand, lab = _tiny_training_set()
+    reps = [cand.assign(flight_id=cand["flight_id"] + f"#{k}") for k in range(12)]
+    model, _ = train(pd.concat(reps, ignore_index=True),
+                     pd.concat([lab if k % 4 else pd.Series("none", index=lab.index) for k in range(12)],
+                               ignore_index=True), max_iter=20)
+    assert set(model.noplan) == {"altitude", "speed", "track"} and model.noplan["track"].classes == ("none", "heading")
+    again = DetectorModel.load(model.save(tmp_path / "m.npz"))
+    from pipelines.detector_model import PLAN_FEATURES
+    bare = cand.copy()
+    bare.loc[:, list(PLAN_FEATURES)] = np.nan
+    for c in (cand, bare):
+        k1, c1 = model.classify(c)
+        k2, c2 = again.classify(c)
+        assert (k1 == k2).all() and np.allclose(c1, c2)
+    assert not (model.classify(bare)[0] == "direct_to").any()      # nothing names a waypoint without the plan
+    assert again.thresholds_noplan == model.thresholds_noplan
+    assert np.allclose(again.thresholds_for(bare), bare["signal"].map(
+        {"altitude": "altitude", "speed": "speed", "track": "track"}).map(model.thresholds_noplan))
+    old = DetectorModel(model.signals, model.meta)          # a model from before the plan-less one: one for both
+    old_again = DetectorModel.load(old.save(tmp_path / "old.npz"))
+    assert old_again.noplan == {} and old_again.thresholds_noplan == old.thresholds
+    assert (old_again.classify(bare)[0] == old.classify(bare)[0]).all()
+
+
+def test_shipped_model_without_plan_tells_a_vector_from_route_turns():
+    """No flight plan given: a 20 degree vector on a straight flight is a heading; a flight along a route whose
+    turns (7-15 degrees, one every 4 minutes at its waypoints) come at a regular cadence is not reported turn by turn."""
+    tracks = pd.concat([CASES["TURN"][0](), fly("ROUTE", wps=[(p[0], p[1]) for p in ROUTE])], ignore_index=True)
+    grid = resampled(tracks, 30.0, "given")
+    det = detect_actions(grid, None, load_default())
+    vec = det[det["flight_id"] == "TURN"]
+    assert vec["action_type"].tolist() == ["heading"], vec.to_dict("records")
+    assert abs((vec["time"].iloc[0] - (T0 + pd.Timedelta(seconds=T_MAN))).total_seconds()) <= 120
+    cand = candidate_table(flight_candidates(grid[grid["flight_id"] == "ROUTE"], None))
+    n_turns = int((cand["signal"] == "track").sum())
+    route = det[(det["flight_id"] == "ROUTE") & (det["action_type"] == "heading")]
+    assert n_turns >= 4 and len(route) <= n_turns // 2, (n_turns, route.to_dict("records"))
