@@ -27,6 +27,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -74,6 +75,10 @@ class AdversarialConfig(Section):
     disc: DiscriminatorConfig = DiscriminatorConfig()
     ppo: PPOConfig = PPOConfig()
     info: InfoConfig = InfoConfig()
+    reward_on: Literal["trained", "fresh"] = Field(
+        "trained", description="trained: the rewards are D's after it trains on this iteration's learner samples "
+        "(GAIL's usual order); fresh: D's before it does (from the second iteration on), so that with a few hundred "
+        "learner samples per iteration the reward is D's judgement of behaviour, not its memory of the samples")
     seed: int = 0
 
 
@@ -289,9 +294,10 @@ class AdversarialTrainer(ABC):
         return torch.cat([self.objective.reward(self.disc(learner.batch.index(i))).cpu()
                           for i in torch.arange(len(learner)).split(1024)])
 
-    def train_gen(self, learner: Transitions) -> dict[str, float]:
-        """Rewards from D, GAE along each conflict's steps against the critic, PPO on the policy."""
-        rew = self.rewards(learner)
+    def train_gen(self, learner: Transitions, rewards: torch.Tensor | None = None) -> dict[str, float]:
+        """Rewards from D (or the given D rewards), GAE along each conflict's steps against the critic, PPO on the
+        policy."""
+        rew = self.rewards(learner) if rewards is None else rewards
         info: dict[str, float] = {}
         if self.posterior is not None and learner.code is not None:
             mi = info_reward(self.posterior, learner.batch, learner.code)
@@ -324,9 +330,10 @@ class AdversarialTrainer(ABC):
                 raise ModelError(f"adversarial iteration {i}: the rollouts gave no decision step (no conflict was "
                                  "shown); roll out more or denser scenarios")
             t1 = time.perf_counter()
+            rew = self.rewards(learner) if self.cfg.reward_on == "fresh" and self.disc_trained else None
             disc = {**self.train_disc(learner), **self.train_info(learner)}
             t2 = time.perf_counter()
-            gen = self.train_gen(learner)
+            gen = self.train_gen(learner, rew)
             row = {"iteration": i, **info, **disc, **gen, "collect_s": round(t1 - t0, 2),
                    "disc_s": round(t2 - t1, 2), "gen_s": round(time.perf_counter() - t2, 2)}
             self.after_iteration(i, row)

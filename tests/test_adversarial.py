@@ -434,3 +434,20 @@ def test_the_accuracy_gate_skips_updates_and_the_replay_keeps_earlier_samples(sp
     for r in rows:
         # the policy that sampled is the one PPO starts from: the ratio starts at 1
         assert r["ppo_logprob_mismatch"] < 1e-4 and math.isfinite(r["advantage_std"])
+
+
+def test_fresh_rewards_come_from_d_before_it_trains_on_the_samples(spec):
+    pol = _policy(spec)
+    seen = []
+
+    class _Spy(_ToyTrainer):
+        def train_gen(self, learner, rewards=None):
+            seen.append(rewards)
+            return super().train_gen(learner, rewards)
+
+    cfg = AdversarialConfig(disc=DiscriminatorConfig(steps=3, hidden=16, encoder={"name": "mlp", "hidden": 16,
+                                                                                  "layers": 1}),
+                            ppo={"epochs": 1, "batch_size": 16}, reward_on="fresh")
+    _Spy(pol, _batch(spec, 0, True), cfg, make_obs(spec, 32, 9)).train(2, log=lambda s: None)
+    # iteration 1: D has never trained, so it trains first; iteration 2: the rewards predate its update
+    assert seen[0] is None and seen[1] is not None and seen[1].shape == (32,)
