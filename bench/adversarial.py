@@ -1,7 +1,11 @@
 """Adversarial imitation (GAIL, AMP, state-only AMP) against behavioural cloning, warm-started from it, in BlueSky.
 
-    PYTHONPATH=. .venv/bin/python bench/adversarial.py --cache /tmp/fid/c160 --seeds 0 1 --iterations 4 \\
-        --per-iteration 3 --closed-loop 4 --workers 2
+    PYTHONPATH=. .venv/bin/python bench/adversarial.py --cache /tmp/fid/c160 --seeds 0 1 --iterations 3 \\
+        --per-iteration 2 --rollout-duration 900 --closed-loop 3 --loop-duration 900 --workers 2 \\
+        [--extra-policy "GAIL shipped preset seed 0=DIR"] [--preset shipped|stable]
+
+(the run recorded in bench/RESULTS.md; about 45 min on 2 shared cores). Before it, the diagnosis run of the shipped
+trainer: ``--seeds 0 --methods gail --iterations 4 --closed-loop 0 --preset shipped --tag diag-shipped --no-record``.
 
 Data: the fidelity benchmark's cached demonstrations (``bench/fidelity.py``'s ``make_data``: ``--scenarios``
 generated scenarios simulated in BlueSky under the synthetic expert, ``simulator_adapters.demonstrations.simulate``
