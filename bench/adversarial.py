@@ -1,10 +1,10 @@
 """Adversarial imitation (GAIL, AMP, state-only AMP) against behavioural cloning, warm-started from it, in BlueSky.
 
     PYTHONPATH=. .venv/bin/python bench/adversarial.py --cache /tmp/fid/c160 --seeds 0 1 --iterations 3 \\
-        --per-iteration 2 --rollout-duration 900 --closed-loop 3 --loop-duration 900 --workers 2 \\
+        --per-iteration 2 --rollout-duration 900 --closed-loop 2 --loop-duration 900 --workers 2 \\
         [--extra-policy "GAIL shipped preset seed 0=DIR"] [--preset shipped|stable]
 
-(the run recorded in bench/RESULTS.md; about 45 min on 2 shared cores). Before it, the diagnosis run of the shipped
+(the run recorded in bench/RESULTS.md; about 50 min on 2 shared cores; a rerun reuses completed adversarial runs). Before it, the diagnosis run of the shipped
 trainer: ``--seeds 0 --methods gail --iterations 4 --closed-loop 0 --preset shipped --tag diag-shipped --no-record``.
 
 Data: the fidelity benchmark's cached demonstrations (``bench/fidelity.py``'s ``make_data``: ``--scenarios``
@@ -90,6 +90,12 @@ def train_bc(sub: Path, root: Path, epochs: int, patience: int, seed: int) -> st
 def run_method(init: str, sub: Path, out: Path, cfg: dict, args, seed: int) -> dict:
     from models.adversarial import AdversarialConfig
     from simulator_adapters.adversarial import RolloutPlan, run_adversarial
+    rep_path = out / "adversarial_report.json"
+    if (out / "policy").exists() and rep_path.exists():     # a completed run of the same length: reuse it
+        rep = json.loads(rep_path.read_text())
+        if len(rep["iterations"]) == args.iterations:
+            print(f"  {out}: reusing the completed run", flush=True)
+            return {**rep, "policy": str(out / "policy")}
     plan = RolloutPlan(scenarios=args.per_iteration, workers=args.workers, seed=5000 + 100 * seed,
                        duration_s=args.rollout_duration, density=4.0, conflicts=8)
     return run_adversarial(init, sub, out, AdversarialConfig(**cfg), plan, args.iterations, tracking_uri=False,
