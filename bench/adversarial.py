@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -189,7 +190,7 @@ def main() -> None:
     import torch
     torch.set_num_threads(1)
     from fidelity import make_data, subset
-    cmd = "python " + " ".join(sys.argv)
+    cmd = "python " + shlex.join(sys.argv)
     t_all = time.perf_counter()
     data = make_data(args.cache, args.scenarios, args.test, args.val, 0, args.workers)
     sub = subset(data, args.n_train, args.cache / "subsets")
