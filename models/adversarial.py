@@ -27,6 +27,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -45,6 +46,7 @@ from models.discriminator import (
     DiscriminatorConfig,
     NextStates,
     accuracy,
+    cat_batches,
     disc_step,
 )
 from models.infogail import CodePosterior, InfoConfig, code_count, info_reward, posterior_step, with_code
@@ -64,12 +66,19 @@ class PPOConfig(Section):
     gamma: float = Field(0.99, ge=0, le=1)
     lam: float = Field(0.95, ge=0, le=1)
     max_grad_norm: float = Field(1.0, gt=0)
+    reward_center: bool = Field(False, description="subtract the iteration's mean reward before GAE: a reward that "
+                                "is positive everywhere (GAIL's softplus, AMP's) otherwise pays a conflict for lasting "
+                                "longer, whatever the decisions")
 
 
 class AdversarialConfig(Section):
     disc: DiscriminatorConfig = DiscriminatorConfig()
     ppo: PPOConfig = PPOConfig()
     info: InfoConfig = InfoConfig()
+    reward_on: Literal["trained", "fresh"] = Field(
+        "trained", description="trained: the rewards are D's after it trains on this iteration's learner samples "
+        "(GAIL's usual order); fresh: D's before it does (from the second iteration on), so that with a few hundred "
+        "learner samples per iteration the reward is D's judgement of behaviour, not its memory of the samples")
     seed: int = 0
 
 
@@ -155,6 +164,11 @@ def ppo_update(policy: Policy, critic: Critic, opt_pi: torch.optim.Optimizer, op
     decisions given those InfoGAIL codes (:func:`models.infogail.with_code`)."""
     n = obs.batch_size
     adv = (advantages - advantages.mean()) / (advantages.std() + 1e-8) if n > 1 else advantages
+    with torch.no_grad():     # before any update the policy is the one that sampled: the ratio must be 1
+        gap = torch.cat([(policy.log_prob(conditioned(policy, Observations(*(getattr(obs, k)[i] for k in OBS_KEYS)),
+                                                      None if codes is None else codes[i]),
+                                          Decisions(dec.act[i], dec.aircraft[i], dec.type[i], dec.value[i])).cpu()
+                          - old_log_prob[i]).abs() for i in torch.arange(n).split(1024)])
     logs: dict[str, list[float]] = {}
     for _ in range(cfg.epochs):
         logs = {}
@@ -180,7 +194,7 @@ def ppo_update(policy: Policy, critic: Critic, opt_pi: torch.optim.Optimizer, op
             for k, v in (("ppo_policy_loss", loss_pi), ("ppo_value_loss", loss_v), ("ppo_approx_kl", kl),
                          ("ppo_clip_fraction", clipped)):
                 logs.setdefault(k, []).append(float(v.detach()))
-    return {k: float(np.mean(v)) for k, v in logs.items()}
+    return {**{k: float(np.mean(v)) for k, v in logs.items()}, "ppo_logprob_mismatch": float(gap.max()) if n else 0.0}
 
 
 def conditioned(policy: Policy, obs: Observations, codes: torch.Tensor | None) -> Context:
@@ -213,6 +227,8 @@ class AdversarialTrainer(ABC):
         self.opt_pi = torch.optim.Adam(policy.parameters(), lr=cfg.ppo.lr)
         self.opt_v = torch.optim.Adam(self.critic.parameters(), lr=cfg.ppo.critic_lr)
         self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.disc_trained = False
+        self.replay: list[DiscBatch] = []       # earlier iterations' learner samples for D (disc.replay > 0)
         self.posterior: CodePosterior | None = None
         if cfg.info.weight > 0:
             self.posterior = CodePosterior(policy.spec, code_count(policy), cfg.info).to(policy.device)
@@ -238,11 +254,26 @@ class AdversarialTrainer(ABC):
             return {"disc_samples_learner": 0}
         c = self.cfg.disc
         logs: dict[str, float] = {}
+        n_old = int(round(c.replay * c.batch_size)) if self.replay else 0
+        old = cat_batches(self.replay) if n_old else None
+        updates = 0
+        fresh: dict[str, float] = {}
+        if self.disc_trained:     # D so far on samples it has never seen: does it generalise or memorise?
+            fresh["disc_accuracy_heldout"] = accuracy(self.disc, self._draw(self.expert, len(ok)), ok)
+        self.disc_trained = True
         for _ in range(c.steps):
-            logs = disc_step(self.disc, self.objective, self.opt_d, self._draw(self.expert, c.batch_size),
-                             self._draw(ok, c.batch_size), c.grad_penalty)
+            lb = self._draw(ok, c.batch_size - n_old)
+            if old is not None:
+                lb = cat_batches([lb, self._draw(old, n_old)])
+            update = not logs or logs["disc_accuracy"] <= c.target_accuracy
+            logs = disc_step(self.disc, self.objective, self.opt_d, self._draw(self.expert, c.batch_size), lb,
+                             c.grad_penalty, c.label_smoothing, c.instance_noise, update=update)
+            updates += update
+        if c.replay > 0:
+            self.replay = (self.replay + [ok])[-c.replay_iterations:]
         logs["disc_accuracy_all"] = accuracy(self.disc, self._draw(self.expert, len(ok)), ok)
-        return {**logs, "disc_samples_learner": len(ok), "disc_samples_expert": len(self.expert)}
+        return {**logs, **fresh, "disc_updates": updates, "disc_samples_learner": len(ok),
+                "disc_samples_expert": len(self.expert)}
 
     def train_info(self, learner: Transitions) -> dict[str, float]:
         """``info.steps`` updates of the code posterior q(c | history, decision) on the learner's own triples."""
@@ -263,15 +294,19 @@ class AdversarialTrainer(ABC):
         return torch.cat([self.objective.reward(self.disc(learner.batch.index(i))).cpu()
                           for i in torch.arange(len(learner)).split(1024)])
 
-    def train_gen(self, learner: Transitions) -> dict[str, float]:
-        """Rewards from D, GAE along each conflict's steps against the critic, PPO on the policy."""
-        rew = self.rewards(learner)
+    def train_gen(self, learner: Transitions, rewards: torch.Tensor | None = None) -> dict[str, float]:
+        """Rewards from D (or the given D rewards), GAE along each conflict's steps against the critic, PPO on the
+        policy."""
+        rew = self.rewards(learner) if rewards is None else rewards
         info: dict[str, float] = {}
         if self.posterior is not None and learner.code is not None:
             mi = info_reward(self.posterior, learner.batch, learner.code)
             info = {"info_reward_mean": float(mi.mean()), "disc_reward_mean": float(rew.mean())}
             rew = rew + self.cfg.info.weight * mi
         code = learner.code if self.posterior is not None else None
+        raw = rew
+        if self.cfg.ppo.reward_center:
+            rew = rew - rew.mean()
         with torch.no_grad():
             values = torch.cat([self.critic(conditioned(self.policy, learner.batch.index(i).obs,
                                                         None if code is None else code[i]).tensor).cpu()
@@ -280,8 +315,8 @@ class AdversarialTrainer(ABC):
         b = learner.batch
         logs = ppo_update(self.policy, self.critic, self.opt_pi, self.opt_v, b.obs, b.dec, learner.log_prob, adv, ret,
                           self.cfg.ppo, self.gen, code)
-        return {**logs, **info, "reward_mean": float(rew.mean()), "reward_std": float(rew.std()) if len(rew) > 1 else 0.0,
-                "advantage_mean": float(adv.mean()), "transitions": len(learner),
+        return {**logs, **info, "reward_mean": float(raw.mean()), "reward_std": float(raw.std()) if len(raw) > 1 else 0.0,
+                "advantage_mean": float(adv.mean()), "advantage_std": float(adv.std()) if len(adv) > 1 else 0.0, "transitions": len(learner),
                 "act_rate": float((b.dec.act == 1).float().mean())}
 
     def train(self, iterations: int, log: Callable[[str], None] = print) -> list[dict]:
@@ -295,9 +330,10 @@ class AdversarialTrainer(ABC):
                 raise ModelError(f"adversarial iteration {i}: the rollouts gave no decision step (no conflict was "
                                  "shown); roll out more or denser scenarios")
             t1 = time.perf_counter()
+            rew = self.rewards(learner) if self.cfg.reward_on == "fresh" and self.disc_trained else None
             disc = {**self.train_disc(learner), **self.train_info(learner)}
             t2 = time.perf_counter()
-            gen = self.train_gen(learner)
+            gen = self.train_gen(learner, rew)
             row = {"iteration": i, **info, **disc, **gen, "collect_s": round(t1 - t0, 2),
                    "disc_s": round(t2 - t1, 2), "gen_s": round(time.perf_counter() - t2, 2)}
             self.after_iteration(i, row)

@@ -59,6 +59,18 @@ class DiscriminatorConfig(Section):
     weight_decay: float = Field(1e-4, ge=0)
     steps: int = Field(50, ge=1, description="discriminator updates per iteration")
     batch_size: int = Field(128, ge=2)
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="one-sided: the expert's target is 1 - this "
+                                   "(gail) or 1 - 2 x this (amp); the learner's stays 0 / -1")
+    instance_noise: float = Field(0.0, ge=0, description="std of Gaussian noise added, while D trains, to the "
+                                  "normalised pair and geometry history and to the side input (both sides)")
+    target_accuracy: float = Field(1.0, gt=0.5, le=1.0, description="skip an update while the last batch's balanced "
+                                   "accuracy is above this (1 = never skip)")
+    replay: float = Field(0.0, ge=0, lt=1, description="share of each learner batch drawn from earlier iterations' "
+                          "learner samples (a replay of past policies)")
+    replay_iterations: int = Field(5, ge=1, description="how many earlier iterations the replay keeps")
+    blind: list[str] = Field(default_factory=list, description="geometry features D does not see (set to the data "
+                             "set's mean at every step; e.g. the session_* shares of the controller's clearances, "
+                             "a whole-session statistic that no single decision's reward can be credited for)")
 
 
 @dataclass
@@ -167,6 +179,12 @@ class Discriminator(nn.Module):
         self.cfg = cfg
         self.input_name = "next_state" if cfg.state_only else "decision"
         self.normalizer = Normalizer(fs)
+        names = fs.feature_names("geometry")
+        unknown = sorted(set(cfg.blind) - set(names))
+        if unknown:
+            raise ModelError(f"discriminator: blind features {unknown} are not geometry features ({names})")
+        self.register_buffer("geom_seen", torch.tensor([n not in cfg.blind for n in names], dtype=torch.float32),
+                             persistent=False)
         self.encoder = ENCODERS.get(cfg.encoder.name)(fs.to_dict(), cfg.encoder)
         self.side = SIDE_INPUTS.get(self.input_name)(fs)
         self.side_net = mlp(self.side.dim, cfg.hidden, cfg.hidden, 2)
@@ -179,7 +197,10 @@ class Discriminator(nn.Module):
     def inputs(self, batch: DiscBatch) -> tuple[Observations, torch.Tensor]:
         """The normalised history and the side input, as D's layers see them (the gradient penalty's inputs)."""
         obs, dec, nxt = batch.obs.to(self.device), batch.dec.to(self.device), batch.nxt.to(self.device)
-        return self.normalizer(obs), self.side.features(self.normalizer, obs, dec, nxt)
+        obs_n = self.normalizer(obs)
+        if self.cfg.blind:
+            obs_n = Observations(obs_n.pair, obs_n.neighbours, obs_n.geometry * self.geom_seen, obs_n.clearances)
+        return obs_n, self.side.features(self.normalizer, obs, dec, nxt)
 
     def logits_of(self, obs_n: Observations, x: torch.Tensor) -> torch.Tensor:
         summary, _ = self.encoder(obs_n)
@@ -204,7 +225,7 @@ class Objective(ABC):
     """How D is trained and how its logit becomes the policy's reward. D's logit > 0 reads "expert"."""
 
     @abstractmethod
-    def loss(self, d_expert: torch.Tensor, d_learner: torch.Tensor) -> torch.Tensor: ...
+    def loss(self, d_expert: torch.Tensor, d_learner: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor: ...
 
     @abstractmethod
     def reward(self, d: torch.Tensor) -> torch.Tensor: ...
@@ -217,8 +238,8 @@ OBJECTIVES = Registry("adversarial objective")
 class GailObjective(Objective):
     """Binary cross-entropy (expert 1, learner 0); reward -log(1 - D) = softplus(d) (Ho and Ermon 2016)."""
 
-    def loss(self, d_expert: torch.Tensor, d_learner: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(d_expert, torch.ones_like(d_expert)) \
+    def loss(self, d_expert: torch.Tensor, d_learner: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(d_expert, torch.full_like(d_expert, 1.0 - smoothing)) \
             + F.binary_cross_entropy_with_logits(d_learner, torch.zeros_like(d_learner))
 
     def reward(self, d: torch.Tensor) -> torch.Tensor:
@@ -229,24 +250,46 @@ class GailObjective(Objective):
 class AmpObjective(Objective):
     """Least squares to +1 (expert) and -1 (learner); bounded reward max(0, 1 - 0.25 (d - 1)^2) (Peng et al. 2021)."""
 
-    def loss(self, d_expert: torch.Tensor, d_learner: torch.Tensor) -> torch.Tensor:
-        return (d_expert - 1).pow(2).mean() + (d_learner + 1).pow(2).mean()
+    def loss(self, d_expert: torch.Tensor, d_learner: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+        return (d_expert - (1.0 - 2.0 * smoothing)).pow(2).mean() + (d_learner + 1).pow(2).mean()
 
     def reward(self, d: torch.Tensor) -> torch.Tensor:
         return (1 - 0.25 * (d - 1).pow(2)).clamp(min=0.0)
 
 
+#: the history tensors instance noise perturbs (the neighbours' and clearances' tensors carry presence flags)
+NOISY_KEYS = ("pair", "geometry")
+
+
+def noisy_logits(disc: Discriminator, batch: DiscBatch, sigma: float) -> torch.Tensor:
+    """D's logits with Gaussian instance noise of std ``sigma`` on its normalised pair and geometry history and side
+    input (Sonderby et al. 2016; Arjovsky and Bottou 2017: overlapping supports keep D's gradients informative)."""
+    obs_n, x = disc.inputs(batch)
+    if sigma > 0:
+        def jitter(t: torch.Tensor) -> torch.Tensor:   # not the last feature, ``valid`` (the padding mask)
+            return torch.cat([t[..., :-1] + sigma * torch.randn_like(t[..., :-1]) * t[..., -1:], t[..., -1:]], -1)
+        obs_n = Observations(*(jitter(getattr(obs_n, k)) if k in NOISY_KEYS else getattr(obs_n, k) for k in OBS_KEYS))
+        x = x + sigma * torch.randn_like(x)
+    return disc.logits_of(obs_n, x)
+
+
 def disc_step(disc: Discriminator, objective: Objective, optimizer: torch.optim.Optimizer, expert: DiscBatch,
-              learner: DiscBatch, grad_penalty: float) -> dict[str, float]:
-    """One update of D on an expert and a learner batch; its logs (loss, penalty, accuracies)."""
+              learner: DiscBatch, grad_penalty: float, label_smoothing: float = 0.0, instance_noise: float = 0.0,
+              update: bool = True) -> dict[str, float]:
+    """One update of D on an expert and a learner batch (``update`` False: only the logs, no step); its logs
+    (loss, penalty, accuracies)."""
     disc.train()
-    d_e, d_l = disc(expert), disc(learner)
-    loss = objective.loss(d_e, d_l)
-    gp = gradient_penalty(disc, expert) if grad_penalty > 0 else torch.zeros((), device=d_e.device)
-    optimizer.zero_grad(set_to_none=True)
-    (loss + grad_penalty * gp).backward()
-    torch.nn.utils.clip_grad_norm_(disc.parameters(), 10.0)
-    optimizer.step()
+    with torch.set_grad_enabled(update):
+        d_e, d_l = noisy_logits(disc, expert, instance_noise), noisy_logits(disc, learner, instance_noise)
+        loss = objective.loss(d_e, d_l, label_smoothing)
+    gp = torch.zeros((), device=d_e.device)
+    if update:
+        if grad_penalty > 0:
+            gp = gradient_penalty(disc, expert)
+        optimizer.zero_grad(set_to_none=True)
+        (loss + grad_penalty * gp).backward()
+        torch.nn.utils.clip_grad_norm_(disc.parameters(), 10.0)
+        optimizer.step()
     acc_e, acc_l = (d_e.detach() > 0).float().mean(), (d_l.detach() <= 0).float().mean()
     return {"disc_loss": float(loss.detach()), "disc_grad_penalty": float(gp.detach()),
             "disc_accuracy_expert": float(acc_e), "disc_accuracy_learner": float(acc_l),
@@ -254,6 +297,14 @@ def disc_step(disc: Discriminator, objective: Objective, optimizer: torch.optim.
 
 
 @torch.no_grad()
+def cat_batches(batches: list[DiscBatch]) -> DiscBatch:
+    """Several :class:`DiscBatch` as one (same shapes but the batch dimension)."""
+    def cat(parts):
+        return type(parts[0])(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(parts[0])))
+    return DiscBatch(cat([b.obs for b in batches]), cat([b.dec for b in batches]), cat([b.nxt for b in batches]),
+                     torch.cat([b.has_next for b in batches]))
+
+
 def accuracy(disc: Discriminator, expert: DiscBatch, learner: DiscBatch) -> float:
     """Balanced accuracy of ``d > 0`` = expert on two batches."""
     disc.eval()
@@ -261,4 +312,5 @@ def accuracy(disc: Discriminator, expert: DiscBatch, learner: DiscBatch) -> floa
 
 
 __all__ = ["OBJECTIVES", "SIDE_INPUTS", "DiscBatch", "Discriminator", "DiscriminatorConfig", "NextStates", "Objective",
-           "accuracy", "decision_features", "disc_step", "gradient_penalty", "next_state_features"]
+           "accuracy", "cat_batches", "decision_features", "disc_step", "gradient_penalty", "next_state_features",
+           "noisy_logits"]

@@ -375,3 +375,79 @@ def test_rollouts_under_a_code_record_it_and_score_decisions_given_it(demos, tmp
     with torch.no_grad():
         lp = pol.log_prob(conditioned(pol, tr.batch.obs, tr.code), tr.batch.dec)
     torch.testing.assert_close(lp, tr.log_prob, atol=1e-4, rtol=1e-4)
+
+
+# -- the fixes for D overpowering the policy (bench/adversarial.py's `stable` preset) ----------------------------
+def test_label_smoothing_lowers_the_experts_target():
+    d = torch.full((4,), 3.0)
+    for name in ("gail", "amp"):
+        obj = OBJECTIVES.get(name)()
+        # a confident expert logit costs more when its target is smoothed; the learner's side is unchanged
+        assert obj.loss(d, -d, 0.1) > obj.loss(d, -d, 0.0)
+        assert obj.loss(d, -d) == obj.loss(d, -d, 0.0)
+
+
+def test_instance_noise_leaves_the_padding_mask_alone(spec):
+    from models.discriminator import noisy_logits
+    disc = _disc(spec, "gail", False)
+    b = _batch(spec, 0, True)
+    torch.manual_seed(1)
+    assert torch.allclose(noisy_logits(disc, b, 0.0), disc(b))
+    assert not torch.allclose(noisy_logits(disc, b, 0.5), disc(b))
+    # padded rows stay exactly zero: the jitter is scaled by `valid`
+    obs_n, _ = disc.inputs(b)
+    g = obs_n.geometry.clone()
+    g[..., -1] = 0.0
+    jit = g[..., :-1] + 0.5 * torch.randn_like(g[..., :-1]) * g[..., -1:]
+    assert torch.equal(jit, g[..., :-1])
+
+
+def test_a_blind_discriminator_ignores_those_features(spec):
+    from atc_il.errors import ModelError
+    names = [f["name"] for f in spec["tensors"]["geometry"]["features"]]
+    blind = [n for n in names if n != "valid"][:2]
+    torch.manual_seed(0)
+    disc = Discriminator(spec, DiscriminatorConfig(blind=blind, hidden=16, encoder={"name": "mlp", "hidden": 16,
+                                                                                   "layers": 1})).eval()
+    b = _batch(spec, 0, True)
+    geom = b.obs.geometry.clone()
+    for n in blind:
+        geom[..., names.index(n)] += 5.0
+    other = DiscBatch(Observations(b.obs.pair, b.obs.neighbours, geom, b.obs.clearances), b.dec, b.nxt, b.has_next)
+    with torch.no_grad():
+        assert torch.allclose(disc(b), disc(other))
+    with pytest.raises(ModelError, match="blind"):
+        Discriminator(spec, DiscriminatorConfig(blind=["no_such_feature"]))
+
+
+def test_the_accuracy_gate_skips_updates_and_the_replay_keeps_earlier_samples(spec):
+    pol = _policy(spec)
+    cfg = AdversarialConfig(disc=DiscriminatorConfig(steps=30, hidden=16, lr=3e-3, target_accuracy=0.55, replay=0.5,
+                                                     replay_iterations=2,
+                                                     encoder={"name": "mlp", "hidden": 16, "layers": 1}),
+                            ppo={"epochs": 1, "batch_size": 16, "reward_center": True})
+    tr = _ToyTrainer(pol, _batch(spec, 0, True), cfg, make_obs(spec, 32, 9))
+    rows = tr.train(3, log=lambda s: None)
+    assert len(tr.replay) == 2                              # the last two iterations' learner samples
+    assert "disc_accuracy_heldout" not in rows[0] and 0 <= rows[1]["disc_accuracy_heldout"] <= 1
+    assert any(r["disc_updates"] < 30 for r in rows)       # D stopped updating once it was good enough
+    for r in rows:
+        # the policy that sampled is the one PPO starts from: the ratio starts at 1
+        assert r["ppo_logprob_mismatch"] < 1e-4 and math.isfinite(r["advantage_std"])
+
+
+def test_fresh_rewards_come_from_d_before_it_trains_on_the_samples(spec):
+    pol = _policy(spec)
+    seen = []
+
+    class _Spy(_ToyTrainer):
+        def train_gen(self, learner, rewards=None):
+            seen.append(rewards)
+            return super().train_gen(learner, rewards)
+
+    cfg = AdversarialConfig(disc=DiscriminatorConfig(steps=3, hidden=16, encoder={"name": "mlp", "hidden": 16,
+                                                                                  "layers": 1}),
+                            ppo={"epochs": 1, "batch_size": 16}, reward_on="fresh")
+    _Spy(pol, _batch(spec, 0, True), cfg, make_obs(spec, 32, 9)).train(2, log=lambda s: None)
+    # iteration 1: D has never trained, so it trains first; iteration 2: the rewards predate its update
+    assert seen[0] is None and seen[1] is not None and seen[1].shape == (32,)
