@@ -122,5 +122,6 @@ def fidelity_lines(ev: dict) -> str:
              + ratio("type_accuracy"),
              f"  aircraft accuracy {ev.get('aircraft_accuracy', nan):.3f}; ceiling {c.get('aircraft_accuracy', nan):.3f}"
              + ratio("aircraft_accuracy"),
-             f"  act calibration error {ev.get('act_ece', nan):.3f}; mode coverage {ev.get('mode_coverage', nan):.2f}"]
+             f"  act calibration error {ev.get('act_ece', nan):.3f}; mode coverage {ev.get('mode_coverage', nan):.2f}"
+             f" (the ceiling's {ev.get('mode_coverage_ceiling', nan):.2f})"]
     return "\n".join(lines)

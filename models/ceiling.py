@@ -123,6 +123,31 @@ def achievable(truth: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def combine_records(p_acts: list[float], joints: list) -> tuple[float, list]:
+    """One decision step of a pair from the expert's records of it: usually one, but the expert decides a resume
+    for each aircraft of a pair separately, so both can be recorded at the same step. The records are
+    independent decisions; the data set keeps one label per pair and step (the first action when several
+    happened, an order the records do not give: taken as uniform among the acting ones). So P(act) =
+    1 - prod(1 - p_i), and given acting record i is the label with probability p_i E[1 / (1 + others acting)]."""
+    if len(p_acts) == 1:
+        return p_acts[0], joints[0]
+    p = np.clip(np.asarray(p_acts, float), 0.0, 1.0)
+    weights = []
+    for i in range(len(p)):
+        dist = np.array([1.0])                     # distribution of the number of other records acting
+        for k, pk in enumerate(p):
+            if k != i:
+                dist = np.convolve(dist, [1 - pk, pk])
+        weights.append(p[i] * float(dist @ (1.0 / (1.0 + np.arange(len(dist))))))
+    total = sum(weights)
+    mix: dict = {}
+    for w, j in zip(weights, joints):
+        for k, t, v, q in j:
+            key = (int(k), t, float(v))
+            mix[key] = mix.get(key, 0.0) + (w / total if total > 0 else 1.0 / len(joints)) * float(q)
+    return float(1.0 - np.prod(1.0 - p)), [(k, t, v, q) for (k, t, v), q in mix.items()]
+
+
 def expert_distributions(time_ns: np.ndarray, f1: list, f2: list, truth: pd.DataFrame) -> dict:
     """Per sample: ``p_act`` (N,), ``p_aircraft`` (N, 2), ``p_type`` (N, n_types) and ``p_type_given_aircraft``
     (N, 2, n_types) given acting, the ``modes`` [(aircraft, type index, value, probability given acting)], and
@@ -131,10 +156,9 @@ def expert_distributions(time_ns: np.ndarray, f1: list, f2: list, truth: pd.Data
     key = pd.DataFrame({"t": np.asarray(time_ns, dtype=np.int64), "f1": list(f1), "f2": list(f2)})
     tr = pd.DataFrame({"t": to_ns(truth["time"]), "f1": truth["flight_id_1"].astype(str).to_numpy(),
                        "f2": truth["flight_id_2"].astype(str).to_numpy(), "row": np.arange(len(truth))})
-    tr = tr.drop_duplicates(["t", "f1", "f2"], keep="last")
-    m = key.merge(tr, on=["t", "f1", "f2"], how="left")
-    rows = m["row"].to_numpy()
-    matched = ~np.isnan(rows)
+    groups = tr.groupby(["t", "f1", "f2"], sort=False)["row"].agg(list).rename("rows").reset_index()
+    m = key.merge(groups, on=["t", "f1", "f2"], how="left")
+    matched = m["rows"].notna().to_numpy()
     n_types = len(ACTION_TYPES)
     p_act = np.zeros(n)
     p_ac = np.full((n, 2), 0.5)
@@ -144,9 +168,7 @@ def expert_distributions(time_ns: np.ndarray, f1: list, f2: list, truth: pd.Data
     pa = truth["p_act"].to_numpy()
     joint = truth["joint"].to_numpy()
     for i in np.flatnonzero(matched):
-        r = int(rows[i])
-        p_act[i] = pa[r]
-        j = joint[r]
+        p_act[i], j = combine_records([float(pa[r]) for r in m["rows"].iloc[i]], [joint[r] for r in m["rows"].iloc[i]])
         if not len(j):
             continue
         at = np.zeros((2, n_types))
@@ -209,3 +231,19 @@ def mode_coverage(modes: list[list], samples: list[np.ndarray], min_q: float = 0
             near = (s[:, 0] == k) & (s[:, 1] == ti) & (np.abs(s[:, 2] - v) <= tol)
             covered += int(near.mean() >= share * q)
     return covered / total if total else float("nan")
+
+
+def sample_modes(modes: list[list], n: int, seed: int = 0) -> list[np.ndarray | None]:
+    """``n`` draws (aircraft, type, value) per sample from a ceiling's modes (``expert_distributions``'
+    ``modes``; None where it has none): a ceiling's samples given acting, scored by :func:`mode_coverage` with
+    the same estimator as a model's, so that what sampling alone loses is visible beside it."""
+    rng = np.random.default_rng(seed)
+    out: list[np.ndarray | None] = []
+    for ms in modes:
+        if not ms:
+            out.append(None)
+            continue
+        q = np.array([m[3] for m in ms], float)
+        pick = rng.choice(len(ms), size=n, p=q / q.sum())
+        out.append(np.array([ms[j][:3] for j in pick], float))
+    return out

@@ -10,7 +10,8 @@ it acts*; timing error (per episode with an action: seconds between the first st
 decision is to act and the demonstrated action; episodes where it never acts count as misses); negative
 log-likelihood per sample (nats; the value's density in its type's unit) and its discrete part (act,
 aircraft, type); mode coverage (the share of the expert's modes that receive real probability mass,
-synthetic data); value NLL per type (``value_nll_<type>``, nats in the type's unit, on the samples of that
+synthetic data, from ``mode_samples`` draws given acting per acting sample; ``mode_coverage_ceiling``: the
+achievable ceiling's own, by the same estimator); value NLL per type (``value_nll_<type>``, nats in the type's unit, on the samples of that
 type); calibration of P(act) (``act_ece``, expected calibration error over equal-mass bins, and
 ``act_reliability``, the curve); when the controller first acts in a conflict, demonstrated against the
 policy's distribution (``acting_times``); the total-variation distance between sampled and demonstrated decisions over the
@@ -47,6 +48,7 @@ from models.ceiling import (
     ceiling_metrics,
     expert_distributions,
     mode_coverage,
+    sample_modes,
     truth_and_achievable,
 )
 from models.data import load_data
@@ -209,9 +211,12 @@ def _timing(meta: pd.DataFrame, y_act: np.ndarray, p_act: np.ndarray) -> tuple[f
 
 def evaluate(policy: PolicyInterface, dataset_dir: str | Path, split: str = "test", truth: str | Path | None = None,
              n_samples: int = 64, batch: int = 1024, seed: int = 0, out: str | Path | None = None,
-             title: str = "evaluation") -> dict:
+             title: str = "evaluation", mode_samples: int = 512) -> dict:
     """Metrics of ``policy`` on a split (see the module docstring); with ``out``, also metrics.json,
-    metrics.md and plots (values.png: demonstrated vs sampled values per type, given acting)."""
+    metrics.md and plots (values.png: demonstrated vs sampled values per type, given acting).
+    ``n_samples``: decisions drawn per sample for the sampled metrics; ``mode_samples``: drawn given acting per
+    acting sample for mode coverage alone (a mode of probability 0.1 is covered at 2.5 % of the draws: with
+    a few dozen draws the estimate is mostly sampling noise, which the ceiling's own coverage would show)."""
     dataset_dir = Path(dataset_dir)
     data = load_data(dataset_dir, split, expect=policy.spec)
     meta = pd.DataFrame(load_split(dataset_dir, split, as_torch=False, columns=META))
@@ -255,7 +260,8 @@ def evaluate(policy: PolicyInterface, dataset_dir: str | Path, split: str = "tes
     truth = Path(truth) if truth else dataset_dir.parent / "expert_truth.parquet"
     if truth.exists():
         t, t_achievable = truth_and_achievable(truth)
-        m.update(_ceilings(t, t_achievable, meta, y_act, y_ac, y_ty, m, r))
+        m.update(_ceilings(t, t_achievable, meta, y_act, y_ac, y_ty, m,
+                           lambda rows: _draws_given_act(policy, obs, rows, mode_samples, seed), mode_samples, seed))
         if "z" in r:
             m["latent_style_accuracy"], m["latent_style_majority"] = _style_probe(r["z"], meta, t)
         if _has_discrete_code(policy):
@@ -266,10 +272,26 @@ def evaluate(policy: PolicyInterface, dataset_dir: str | Path, split: str = "tes
     return m
 
 
+@torch.no_grad()
+def _draws_given_act(policy: PolicyInterface, obs: Observations, rows: np.ndarray, n: int, seed: int) -> list[np.ndarray]:
+    """``n`` decisions (aircraft, type, value) drawn given acting for each of ``rows``, (n, 3) arrays."""
+    gen = torch.Generator(device="cpu").manual_seed(seed + 1)
+    out: list[np.ndarray] = []
+    step = max(1, 65536 // max(n, 1))
+    for i in range(0, len(rows), step):
+        sel = torch.as_tensor(rows[i:i + step], dtype=torch.long)
+        o = Observations(*(getattr(obs, k)[sel] for k in ("pair", "neighbours", "geometry", "clearances")))
+        s = policy.sample_actions(policy.encode(o), n, gen)
+        out.extend(np.stack([s.aircraft.cpu().numpy(), s.type.cpu().numpy(), s.value.cpu().numpy()], -1))
+    return out
+
+
 def _ceilings(truth: pd.DataFrame, truth_achievable: pd.DataFrame | None, meta: pd.DataFrame, y_act, y_ac, y_ty,
-              m: dict, r: dict) -> dict:
+              m: dict, draws, mode_samples: int, seed: int) -> dict:
     """Both ceilings (models/ceiling.py) on the split's labels, the model's gaps to the achievable one (to the
-    oracle where the truth predates per-style records), and mode coverage against the expert's modes."""
+    oracle where the truth predates per-style records), and mode coverage against the expert's modes: the
+    model's (``draws(rows)``: its decisions drawn given acting) beside the achievable ceiling's own, both from
+    ``mode_samples`` draws per acting sample."""
     pos = y_act == 1
     out: dict = {}
     kinds = {"oracle": truth}
@@ -293,8 +315,11 @@ def _ceilings(truth: pd.DataFrame, truth_achievable: pd.DataFrame | None, meta: 
         out[name] = g
     d = dists["oracle"]
     idx = np.flatnonzero(pos & d["matched"])
-    out["mode_coverage"] = mode_coverage([d["modes"][j] for j in idx],
-                                         [np.stack([r["s_ac"][i], r["s_ty"][i], r["s_val"][i]], 1) for i in idx])
+    ref = [d["modes"][j] for j in idx]
+    out["mode_coverage"] = mode_coverage(ref, draws(idx))
+    out["mode_coverage_ceiling"] = mode_coverage(ref, sample_modes([dists[main]["modes"][j] for j in idx],
+                                                                   mode_samples, seed))
+    out["mode_samples"] = int(mode_samples)
     return out
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.ceiling import ceiling_metrics, expert_distributions, mode_coverage
+from models.ceiling import ceiling_metrics, combine_records, expert_distributions, mode_coverage, sample_modes
 
 
 def _truth():
@@ -41,6 +41,16 @@ def test_mode_coverage_counts_modes_with_real_mass():
     assert mode_coverage(modes, [collapsed]) == 0.0
     one_side = np.array([[0, 0, -30.0]] * 10)
     assert mode_coverage(modes, [one_side]) == pytest.approx(1 / 3)
+
+
+def test_a_ceilings_own_draws_cover_its_modes_and_few_draws_do_not():
+    """The estimator is sampled: the distribution that defines the modes covers all of them with enough draws,
+    while a handful of draws already misses modes of probability 0.1 (why evaluate draws mode_samples apart)."""
+    modes = [[(0, 0, -30.0, 0.45), (0, 0, 30.0, 0.45), (1, 1, 1000.0, 0.1)] for _ in range(200)] + [[]]
+    draws = sample_modes(modes, 512, seed=1)
+    assert draws[-1] is None and draws[0].shape == (512, 3)
+    assert mode_coverage(modes, draws) == 1.0
+    assert mode_coverage(modes, sample_modes(modes, 8, seed=1)) < 0.9
 
 
 def _session():
@@ -78,3 +88,20 @@ def test_achievable_ceiling_needs_per_style_records():
     from models.ceiling import achievable
     with pytest.raises(DataError, match="by_style"):
         achievable(_session().drop(columns="by_style"))
+
+
+def test_both_aircraft_resuming_at_one_step_is_one_pair_decision():
+    """The expert decides a resume for each aircraft of a pair separately, so a pair can carry two records at
+    one step; the data set keeps one label per pair and step. The ceiling combines them (it kept only the last
+    record, which gave the other aircraft's resume probability 0)."""
+    p, joint = combine_records([0.3, 0.3], [[(0, "resume", 0.0, 1.0)], [(1, "resume", 0.0, 1.0)]])
+    assert p == pytest.approx(1 - 0.7 * 0.7)
+    assert sorted(joint) == [(0, "resume", 0.0, pytest.approx(0.5)), (1, "resume", 0.0, pytest.approx(0.5))]
+    p, joint = combine_records([0.6, 0.2], [[(0, "resume", 0.0, 1.0)], [(1, "resume", 0.0, 1.0)]])
+    w0, w1 = 0.6 * (0.8 + 0.2 / 2), 0.2 * (0.4 + 0.6 / 2)
+    assert dict(((k, q) for k, _, _, q in joint)) == pytest.approx({0: w0 / (w0 + w1), 1: w1 / (w1 + w0)})
+    t = pd.DataFrame({"time": pd.to_datetime([10, 10], unit="s", utc=True), "flight_id_1": ["A", "A"],
+                      "flight_id_2": ["B", "B"], "p_act": [0.3, 0.3],
+                      "joint": [[(0, "resume", 0.0, 1.0)], [(1, "resume", 0.0, 1.0)]]})
+    d = expert_distributions(np.array([10 * 10**9]), ["A"], ["B"], t)
+    assert d["p_act"][0] == pytest.approx(0.51) and d["p_aircraft"][0] == pytest.approx([0.5, 0.5])
