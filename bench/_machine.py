@@ -45,3 +45,22 @@ def fmt(v) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def save_figure(fig, path) -> None:
+    """Lay out, write (110 dpi) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def add_cache_args(ap, scenarios: int = 160, test: int = 30, val: int = 20) -> None:
+    """bench/fidelity.py's demonstration cache as arguments (``--cache --scenarios --test --val``): the benchmarks
+    that reuse its simulations and data set take the same ones."""
+    from pathlib import Path
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/atc-il-fidelity"), help="fidelity.py's cache: simulations "
+                    "and data set (reused when present)")
+    ap.add_argument("--scenarios", type=int, default=scenarios, help="simulated demonstration scenarios (cache)")
+    ap.add_argument("--test", type=int, default=test, help="held-out test scenarios")
+    ap.add_argument("--val", type=int, default=val, help="validation scenarios")

@@ -106,8 +106,9 @@ def other_conflicts(meta: pd.DataFrame, sim: Path) -> np.ndarray:
     return out
 
 
-def probe(ds: Path, ceiling, sim: Path | None) -> list[dict]:
-    """Gradient-boosted trees for P(act) on the decision-time geometry (+ other conflicts), scored on the test split."""
+def probe(ds: Path, ceiling, sim: Path | None, test: tuple | None = None) -> list[dict]:
+    """Gradient-boosted trees for P(act) on the decision-time geometry (+ other conflicts), scored on the test split
+    (``test``: its :func:`split_frame`, when already loaded)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     from atc_il.feature_spec import FeatureSpec
@@ -115,7 +116,7 @@ def probe(ds: Path, ceiling, sim: Path | None) -> list[dict]:
     cols = [i for i, c in enumerate(names) if c != "valid"]
     frames = {}
     for split in ("train", "test"):
-        meta, obs, dec, dist = split_frame(ds, split, ceiling)
+        meta, obs, dec, dist = test if split == "test" and test is not None else split_frame(ds, split, ceiling)
         x = np.c_[obs.geometry[:, -1].numpy()[:, cols], meta["resume"].to_numpy()]
         if sim is not None:
             x = np.c_[x, other_conflicts(meta, sim)]
@@ -156,8 +157,9 @@ def main() -> None:
     if ceiling is None:
         raise SystemExit(f"{truth}: no per-style records; re-simulate the demonstrations with this version")
     body = []
+    test = None
     if args.models:
-        meta, obs, dec, dist = split_frame(args.dataset, "test", ceiling)
+        test = meta, obs, dec, dist = split_frame(args.dataset, "test", ceiling)
         gl = ["| model | steps | samples | acting | gap | act | aircraft | type |", "|---|---|---|---|---|---|---|---|"]
         sl = ["| model | steps | the expert at the step | samples | acting | mean P(act) model | mean P(act) ceiling | act gap |",
               "|---|---|---|---|---|---|---|---|"]
@@ -175,7 +177,7 @@ def main() -> None:
                  "test split, so the rows of a model add up to its 'all steps' row):", "", *gl, "",
                  "The act term by the expert's state at the step:", "", *sl, ""]
     if not args.no_probe:
-        rows = probe(args.dataset, ceiling, args.sim)
+        rows = probe(args.dataset, ceiling, args.sim, test)
         print(json.dumps({"probe": rows}), flush=True)
         body += ["Probe: gradient-boosted trees for P(act) (scikit-learn HistGradientBoosting, trained on the train "
                  "split), act gap to the ceiling in nats per sample of the test split:", "",

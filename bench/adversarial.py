@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import append_results, fmt  # noqa: E402
+from _machine import add_cache_args, append_results, fmt, save_figure  # noqa: E402
 
 METHODS = {"gail": ("GAIL", "gail", False), "amp": ("AMP", "amp", False), "amp-so": ("AMP state-only", "amp", True)}
 #: the session_* shares of the controller's own clearances (whole-session statistics; see PRESETS)
@@ -152,17 +152,12 @@ def plot(curves: dict[str, list[dict]], loop: pd.DataFrame | None, path: Path) -
         ax.barh(list(loop.index), loop["los"].to_numpy(), color="C7")
         ax.set_title("closed loop: losses of separation (sum)", fontsize=8)
         ax.tick_params(labelsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache", type=Path, default=Path("/tmp/atc-il-fidelity"), help="fidelity.py's cache")
-    ap.add_argument("--scenarios", type=int, default=160, help="simulated demonstration scenarios (cache)")
-    ap.add_argument("--test", type=int, default=30)
-    ap.add_argument("--val", type=int, default=20)
+    add_cache_args(ap)
     ap.add_argument("--n-train", type=int, default=25, help="demonstration scenarios BC and D learn from")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))

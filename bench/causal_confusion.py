@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import append_results  # noqa: E402
+from _machine import append_results, save_figure  # noqa: E402
 
 from atc_il.feature_spec import FeatureSpec  # noqa: E402
 
@@ -225,9 +225,7 @@ def plot(rows: list, refs: dict, path: Path) -> None:
     axes[0, 0].legend(fontsize=8)
     axes[1, 0].legend(fontsize=7, ncol=2)
     fig.suptitle("Causal-confusion study: feature variant x encoder (mdn head, same budget)", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import append_results, fmt  # noqa: E402
+from _machine import add_cache_args, append_results, fmt, save_figure  # noqa: E402
 
 OFFLINE = ("nll_discrete", "gap_discrete_nll", "type_accuracy", "aircraft_accuracy", "act_ece")
 ONPOLICY = ("onpolicy_act_kl", "onpolicy_nll_gap", "onpolicy_learner_act_rate", "onpolicy_expert_act_rate", "onpolicy_aircraft_agreement",
@@ -126,17 +126,12 @@ def plot(rows: list[dict], loop: pd.DataFrame | None, path: Path) -> None:
         ax.set_xlabel("expert-labelled scenarios", fontsize=9)
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache", type=Path, default=Path("/tmp/atc-il-fidelity"), help="fidelity.py's cache")
-    ap.add_argument("--scenarios", type=int, default=160, help="simulated demonstration scenarios (cache)")
-    ap.add_argument("--test", type=int, default=30)
-    ap.add_argument("--val", type=int, default=20)
+    add_cache_args(ap)
     ap.add_argument("--n0", type=int, default=25, help="demonstration scenarios of the starting BC policy")
     ap.add_argument("--iterations", type=int, default=3)
     ap.add_argument("--per-iteration", type=int, default=10, help="scenarios rolled out per DAgger iteration")

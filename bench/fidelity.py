@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import append_results, fmt  # noqa: E402
+from _machine import add_cache_args, append_results, fmt, save_figure  # noqa: E402
 
 from atc_il.feature_spec import FeatureSpec  # noqa: E402
 
@@ -240,9 +240,7 @@ def plot(by_size: dict[int, list[dict]], ceil: dict, reliab: dict, times: dict, 
     ax.set_xticks(x, names, rotation=30, fontsize=7, ha="right")
     ax.set_ylabel("mean first action (s after first detection)", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def targets(best: dict, ceil: dict, loop: dict | None, best_name: str) -> list[str]:
@@ -269,13 +267,10 @@ def targets(best: dict, ceil: dict, loop: dict | None, best_name: str) -> list[s
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache", type=Path, default=Path("/tmp/atc-il-fidelity"), help="simulations and data set")
-    ap.add_argument("--scenarios", type=int, default=500)
-    ap.add_argument("--test", type=int, default=50, help="held-out test scenarios")
-    ap.add_argument("--val", type=int, default=30, help="validation scenarios")
+    add_cache_args(ap, scenarios=500, test=50, val=30)
     ap.add_argument("--sizes", type=int, nargs="+", default=[25, 50, 100, 200, 400])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--models", nargs="+", default=None, help="encoder+head[+style] (default: the full grid)")
+    ap.add_argument("--models", nargs="+", default=None, help="encoder+head[+style][+raw][+contrast] (default: the full grid)")
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--patience", type=int, default=5)

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import append_results, fmt  # noqa: E402
+from _machine import append_results, fmt, save_figure  # noqa: E402
 
 from atc_il.feature_spec import FeatureSpec  # noqa: E402
 
@@ -196,9 +196,7 @@ def plot(rows: list[dict], demo: dict, loop: pd.DataFrame | None, path: Path) ->
         ax.axhline(0.5, color="grey", ls=":", lw=1)
         ax.set_title("closed loop: clearances towards exit", fontsize=9)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:

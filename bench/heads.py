@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import append_results, fmt  # noqa: E402
+from _machine import append_results, fmt, save_figure  # noqa: E402
 
 from atc_il.feature_spec import FeatureSpec  # noqa: E402
 
@@ -176,9 +176,7 @@ def plot(rows: list[dict], refs: dict, diff_lat: list[dict], path: Path) -> None
         ax.set_title("diffusion head: inference latency", fontsize=9)
     else:
         ax.set_axis_off()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:
