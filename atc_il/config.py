@@ -85,6 +85,10 @@ class DatasetConfig(Section):
                                  "clearance and at most resume_window_s later (pipelines/resume.py); the closed loop asks "
                                  "the policy at the same steps")
     resume_window_s: float = Field(900.0, gt=0, description="resume steps end this long after the clearance")
+    other_conflicts: bool = Field(False, description="append to the geometry tensor, per history step, the number of "
+                                  "predicted conflicts each aircraft of the pair has with third aircraft (what a conflict "
+                                  "display shows; a controller resumes or turns an aircraft that is in no other conflict "
+                                  "rather than one that is); off leaves the feature spec unchanged")
 
 
 class EnRouteConfig(Section):

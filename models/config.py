@@ -30,7 +30,8 @@ class EncoderConfig(Section):
     embedding_frequencies: int = Field(8, ge=1, description="learned frequencies per feature (periodic)")
     embedding_sigma: float = Field(1.0, gt=0, description="initial spread of the frequencies, in normalised units")
     aircraft_contrast: bool = Field(False, description="(mlp) each aircraft of the pair at the decision step "
-                                    "(its state and its own clearance history) through one shared network, the "
+                                    "(its state, its own clearance history and, where the data set has them, its "
+                                    "conflicts with third aircraft) through one shared network, the "
                                     "difference and the sum of the two appended to the summary: the choice of "
                                     "aircraft compares the same features of both, which a flat network has to "
                                     "learn twice and slowly (bench/RESULTS.md, the aircraft choice)")

@@ -29,6 +29,10 @@ from models.interface import ENCODERS, Observations
 from models.layers import mlp
 from models.normalizer import tensor_shapes
 
+#: per-aircraft geometry features ``{name}_ac{1,2}{unit}`` that the aircraft contrast reads with each aircraft's state
+#: (those the data set has): its own clearance history, and its conflicts with third aircraft (dataset.other_conflicts)
+OWN_FEATURES = (("since_clr", "_s"), ("cleared_in_conflict", ""), ("other_conflicts", ""))
+
 
 def valid_mask(x: torch.Tensor) -> torch.Tensor:
     """(...,) float mask from the last feature (``valid``)."""
@@ -147,8 +151,7 @@ class MLPEncoder(_Base):
         self.contrast = None
         if cfg.aircraft_contrast:
             names = FeatureSpec.of(spec, error=ModelError).feature_names("geometry")
-            own = [[names.index(f"{n}_ac{k}{u}") for n, u in (("since_clr", "_s"), ("cleared_in_conflict", ""))
-                    if f"{n}_ac{k}{u}" in names] for k in (1, 2)]
+            own = [[names.index(f"{n}_ac{k}{u}") for n, u in OWN_FEATURES if f"{n}_ac{k}{u}" in names] for k in (1, 2)]
             self.register_buffer("own_idx", torch.tensor(own, dtype=torch.long), persistent=False)   # (2, n)
             self.own_embed = numeric_embedding(len(own[0]), cfg)     # one embedding for both aircraft's features
             self.contrast = mlp(self.width("pair") + int(self.own_embed.out_features), cfg.hidden, cfg.hidden // 2,

@@ -120,7 +120,7 @@ class Predictor:
                  flight_plans: pd.DataFrame | None = None) -> dict:
         acts = _NO_ACTIONS if clearances is None or clearances.empty else \
             conform(clearances, ACTION_SCHEMA, "clearances").sort_values("time", kind="stable")
-        return build_features(samples, index, acts, self.dcfg, flight_plans)
+        return build_features(samples, index, acts, self.dcfg, flight_plans, self.conflicts)
 
     @torch.inference_mode()
     def encode_batches(self, feats: dict) -> Context:

@@ -243,7 +243,7 @@ def _build(work: Path, out: Path, config: PipelineConfig, progress, flight_plans
         in_flight: list[Future] = []
         for i, start in enumerate(track(chunks, "dataset shards", show=progress)):
             part = samples.iloc[start:start + cfg.shard_rows]
-            tensors = build_features(part, idx, actions, cfg, plans)
+            tensors = build_features(part, idx, actions, cfg, plans, config.conflicts)
             psplit = split.iloc[start:start + cfg.shard_rows].to_numpy()
             for f in in_flight:                  # the previous chunk's shards are written before this chunk's
                 f.result()

@@ -10,6 +10,8 @@ Features use only observations at or before the decision time:
                  separation and its trend, time since first detection; with ``dataset.nuisance``, for the
                  causal-confusion study only, whether each aircraft is manoeuvring: :func:`_nuisance`);
 - ``clearances`` (M, F_clr): the last M clearances issued in the airspace strictly before decision time.
+With ``dataset.other_conflicts``, ``geometry`` also holds, per step, how many predicted conflicts each aircraft of
+the pair has with third aircraft (what a conflict display shows: :func:`_other_conflicts`).
 Each tensor has a ``valid`` feature (1 = observed, 0 = padding). :func:`feature_spec` describes them.
 """
 
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from atc_il.config import DatasetConfig
+from atc_il.config import ConflictConfig, DatasetConfig
 from atc_il.errors import DataError
 from atc_il.geometry import cpa, kwik_dist_nm, kwik_qdr_dist_nm, to_local_nm, velocity_kt
 from atc_il.schemas import ACTION_TYPES, to_ns
@@ -37,6 +39,7 @@ CLEAR = ([("age_s", "s", True), ("on_ac1", "1", False), ("on_ac2", "1", False), 
          + [(f"type_{t}", "1", False) for t in ACTION_TYPES]
          + [("value_deg", "deg", True), ("value_ft", "ft", True), ("value_kt", "kt", True), ("valid", "1", False)])
 NUISANCE = [("manoeuvring_ac1", "1", False), ("manoeuvring_ac2", "1", False)]   # dataset.nuisance (study only)
+OTHER_CONFLICTS = [("other_conflicts_ac1", "1", True), ("other_conflicts_ac2", "1", True)]   # dataset.other_conflicts
 INDEX_COLUMNS = ("lat_deg", "lon_deg", "alt_ft", "gs_kt", "trk_deg", "vs_fpm", "cfl_ft")
 
 
@@ -96,6 +99,7 @@ class TrackIndex:
     t_first: np.ndarray | None = None
     t_last: np.ndarray | None = None
     offset: np.ndarray | None = None
+    _conflicts: dict = field(default_factory=dict, repr=False)    # conflict_counts' results per configuration
 
     def codes_of(self, ids) -> np.ndarray:
         """Codes of flight ids (-1 where absent). A binary search in the sorted ids for the few ids of a
@@ -159,6 +163,32 @@ class TrackIndex:
         pos = np.minimum(pos, len(self.keys) - 1)
         found = (self.keys[pos] == k) & (codes >= 0) & (tidx >= 0) & (tidx < self.n_t)
         return np.where(found, self.rows[pos], -1)
+
+    def conflict_counts(self, cfg: ConflictConfig) -> tuple[np.ndarray, np.ndarray]:
+        """Per track row, the number of predicted conflicts its aircraft is in at its grid step (atc-il's
+        state-based detection on the grid, :func:`pipelines.conflicts.detect_arrays`: the pairs the conflicts
+        stage and the radar picture find), and the sorted keys ``(tidx * n + c1) * n + c2`` (``n`` flights,
+        ``c1 < c2``) of those pairs. Computed once per index and configuration."""
+        key = cfg.model_dump_json()
+        if key not in self._conflicts:
+            from pipelines.conflicts import detect_arrays
+            c = self.cols
+            cat, _ = detect_arrays(self.t0 + self.tidx * self.step_ns, self.codes, c["lat_deg"], c["lon_deg"],
+                                   c["alt_ft"], c["gs_kt"], c["trk_deg"], c["vs_fpm"], cfg=cfg)
+            self.remember_conflicts(cfg, cat)
+        return self._conflicts[key]
+
+    def remember_conflicts(self, cfg: ConflictConfig, cat: dict) -> None:
+        """Keep the detection catalogue of all this index's rows (``detect_arrays``' first result, codes of this
+        index) for :meth:`conflict_counts`: the radar picture has just computed it and need not twice."""
+        on = cat["conflict"].astype(bool)
+        t = (cat["time"][on] - self.t0) // self.step_ns
+        c1, c2 = cat["c1"][on].astype(np.int64), cat["c2"][on].astype(np.int64)
+        counts = np.zeros(len(self.codes), dtype=np.int32)
+        for code in (c1, c2):
+            np.add.at(counts, self.lookup(code, t), 1)
+        n = max(len(self.flights), 1)
+        self._conflicts[cfg.model_dump_json()] = (counts, np.sort((t * n + c1) * n + c2))
 
     def to_tidx(self, times: pd.Series | np.ndarray) -> np.ndarray:
         ns = to_ns(times)
@@ -261,13 +291,14 @@ def _clearances(actions: pd.DataFrame, t_ns: np.ndarray, f1: np.ndarray, f2: np.
 
 
 def build_features(samples: Samples | pd.DataFrame, idx: TrackIndex, actions: pd.DataFrame, cfg: DatasetConfig,
-                   flight_plans: pd.DataFrame | None = None) -> dict:
+                   flight_plans: pd.DataFrame | None = None, conflicts: ConflictConfig | None = None) -> dict:
     """Feature tensors for ``samples`` (:class:`Samples`, or a table with columns time, flight_id_1,
     flight_id_2, first_detection).
 
     ``flight_plans`` (flight-plan contract rows, optional) are read only by goal-conditioned
     configurations (``cfg.goal``: :data:`pipelines.goal.GOAL` features inserted into ``geometry`` before
-    its ``valid`` column; a flight without a plan gets ``known`` = 0).
+    its ``valid`` column; a flight without a plan gets ``known`` = 0). ``conflicts``: the detection's configuration
+    for ``cfg.other_conflicts`` (default: the default one).
 
     Pure in the past: only track rows at or before each sample's time and actions strictly before it
     are read (the leakage test perturbs everything later and checks these tensors do not change).
@@ -278,8 +309,9 @@ def build_features(samples: Samples | pd.DataFrame, idx: TrackIndex, actions: pd
     t_tidx = (t_ns - idx.t0) // idx.step_ns
     c1, c2 = idx.codes_of(f1), idx.codes_of(f2)
     steps = t_tidx[:, None] - np.arange(h - 1, -1, -1)[None, :]          # (N, H), oldest first
-    a = idx.gather(idx.lookup(np.broadcast_to(c1[:, None], steps.shape), steps))
-    b = idx.gather(idx.lookup(np.broadcast_to(c2[:, None], steps.shape), steps))
+    ra = idx.lookup(np.broadcast_to(c1[:, None], steps.shape), steps)
+    rb = idx.lookup(np.broadcast_to(c2[:, None], steps.shape), steps)
+    a, b = idx.gather(ra), idx.gather(rb)
     if not (a["valid"][:, -1].all() and b["valid"][:, -1].all()):
         raise DataError("dataset: a sample's aircraft has no track point at its decision time")
     lat0 = (a["lat_deg"][:, -1] + b["lat_deg"][:, -1]) / 2
@@ -304,7 +336,27 @@ def build_features(samples: Samples | pd.DataFrame, idx: TrackIndex, actions: pd
         g = history_features(actions, t_steps, f1, f2, first, cfg.clearance_horizon_s, cfg.history_cap_s)
         g[geometry[..., -1] < 0.5] = 0.0
         geometry = np.concatenate([geometry[..., :-1], g, geometry[..., -1:]], axis=-1)
+    if cfg.other_conflicts:
+        g = _other_conflicts(idx, ra, rb, c1, c2, steps, conflicts or ConflictConfig())
+        g[geometry[..., -1] < 0.5] = 0.0
+        geometry = np.concatenate([geometry[..., :-1], g, geometry[..., -1:]], axis=-1)
     return {"pair": pair, "neighbours": neighbours, "geometry": geometry, "clearances": clear}
+
+
+def _other_conflicts(idx: TrackIndex, ra: np.ndarray, rb: np.ndarray, c1: np.ndarray, c2: np.ndarray,
+                     steps: np.ndarray, cfg: ConflictConfig) -> np.ndarray:
+    """(N, H, 2): per step, the number of predicted conflicts each aircraft of the pair has with third aircraft
+    (its conflicts at that step, less the pair's own when the pair is in conflict then)."""
+    counts, keys = idx.conflict_counts(cfg)
+    n = max(len(idx.flights), 1)
+    lo, hi = np.minimum(c1, c2).astype(np.int64), np.maximum(c1, c2).astype(np.int64)
+    k = (steps * n + lo[:, None]) * n + hi[:, None]
+    pos = np.minimum(np.searchsorted(keys, k), max(len(keys) - 1, 0))
+    own = (keys[pos] == k) if len(keys) else np.zeros(k.shape, bool)
+    out = np.zeros(steps.shape + (2,), dtype=np.float32)
+    for j, r in enumerate((ra, rb)):
+        out[..., j] = np.where(r >= 0, counts[np.maximum(r, 0)], 0) - own
+    return np.maximum(out, 0.0)
 
 
 def _goal(geometry: np.ndarray, a: dict, b: dict, f1: np.ndarray, f2: np.ndarray, theta: np.ndarray,
@@ -349,6 +401,8 @@ def feature_spec(cfg: DatasetConfig, step_s: float) -> dict:
         geom = geom[:-1] + NUISANCE + geom[-1:]
     if cfg.controller_history:
         geom = geom[:-1] + HISTORY + geom[-1:]
+    if cfg.other_conflicts:
+        geom = geom[:-1] + OTHER_CONFLICTS + geom[-1:]
     return {
         "version": 1,
         "step_s": step_s,

@@ -101,6 +101,8 @@ class Picture:
         their current run of detections began (``first_ns``)."""
         use = self.ns <= at_ns
         cat, _ = detect_arrays(self.ns[use], self.codes[use], *(self.cols[c][use] for c in STATE), cfg=cfg)
+        if use.all():                   # the whole picture: what dataset.other_conflicts' features count
+            self.index.remember_conflicts(cfg, cat)
         order = np.lexsort((cat["time"], cat["c2"], cat["c1"]))
         t, c1, c2 = cat["time"][order], cat["c1"][order], cat["c2"][order]
         k = len(t)

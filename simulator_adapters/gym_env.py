@@ -266,7 +266,7 @@ class ConflictResolutionEnv(gym.Env):
         idx = TrackIndex.build(pd.concat(list(self._frames), ignore_index=True), self.cfg.decision_dt_s)
         acts = conform(o.cleared, ACTION_SCHEMA, "clearances").sort_values("time", kind="stable") \
             if len(o.cleared) else ACTION_SCHEMA.empty_table().to_pandas()
-        return build_features(samples, idx, acts, self.dataset, self._plan_rows)
+        return build_features(samples, idx, acts, self.dataset, self._plan_rows, self.cfg.conflicts)
 
     def _new_los(self, state: pd.DataFrame) -> list[tuple[str, str]]:
         """Pairs in loss of separation on the true state now and not at the previous decision step."""

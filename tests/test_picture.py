@@ -80,10 +80,11 @@ def test_conflicts_and_features_equal_the_pandas_stages(seed):
             np.testing.assert_allclose(got[c].to_numpy(float), want[c].to_numpy(float), rtol=1e-9, atol=1e-9)
         if len(got):
             acts = ACTION_SCHEMA.empty_table().to_pandas()
-            a = build_features(got.reset_index(drop=True), pic.index, acts, DatasetConfig())
-            b = build_features(want.reset_index(drop=True), TrackIndex.build(grid, STEP), acts, DatasetConfig())
-            for k in a:
-                np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-6, err_msg=k)
+            for dcfg in (DatasetConfig(), DatasetConfig(other_conflicts=True)):
+                a = build_features(got.reset_index(drop=True), pic.index, acts, dcfg)
+                b = build_features(want.reset_index(drop=True), TrackIndex.build(grid, STEP), acts, dcfg)
+                for k in a:
+                    np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-6, err_msg=k)
             n_checked += len(got)
     assert n_checked > 0, "the scenario should put some pairs in conflict"
 
@@ -111,3 +112,16 @@ def test_flight_codes_of_a_few_ids_equal_the_index_lookup():
     assert list(idx.codes_of(ids)) == list(want) and (want == -1).sum() == 3
     many = (ids * 20)[:100]                                   # beyond the binary-search size
     assert list(idx.codes_of(many)) == list(idx.flights.get_indexer(pd.Index(many, dtype=object)))
+
+
+def test_the_pictures_detection_is_kept_for_the_other_conflicts_features():
+    """At the picture's latest time its detection covers every row: the index keeps it instead of detecting twice
+    (dataset.other_conflicts), and it is the one the index would compute."""
+    points = _points(0)
+    pic = Picture.from_frame(points, STEP)
+    cfg = ConflictConfig()
+    pic.samples(pic.last_ns, cfg)
+    kept = pic.index._conflicts[cfg.model_dump_json()]
+    fresh = TrackIndex.build(_pandas_grid(points), STEP).conflict_counts(cfg)
+    assert len(kept[1]) > 0 and np.array_equal(kept[1], fresh[1])
+    assert sorted(kept[0].tolist()) == sorted(fresh[0].tolist())
