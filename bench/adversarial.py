@@ -103,28 +103,6 @@ def run_method(init: str, sub: Path, out: Path, cfg: dict, args, seed: int) -> d
                            log=lambda s: print(f"  {out.parent.name}/{out.name}: {s}", flush=True))
 
 
-def closed_loop(policies: dict[str, str], n: int, seed: int, duration_s: float, workers: int) -> pd.DataFrame:
-    from dagger import _loop_job
-
-    from simulator_adapters.parallel import run_parallel
-    from simulator_adapters.scenarios import scenario_set
-    specs = {"expert (atco)": "atco", "none": "none", **{k: f"dagger:{Path(v).resolve()}" for k, v in policies.items()}}
-    scs = scenario_set(n, seed, duration_s=duration_s, density=4.0, conflicts=8)
-    jobs = [(sc.to_json(), specs, duration_s) for sc in scs]
-    return pd.DataFrame([r for rows in run_parallel(_loop_job, jobs, workers=workers) for r in rows])
-
-
-def summarise_loop(per: pd.DataFrame) -> pd.DataFrame:
-    agg = {"scenarios": ("los", "size"), "conflicts": ("conflicts", "sum"), "los": ("los", "sum"),
-           "resolved_pct": ("resolved_pct", "mean"), "clearances": ("clearances", "sum"),
-           "agree_aircraft": ("agree_aircraft_agree", "mean"), "agree_type": ("agree_type_agree", "mean"),
-           **{f"n_{k}": (f"n_{k}", "sum") for k in KINDS}}
-    for k in ("onpolicy_act_kl", "onpolicy_learner_act_rate", "onpolicy_expert_act_rate"):
-        if k in per:
-            agg[k] = (k, "mean")
-    return per.groupby("label", sort=False).agg(**agg)
-
-
 def plot(curves: dict[str, list[dict]], loop: pd.DataFrame | None, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -224,8 +202,9 @@ def main() -> None:
     print(it.to_string(), flush=True)
     loop = None
     if args.closed_loop:
+        from dagger import closed_loop, summarise_loop
         t = time.perf_counter()
-        per = closed_loop(policies, args.closed_loop, args.loop_seed, args.loop_duration, args.workers)
+        per = closed_loop(policies, args.closed_loop, args.loop_seed, args.loop_duration, args.workers, mvp=False)
         per.to_csv(out_root / f"closed_loop-{tag}.csv", index=False)
         loop = summarise_loop(per)
         times["closed loop"] = time.perf_counter() - t

@@ -77,19 +77,22 @@ def _loop_job(job: tuple[str, dict[str, str], float]) -> list[dict]:
     return rows
 
 
-def closed_loop(policies: dict[str, str], n: int, seed: int, duration_s: float, workers: int) -> pd.DataFrame:
+def closed_loop(policies: dict[str, str], n: int, seed: int, duration_s: float, workers: int,
+                mvp: bool = True) -> pd.DataFrame:
+    """Per scenario and controller: the policies (with the expert labelling their states), the expert, no controller
+    and (``mvp``) MVP on ``n`` new scenarios (seed ``seed``), in parallel BlueSky processes."""
     from simulator_adapters.parallel import run_parallel
     from simulator_adapters.scenarios import scenario_set
-    specs = {"expert (atco)": "atco", "MVP": "mvp", "none": "none",
+    specs = {"expert (atco)": "atco", **({"MVP": "mvp"} if mvp else {}), "none": "none",
              **{k: f"dagger:{Path(v).resolve()}" for k, v in policies.items()}}
     scenarios = scenario_set(n, seed, duration_s=duration_s, density=4.0, conflicts=8)
     jobs = [(sc.to_json(), specs, duration_s) for sc in scenarios]
-    per = pd.DataFrame([r for rows in run_parallel(_loop_job, jobs, workers=workers) for r in rows])
-    return per
+    return pd.DataFrame([r for rows in run_parallel(_loop_job, jobs, workers=workers) for r in rows])
 
 
 def summarise_loop(per: pd.DataFrame) -> pd.DataFrame:
-    agg = {"los": ("los", "sum"), "conflicts": ("conflicts", "sum"), "resolved_pct": ("resolved_pct", "mean"),
+    agg = {"scenarios": ("los", "size"), "los": ("los", "sum"), "conflicts": ("conflicts", "sum"),
+           "resolved_pct": ("resolved_pct", "mean"),
            "clearances": ("clearances", "sum"), "agree_aircraft": ("agree_aircraft_agree", "mean"),
            "agree_type": ("agree_type_agree", "mean"),
            **{f"n_{k}": (f"n_{k}", "sum") for k in ("heading", "altitude", "speed", "resume")}}

@@ -6,6 +6,7 @@
   :func:`make_dec`, :func:`check_policy_interface`;
 - :func:`simulated_dataset`: demonstrations of the synthetic expert in BlueSky and their data set, split by
   scenario (the user's chain: simulate -> conflicts -> actions from the clearance log -> dataset);
+- :func:`spec_with_stats`: a feature spec with normalisation statistics from given feature tensors;
 - :func:`untrained_policy`: a real, untrained tiny policy for tests that need a model in a loop (controller,
   features), with the feature spec of a data-set configuration and normalisation statistics taken from
   given feature tensors.
@@ -197,16 +198,22 @@ def simulated_dataset(ws, n: int, seed: int, scenario_kwargs: dict, workers: int
 # -- a policy in a loop ------------------------------------------------------------------------------
 
 
-def untrained_policy(dcfg: DatasetConfig, feats: dict, step_s: float, encoder: str = "mlp", name: str = "tiny",
-                     seed: int = 0, vae: bool = False):
-    from models.config import ModelConfig
-    from models.policy import build_policy
+def spec_with_stats(dcfg: DatasetConfig, feats: dict, step_s: float) -> dict:
+    """The feature spec of a data-set configuration with normalisation statistics taken from feature tensors."""
     spec = feature_spec(dcfg, step_s)
     spec["normalisation"] = {}
     for key, t in spec["tensors"].items():
         st = RunningStats(len(t["features"]))
         st.update(feats[key])
         spec["normalisation"][key] = st.result([f["normalise"] for f in t["features"]])
+    return spec
+
+
+def untrained_policy(dcfg: DatasetConfig, feats: dict, step_s: float, encoder: str = "mlp", name: str = "tiny",
+                     seed: int = 0, vae: bool = False):
+    from models.config import ModelConfig
+    from models.policy import build_policy
+    spec = spec_with_stats(dcfg, feats, step_s)
     cfg = ModelConfig(name=name, encoder={"name": encoder, "hidden": 8, "layers": 1}, vae={"enabled": vae, "latent_dim": 4},
                       head={"name": "mdn", "hidden": 8, "components": 2})
     torch.manual_seed(seed)

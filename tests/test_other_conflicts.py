@@ -6,7 +6,7 @@ import numpy as np
 from atc_il.config import DatasetConfig
 from pipelines.conflicts import detect
 from pipelines.features import OTHER_CONFLICTS, TrackIndex, build_features, feature_spec
-from tests.helpers import STEP, actions_frame, grid_tracks, pair_samples
+from tests.helpers import STEP, actions_frame, grid_tracks, pair_samples, spec_with_stats
 
 # A and B head-on (CPA at 10:08 at the origin); C crosses A's track and meets A at 10:04 (CPA 42 NM from B's);
 # FAR meets nobody
@@ -50,16 +50,10 @@ def test_off_leaves_the_spec_unchanged_and_on_appends_two_features_before_valid(
 def test_the_aircraft_contrast_reads_each_aircrafts_other_conflicts():
     from models.config import ModelConfig
     from models.policy import build_policy
-    from pipelines.shards import RunningStats
     tracks = grid_tracks("2024-01-01T10:00Z", FLIGHTS)
     feats = build_features(pair_samples(tracks, "2024-01-01T10:01:00Z", "2024-01-01T10:03:30Z"),
                            TrackIndex.build(tracks, STEP), actions_frame([]).iloc[:0], CFG)
-    spec = feature_spec(CFG, STEP)
-    spec["normalisation"] = {}
-    for key, t in spec["tensors"].items():
-        st = RunningStats(len(t["features"]))
-        st.update(feats[key])
-        spec["normalisation"][key] = st.result([f["normalise"] for f in t["features"]])
+    spec = spec_with_stats(CFG, feats, STEP)
     pol = build_policy(ModelConfig(name="c", encoder={"name": "mlp", "hidden": 8, "aircraft_contrast": True},
                                    vae={"enabled": False}, head={"name": "mdn", "hidden": 8}), spec)
     names = [f["name"] for f in spec["tensors"]["geometry"]["features"]]
