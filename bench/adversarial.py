@@ -202,13 +202,8 @@ def main() -> None:
     print(it.to_string(), flush=True)
     loop = None
     if args.closed_loop:
-        from dagger import closed_loop, summarise_loop
-        t = time.perf_counter()
-        per = closed_loop(policies, args.closed_loop, args.loop_seed, args.loop_duration, args.workers, mvp=False)
-        per.to_csv(out_root / f"closed_loop-{tag}.csv", index=False)
-        loop = summarise_loop(per)
-        times["closed loop"] = time.perf_counter() - t
-        print(loop.to_string(), flush=True)
+        from dagger import timed_loop
+        loop = timed_loop(policies, args, out_root / f"closed_loop-{tag}.csv", times, mvp=False)
     png = Path(__file__).resolve().parent / "adversarial.png"
     plot(curves, loop, png)
     if args.no_record:

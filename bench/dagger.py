@@ -90,6 +90,18 @@ def closed_loop(policies: dict[str, str], n: int, seed: int, duration_s: float, 
     return pd.DataFrame([r for rows in run_parallel(_loop_job, jobs, workers=workers) for r in rows])
 
 
+def timed_loop(policies: dict[str, str], args, csv: Path, times: dict, mvp: bool = True) -> pd.DataFrame:
+    """:func:`closed_loop` on ``args.closed_loop`` scenarios (``args.loop_seed``, ``args.loop_duration``,
+    ``args.workers``): per-scenario rows to ``csv``, the summary printed and returned, its time in ``times``."""
+    t = time.perf_counter()
+    per = closed_loop(policies, args.closed_loop, args.loop_seed, args.loop_duration, args.workers, mvp)
+    per.to_csv(csv, index=False)
+    loop = summarise_loop(per)
+    times["closed loop"] = time.perf_counter() - t
+    print(loop.to_string(), flush=True)
+    return loop
+
+
 def summarise_loop(per: pd.DataFrame) -> pd.DataFrame:
     agg = {"scenarios": ("los", "size"), "los": ("los", "sum"), "conflicts": ("conflicts", "sum"),
            "resolved_pct": ("resolved_pct", "mean"),
@@ -191,13 +203,7 @@ def main() -> None:
         print(f"{r['arm']}: " + ", ".join(f"{k} {fmt(r.get(k))}" for k in OFFLINE), flush=True)
     loop = None
     if args.closed_loop:
-        t = time.perf_counter()
-        per = closed_loop({r["arm"]: r["policy"] for r in rows}, args.closed_loop, args.loop_seed,
-                          args.loop_duration, args.workers)
-        per.to_csv(root / "closed_loop.csv", index=False)
-        loop = summarise_loop(per)
-        times["closed loop"] = time.perf_counter() - t
-        print(loop.to_string(), flush=True)
+        loop = timed_loop({r["arm"]: r["policy"] for r in rows}, args, root / "closed_loop.csv", times)
     png = Path(__file__).resolve().parent / "dagger.png"
     plot(rows, loop, png)
     if args.no_record:
