@@ -137,6 +137,24 @@ class _Base(nn.Module):
         return int(self.embed[name].out_features)
 
 
+class HazardEncoder(nn.Module):
+    """The act hazard's own summary (``head.act_inputs = geometry``): the decision-time geometry step alone
+    (timing, the controller's own history, the session's counts, each aircraft's other conflicts where the data
+    set has them), embedded per feature like the encoders' inputs, through a small network -> (B, hidden). The
+    expert's act-or-not hinges on a few sharp thresholds of these; gradient-boosted trees on them alone beat a
+    network reading every input (bench/RESULTS.md, the act term), which over-fits the rest."""
+
+    def __init__(self, spec: dict, cfg: EncoderConfig, hidden: int):
+        super().__init__()
+        f_geom = tensor_shapes(spec)["geometry"][-1]
+        self.embed = numeric_embedding(f_geom, cfg)
+        self.net = nn.Sequential(mlp(int(self.embed.out_features), hidden, hidden, 2, cfg.dropout), nn.GELU())
+        self.out_dim = hidden
+
+    def forward(self, geometry_n: torch.Tensor) -> torch.Tensor:
+        return self.net(self.embed(geometry_n[:, -1]))
+
+
 @ENCODERS.register("mlp")
 class MLPEncoder(_Base):
     """The last step of pair, neighbours and geometry (history features of that step included), and the

@@ -28,6 +28,7 @@ from atc_il.feature_spec import FeatureSpec
 from atc_il.io import atomic_write_text
 from models import style as style_mix
 from models.config import ModelConfig
+from models.encoders import HazardEncoder
 from models.heads import HEADS, drop_other_heads_fields
 from models.interface import ENCODERS, Context, Decisions, Observations
 from models.normalizer import Normalizer
@@ -50,6 +51,15 @@ class Policy(nn.Module):
         self.vae = HistoryVAE(spec, config.vae, self.encoder.out_dim) if config.vae.enabled else None
         if self.vae is not None:
             ctx_dim += self.vae.latent_dim
+        self.hazard = None
+        if config.head.act_inputs == "geometry":
+            if config.encoder.name == "markov":
+                raise ModelError("head.act_inputs = geometry reads the geometry's history features (time in conflict, "
+                                 "the controller's clearances), which the markov encoder must not see; use act_inputs "
+                                 "= context with it")
+            # P(act)'s own summary, the last head.hidden features of the context (models/heads/base.py)
+            self.hazard = HazardEncoder(spec.to_dict(), config.encoder, config.head.hidden)
+            ctx_dim += self.hazard.out_dim
         self.head = HEADS.get(config.head.name)(ctx_dim, config.head)
         # the session style code (models/style.py): its q-logits ride at the end of the context tensor
         self.style = StyleCode(spec, config.style, ctx_dim) if config.style.enabled else None
@@ -81,6 +91,8 @@ class Policy(nn.Module):
             q = self.vae.posterior(summary)
             z = q.rsample() if sample_z else q.mean
             ctx, zq = torch.cat([summary, z.to(summary.dtype)], dim=-1), (z, q)
+        if self.hazard is not None:
+            ctx = torch.cat([ctx, self.hazard(obs_n.geometry).to(ctx.dtype)], dim=-1)
         if self.style is not None:
             ctx = torch.cat([ctx, self.style.logits(obs.geometry, geometry_n).to(ctx.dtype)], dim=-1)
         return ctx, obs_n, summary, zq

@@ -21,6 +21,8 @@ Distributions and log-probs are computed in float32, also under autocast. Sampli
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from pydantic import Field
 from torch import nn
@@ -66,6 +68,11 @@ class HeadConfigBase(Section):
     """The fields every head's config has; each head's config adds its own and narrows ``name``."""
     name: str
     hidden: int = Field(128, ge=8)
+    act_inputs: Literal["context", "geometry"] = Field(
+        "context", description="what P(act) reads: the whole context (the trunk shared with the aircraft, type and "
+        "value), or a hazard summary of the decision-time geometry alone (timing, clearance history, session counts; "
+        "the policy's HazardEncoder, the last ``hidden`` features of the context) and the style code: the act term "
+        "over-fits the many other inputs while the rest still learns (bench/RESULTS.md, the act term)")
 
 
 class Head(nn.Module):
@@ -78,8 +85,10 @@ class Head(nn.Module):
         super().__init__()
         d = cfg.hidden
         self.cfg = cfg
-        self.trunk = nn.Sequential(mlp(ctx_dim, d, d, 2), nn.GELU())
-        self.act_out = nn.Linear(d, 2)
+        # with act_inputs = geometry the context's last d features are the hazard summary, read by P(act) alone
+        self.hazard_dims = d if cfg.act_inputs == "geometry" else 0
+        self.trunk = nn.Sequential(mlp(ctx_dim - self.hazard_dims, d, d, 2), nn.GELU())
+        self.act_out = mlp(d, d, 2, 2) if self.hazard_dims else nn.Linear(d, 2)
         self.aircraft_out = nn.Linear(d, 2)
         self.aircraft_emb = nn.Embedding(2, d)
         self.type_net = mlp(d, d, N_TYPES, 2)
@@ -88,6 +97,17 @@ class Head(nn.Module):
         self.register_buffer("log_scale", VALUE_SCALE_T.float().log(), persistent=False)
 
     # -- building blocks -------------------------------------------------------------------------
+    def body(self, ctx: torch.Tensor) -> torch.Tensor:
+        """The trunk's features (B, d), from the context without the hazard summary."""
+        return self.trunk(ctx[:, :ctx.shape[-1] - self.hazard_dims])
+
+    def act_logits(self, ctx: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 2) logits of acting: from the hazard summary, else from the trunk's features ``h`` (computed
+        when not given)."""
+        if self.hazard_dims:
+            return self.act_out(ctx[:, -self.hazard_dims:])
+        return self.act_out(self.body(ctx) if h is None else h)
+
     def type_logits(self, h: torch.Tensor, aircraft: torch.Tensor) -> torch.Tensor:
         return self.type_net(h + self.aircraft_emb(aircraft)).float()
 
@@ -114,12 +134,12 @@ class Head(nn.Module):
     # -- the head interface ----------------------------------------------------------------------
     def p_act(self, ctx: torch.Tensor) -> torch.Tensor:
         """P(act now) (B,), float32: the one place the probability of acting is computed."""
-        return torch.softmax(self.act_out(self.trunk(ctx)).float(), -1)[:, 1]
+        return torch.softmax(self.act_logits(ctx).float(), -1)[:, 1]
 
     def terms(self, ctx: torch.Tensor, dec: Decisions, objective: bool = False) -> dict[str, torch.Tensor]:
         """Per-sample log-probability terms (B,): act, aircraft, type, value (0 where they do not apply);
         ``objective``: the value term is the head's training objective (:meth:`value_term`)."""
-        h = self.trunk(ctx)
+        h = self.body(ctx)
         acting = dec.act == 1
         aircraft = torch.where(acting, dec.aircraft, 0).clamp(0, 1)
         type_ = torch.where(acting, dec.type, 0).clamp(0, N_TYPES - 1)
@@ -127,7 +147,7 @@ class Head(nn.Module):
         # NaN values are only replaced where no value term applies: a NaN where one does stays loud
         value = torch.where(has_value, dec.value.float(), torch.zeros_like(dec.value, dtype=torch.float32))
         zero = torch.zeros((), device=ctx.device)
-        lp_act = torch.log_softmax(self.act_out(h).float(), -1).gather(-1, acting.long()[:, None])[:, 0]
+        lp_act = torch.log_softmax(self.act_logits(ctx, h).float(), -1).gather(-1, acting.long()[:, None])[:, 0]
         lp_ac = torch.log_softmax(self.aircraft_out(h).float(), -1).gather(-1, aircraft[:, None])[:, 0]
         lp_ty = torch.log_softmax(self.type_logits(h, aircraft), -1).gather(-1, type_[:, None])[:, 0]
         lp_val = self.value_term(self.value_params(h, aircraft, type_), type_, value, objective)
@@ -153,8 +173,8 @@ class Head(nn.Module):
                given_act: bool = False) -> Decisions:
         """n decisions per context (B, n); ``given_act``: from the distribution given that the controller acts."""
         b, dev = ctx.shape[0], ctx.device
-        h = self.trunk(ctx)
-        act = sample_index(self.act_out(h)[:, None, :].expand(b, n, 2), draw("rand", (b, n), generator, dev))
+        h = self.body(ctx)
+        act = sample_index(self.act_logits(ctx, h)[:, None, :].expand(b, n, 2), draw("rand", (b, n), generator, dev))
         if given_act:
             act = torch.ones_like(act)
         aircraft = sample_index(self.aircraft_out(h)[:, None, :].expand(b, n, 2), draw("rand", (b, n), generator, dev))
@@ -165,8 +185,8 @@ class Head(nn.Module):
 
     def predict(self, ctx: torch.Tensor, given_act: bool = False) -> Decisions:
         """The most likely decision; ``given_act``: the most likely action if the controller acts."""
-        h = self.trunk(ctx)
-        act = self.act_out(h).argmax(-1)
+        h = self.body(ctx)
+        act = self.act_logits(ctx, h).argmax(-1)
         if given_act:
             act = torch.ones_like(act)
         aircraft = self.aircraft_out(h).argmax(-1)

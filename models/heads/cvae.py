@@ -213,7 +213,7 @@ class CVAEHead(GenerativeHead):
     @float32
     def code_prior(self, ctx: torch.Tensor):
         """The learned prior p(c | ctx): a Categorical over ``codes`` (discrete) or an Independent Normal."""
-        return self._latent(self.prior_net(self.trunk(ctx)))
+        return self._latent(self.prior_net(self.body(ctx)))
 
     @torch.no_grad()
     @float32
@@ -223,7 +223,7 @@ class CVAEHead(GenerativeHead):
         Discrete: the EXACT posterior by enumeration, p(c | ctx) p(v | ctx, aircraft, type, c) / p(v | ...);
         continuous: the recognition model q (an approximation). Rows without a value (aircraft or type -1,
         ``resume``, or a NaN value) get the prior: there is no evidence about the code."""
-        h = self.trunk(ctx)
+        h = self.body(ctx)
         has_value = (aircraft >= 0) & (type_ >= 0) & (type_ != RESUME) & torch.isfinite(value)
         ac, ty = aircraft.clamp(0, 1), type_.clamp(0, N_TYPES - 1)
         params = self.value_params(h, ac, ty)
