@@ -8,8 +8,7 @@ Protocol (defaults; each a flag):
 - data: ``--scenarios 500`` generated sector scenarios (1800 s, density 4, 8 injected conflicts) run in BlueSky
   under the synthetic expert in parallel (``--workers``) and cached in ``--cache`` (reused when present:
   delete the folder to re-simulate); conflicts -> actions (the expert's clearance log, each clearance linked
-  to the conflict it resolves) -> observation histories (with each aircraft's conflicts with third aircraft,
-  ``dataset.other_conflicts``), split by scenario into ``--test 50`` held-out test
+  to the conflict it resolves) -> observation histories, split by scenario into ``--test 50`` held-out test
   scenarios, ``--val 30`` validation scenarios and the rest for training;
 - training sizes ``--sizes 25 50 100 200 400`` scenarios (nested subsets of the training scenarios, in a fixed
   seeded order; the normalisation statistics are those of the whole training split), ``--seeds 0 1 2``;
@@ -63,8 +62,7 @@ def make_data(cache: Path, n: int, n_test: int, n_val: int, seed: int, workers: 
         print(f"simulated {rep['scenarios']} scenarios ({rep['clearances']} clearances) in "
               f"{time.perf_counter() - t:.0f} s", flush=True)
     if not (sim / "dataset" / "dataset_report.json").exists():
-        s = build_dataset(sim, PipelineConfig(), test_fraction=n_test / n, val_fraction=n_val / n,
-                          other_conflicts=True)
+        s = build_dataset(sim, PipelineConfig(), test_fraction=n_test / n, val_fraction=n_val / n)
         print(f"data set: {s['samples']} samples ({s['positive samples']} acting)", flush=True)
     return sim / "dataset"
 
