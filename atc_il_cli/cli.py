@@ -267,6 +267,10 @@ def simulate(scenarios: int = typer.Option(4, "--scenarios", "-n", min=1, help="
              dense_routes: bool = typer.Option(False, "--dense-routes/--straight-routes",
                                                help="flight plans with waypoints 2-4 min apart, a few NM off the straight "
                                                     "line (direct-to then changes the track by a few degrees)"),
+             surveillance: str = typer.Option("radar", help="what tracks/ holds: radar (the picture the controller "
+                                              "decided on, radar noise included, as a recording holds what the display "
+                                              "showed) or truth (the simulator's true states, to add your own "
+                                              "surveillance model)"),
              out: Path = typer.Option(Path("workspace/sim"), help="output folder")):
     """Run generated scenarios in BlueSky under an expert controller and write demonstrations
     (tracks, clearances, expert ground truth, scenarios) in the canonical contracts."""
@@ -278,7 +282,7 @@ def simulate(scenarios: int = typer.Option(4, "--scenarios", "-n", min=1, help="
     try:
         rep = run_sim(out, scenarios, expert, seed, workers, client,
                       {"duration_s": duration_s, "density": density, "conflicts": conflicts_per_scenario},
-                      dense_routes=dense_routes)
+                      dense_routes=dense_routes, surveillance=surveillance)
     finally:
         if client is not None:
             client.close()

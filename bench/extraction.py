@@ -85,7 +85,7 @@ def simulate(work: Path, name: str) -> Path:
                 break
             try:
                 sh(CLI, "simulate", "-n", n, "--expert", expert, "--seed", seed, "--workers", 2, "--density", density,
-                   "--dense-routes" if expert == "varied" else "--straight-routes", "--out", d)
+                   "--dense-routes" if expert == "varied" else "--straight-routes", "--surveillance", "truth", "--out", d)
             except RuntimeError:
                 if attempt == 2:
                     raise

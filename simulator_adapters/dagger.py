@@ -245,7 +245,10 @@ def rollout_metrics(work: Path) -> dict:
 
     truth = pd.read_parquet(work / "expert_truth.parquet")
     clear = pd.read_parquet(work / "clearances.parquet")
-    if (work / "episodes").exists():
+    if (work / "true_tracks").exists():        # tracks/ holds the controller's noisy radar picture
+        tr = read_table(work / "true_tracks", TRACK_SCHEMA)
+        eps, _ = build_episodes(detect(tr, progress=False), tr)
+    elif (work / "episodes").exists():
         eps = read_table(work / "episodes", EPISODE_SCHEMA)
     else:
         tr = read_table(work / "tracks", TRACK_SCHEMA)

@@ -2,7 +2,12 @@
 
 Layout of ``out`` (ready for ``atc-il conflicts``, ``atc-il actions --log``, ``atc-il dataset``):
 - ``tracks/``: track points (one scenario per day: scenario i starts at ``t0 + i days``; ``source`` is
-  ``bluesky:<scenario>``; flight ids are ``<scenario>/<callsign>`` so they are unique in the data set);
+  ``bluesky:<scenario>``; flight ids are ``<scenario>/<callsign>`` so they are unique in the data set): by
+  default the controller's radar picture at each decision step (``surveillance="radar"``: the true states with
+  the rollout's radar noise, what the expert decided on, as a surveillance recording holds what the controller's
+  display showed), or the simulator's true states (``surveillance="truth"``);
+- ``true_tracks/``: the simulator's true states, with ``surveillance="radar"`` (for safety figures: losses of
+  separation are counted on the true states);
 - ``clearances.parquet``: the expert's clearances (action contract, source ``simulator``);
 - ``expert_truth.parquet``: ground truth apart from model inputs (true style, the exact decision
   distribution at every decision the expert considered, the decision and its log-probability);
@@ -17,6 +22,7 @@ import json
 import time as _time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 
@@ -75,9 +81,14 @@ def relabel(res, index: int) -> dict:
     def fid(s):
         return name + "/" + s.astype(str)
 
-    tr = res.tracks.copy()
-    tr["time"] = tr["time"] + shift
-    tr["flight_id"] = fid(tr["flight_id"])
+    def shifted(frame: pd.DataFrame) -> pd.DataFrame:
+        out = frame.copy()
+        out["time"] = out["time"] + shift
+        out["flight_id"] = fid(out["flight_id"])
+        return out
+
+    tr = shifted(res.tracks)
+    radar = shifted(res.radar) if res.radar is not None else None
     ac = res.actions.copy()
     if len(ac):
         ac["time"] = ac["time"] + shift
@@ -94,7 +105,7 @@ def relabel(res, index: int) -> dict:
         truth["joint"] = truth["joint"].map(json.dumps)
         if "by_style" in truth:
             truth["by_style"] = truth["by_style"].map(json.dumps)
-    return {"tracks": tr, "actions": ac, "truth": truth, "meta": res.meta}
+    return {"tracks": tr, "radar": radar, "actions": ac, "truth": truth, "meta": res.meta}
 
 
 def flight_plans(scenarios: list[Scenario]) -> pd.DataFrame:
@@ -106,12 +117,19 @@ def flight_plans(scenarios: list[Scenario]) -> pd.DataFrame:
 
 def simulate(out: str | Path, n_scenarios: int, expert: str = "atco", seed: int = 0, workers: int = 1,
              client=None, scenario_kwargs: dict | None = None, progress: bool | None = None,
-             dense_routes: bool = False, controller_kwargs: dict | None = None) -> dict:
+             dense_routes: bool = False, controller_kwargs: dict | None = None,
+             surveillance: Literal["radar", "truth"] = "radar") -> dict:
     """Generate ``n_scenarios`` scenarios, run them under ``expert`` and write the demonstrations.
 
     ``dense_routes``: flight plans with waypoints 2-4 minutes apart, a few NM off the straight line
     (:func:`simulator_adapters.varied.dense_routes`), as real routes through beacons are.
-    ``controller_kwargs``: passed to the controller's factory (``dagger:URI`` takes ``beta``)."""
+    ``controller_kwargs``: passed to the controller's factory (``dagger:URI`` takes ``beta``).
+    ``surveillance``: what ``tracks/`` holds: ``radar``, the picture the controller decided on (its radar noise
+    included: the model then sees what the expert saw, in training as in the closed loop, where the model
+    controller reads the same noisy picture, and the achievable ceiling is exactly achievable), or ``truth``, the
+    simulator's true states (for benchmarks that add their own surveillance model, bench/extraction.py)."""
+    if surveillance not in ("radar", "truth"):
+        raise ValueError(f"surveillance must be 'radar' or 'truth', not {surveillance!r}")
     from atc_il.progress import track
     from simulator_adapters.parallel import run_parallel
 
@@ -135,10 +153,13 @@ def simulate(out: str | Path, n_scenarios: int, expert: str = "atco", seed: int 
         batches = [jobs[i::n] for i in range(n) if jobs[i::n]]
         results = sorted((r for b in run_parallel(_batch, batches, workers=n, client=client) for r in b),
                          key=lambda r: r["tracks"]["time"].min() if len(r["tracks"]) else pd.Timestamp.max.tz_localize("UTC"))
-    tracks = pd.concat([r["tracks"] for r in results], ignore_index=True)
+    tracks = pd.concat([r["radar"] if surveillance == "radar" else r["tracks"] for r in results], ignore_index=True)
     actions = pd.concat([r["actions"] for r in results if len(r["actions"])], ignore_index=True) \
         if any(len(r["actions"]) for r in results) else ACTION_SCHEMA.empty_table().to_pandas()
     write_partitioned(tracks, TRACK_SCHEMA, out / "tracks", what="simulated tracks")
+    if surveillance == "radar":
+        write_partitioned(pd.concat([r["tracks"] for r in results], ignore_index=True), TRACK_SCHEMA,
+                          out / "true_tracks", what="simulated true states")
     atomic_write_table(to_table(actions, ACTION_SCHEMA, "simulated clearances"), out / "clearances.parquet")
     atomic_write_table(to_table(flight_plans(scenarios), FLIGHT_PLAN_SCHEMA, "simulated flight plans"),
                        out / "flight_plans.parquet")
@@ -149,6 +170,7 @@ def simulate(out: str | Path, n_scenarios: int, expert: str = "atco", seed: int 
     sim_s = sum(r["meta"]["sim_s"] for r in results)
     wall_s = _time.perf_counter() - wall
     report = {"scenarios": n_scenarios, "expert": expert, "seed": seed, "workers": workers, "dense_routes": dense_routes,
+              "surveillance": surveillance,
               "track_points": len(tracks), "flights": int(tracks["flight_id"].nunique()), "clearances": len(actions),
               "expert_decisions": int(sum(len(t) for t in truths)),
               "styles": {r["meta"]["scenario"]: r["meta"]["style"] for r in results},

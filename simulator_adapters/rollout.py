@@ -54,6 +54,9 @@ class RolloutResult:
     actions: pd.DataFrame
     truth: pd.DataFrame
     meta: dict = field(default_factory=dict)
+    #: the controller's radar picture at every decision step (``tracks`` with the radar noise): what a
+    #: surveillance recording of the session holds, and what the controller decided on
+    radar: pd.DataFrame | None = None
 
 
 def aircraft_init(f: FlightSpec) -> AircraftInit:
@@ -129,7 +132,7 @@ class ClosedLoop:
 
     ``reset()`` resets the simulator; then, per decision step, ``observe()`` spawns due flights, reads the
     true state, deletes flights that left the sector, records it and returns the controller's
-    :class:`Observation` (noisy radar and atc-il's detection on it); ``apply(clearances)`` issues clearances
+    :class:`Observation` (noisy radar and atc-il's detection on it; the picture is recorded too, ``radar``); ``apply(clearances)`` issues clearances
     in BlueSky (a rejected one is counted in ``errors``, not raised); ``advance()`` steps the simulation to
     the next decision time. The loop is over (``done``) once the time passes the scenario's duration.
     ``state`` is the last true state read (after deletions); ``result()`` gives what happened so far.
@@ -153,6 +156,7 @@ class ClosedLoop:
         self.pending = sorted(self.scenario.flights, key=lambda f: (f.spawn_s, f.flight_id))
         self.spawned: dict[str, float] = {}
         self.tracks: list[pd.DataFrame] = []
+        self.radar: list[pd.DataFrame] = []
         self.actions: list[dict] = []
         self.errors: list[str] = []
         self.mvp = _MvpRecorder(self.cfg.mvp_probe_s) if self.sim_resolution == "MVP" else None
@@ -199,6 +203,7 @@ class ClosedLoop:
             bsc = sim.conflicts()
             self.bs_pairs.update(zip(bsc.loc[bsc["conflict"], "flight_id_1"], bsc.loc[bsc["conflict"], "flight_id_2"]))
         radar = noisy(st, cfg.noise, self.rng)
+        self.radar.append(radar)
         conf = detect_snapshot(radar["flight_id"].to_numpy(), radar["lat_deg"].to_numpy(), radar["lon_deg"].to_numpy(),
                                radar["alt_ft"].to_numpy(), radar["gs_kt"].to_numpy(), radar["trk_deg"].to_numpy(),
                                radar["vs_fpm"].to_numpy(), cfg.conflicts) if len(radar) > 1 else pd.DataFrame()
@@ -231,14 +236,16 @@ class ClosedLoop:
     def result(self, controller: str, style: str | None = None, truth: list[dict] | None = None) -> RolloutResult:
         """What happened so far: tracks, clearances (action contract), the controller's truth rows, meta."""
         sim, scenario = self.sim, self.scenario
-        tr = pd.concat(self.tracks, ignore_index=True) if self.tracks else TRACK_SCHEMA.empty_table().to_pandas()
+        empty = TRACK_SCHEMA.empty_table().to_pandas()
+        tr = pd.concat(self.tracks, ignore_index=True) if self.tracks else empty
+        radar = pd.concat(self.radar, ignore_index=True) if self.radar else empty.copy()
         ac = pd.DataFrame(self.actions, columns=ACTION_SCHEMA.names)
         meta = {"scenario": scenario.name, "seed": self.seed, "t0": sim.time_of(0.0), "controller": controller,
                 "style": style, "sim_s": scenario.duration_s,
                 "wall_s": round(_time.perf_counter() - self.wall, 3), "decision_steps": self.n_decisions,
                 "max_aircraft": self.max_ac, "flights": len(self.spawned), "clearances": len(ac),
                 "rejected_clearances": self.errors, "bluesky_conflict_pairs": sorted(self.bs_pairs)}
-        return RolloutResult(scenario.name, controller, tr, ac, pd.DataFrame(truth or []), meta)
+        return RolloutResult(scenario.name, controller, tr, ac, pd.DataFrame(truth or []), meta, radar)
 
 
 def rollout(scenario: Scenario, controller: Controller, sim: BlueSkySim, cfg: RolloutConfig = RolloutConfig(),

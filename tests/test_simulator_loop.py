@@ -71,6 +71,41 @@ def test_demonstrations_feed_the_data_chain_unchanged(tmp_path):
     assert summary["train samples"] and summary["val samples"] and summary["test samples"]
     truth = pd.read_parquet(ws / "expert_truth.parquet")
     assert {"style", "p_act", "joint", "log_prob"} <= set(truth.columns)
+    # tracks/ is the picture the expert decided on: every conflict it considered is one on the recorded tracks, at
+    # the same step (the data set sees what the expert saw), and the true states are kept beside it
+    from atc_il.io import read_table
+    from atc_il.schemas import TRACK_SCHEMA
+    conf = pd.read_parquet(ws / "conflicts", columns=["time", "flight_id_1", "flight_id_2", "conflict"])
+    shown = set(zip(conf.loc[conf["conflict"].astype(bool), "time"], conf["flight_id_1"], conf["flight_id_2"]))
+    considered = truth[truth["kind"] == "conflict"]
+    assert len(considered) > 0
+    assert all(k in shown for k in zip(considered["time"], considered["flight_id_1"], considered["flight_id_2"]))
+    radar, true = read_table(ws / "tracks", TRACK_SCHEMA), read_table(ws / "true_tracks", TRACK_SCHEMA)
+    m = radar.merge(true, on=["time", "flight_id"], suffixes=("", "_true"))
+    assert len(m) == len(radar) == len(true) and rep["surveillance"] == "radar"
+    err_ft = (m["alt_ft"] - m["alt_ft_true"]).abs()
+    assert 5 < err_ft.mean() < 50                                 # RadarNoise.alt_ft = 25 ft
+
+
+def test_the_rollout_records_the_controllers_picture(sim):
+    """``RolloutResult.radar`` is what the controller observed at each step; ``tracks`` the true states."""
+    from simulator_adapters.controllers import Controller, Decision
+
+    class Watcher(Controller):
+        name = "watcher"
+
+        def __init__(self):
+            self.seen = []
+
+        def decide(self, obs):
+            self.seen.append(obs.radar)
+            return Decision()
+
+    sc = generate(seed=8, conflicts=2, density=1.0, duration_s=300)
+    w = Watcher()
+    res = rollout(sc, w, sim)
+    pd.testing.assert_frame_equal(res.radar, pd.concat(w.seen, ignore_index=True))
+    assert len(res.radar) == len(res.tracks) and not res.radar["lat_deg"].equals(res.tracks["lat_deg"])
 
 
 def test_scenario_from_recorded_tracks_replays_them(sim):
