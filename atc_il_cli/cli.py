@@ -479,20 +479,29 @@ def predict(model: str = typer.Option(..., "--model", help="models:/NAME@alias, 
             scheduler: Optional[str] = typer.Option(None, help="address of an existing Dask scheduler to run on"),
             runtime: str = typer.Option("auto", help="context network: auto (ONNX Runtime where it reproduces PyTorch), onnx or torch"),
             clearances: Optional[Path] = typer.Option(None, help="issued clearances: a clearance log file or an actions/ folder"),
-            workspace: Path = typer.Option(Path("workspace"), "--workspace", "-w", help="where the MLflow store is")):
+            workspace: Path = typer.Option(Path("workspace"), "--workspace", "-w", help="where the MLflow store is"),
+            config: Optional[Path] = ConfigOpt, min_alt_ft: Optional[float] = MinAlt,
+            airspace: Optional[Path] = AirspaceOpt, sector: Optional[str] = SectorOpt):
     """Batch prediction: conflicts and the model's decision at every conflict step before CPA, per
-    partition (restartable: finished partitions are skipped, broken ones redone)."""
+    partition (restartable: finished partitions are skipped, broken ones redone). With
+    --min-alt-ft/--airspace (or the --config enroute section), a conflict step is predicted only when both
+    aircraft were above the floor and inside the airspace at its episode's first detection; the steps left out
+    are counted."""
     import os
 
     from models.batch_predict import run as run_predict
     from models.registry import tracking_uri
+    cfg = _config(config, enroute=_enroute(min_alt_ft, airspace, sector))
     os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri(workspace))
     rep = run_predict(tracks, out, model, engine=engine, workers=workers, scheduler=scheduler, clearances=clearances,
-                      runtime=runtime)
+                      runtime=runtime, enroute=cfg.enroute)
     _table(f"predict {model}", {
         "partitions": rep["partitions"], "done": rep["partitions_done"], "skipped (finished before)": rep["partitions_skipped"],
         "failed": rep["partitions_failed"], "track points": rep["track_points"], "conflict steps": rep["conflict_steps"],
-        "predictions": rep["predictions"], "seconds": rep["seconds"], "points/s": rep["points_per_s"],
+        "predictions": rep["predictions"], "enroute": rep["enroute"],
+        "conflict_steps_left_out": rep["conflict_steps_left_out"],
+        "conflict_steps_left_out_by_reason": rep["conflict_steps_left_out_by_reason"],
+        "seconds": rep["seconds"], "points/s": rep["points_per_s"],
         "engine": f"{rep['engine']} ({rep['workers']} worker{'s' if rep['workers'] > 1 else ''})", "report": str(out / "predict_report.json")})
     for key, cause in rep["failed"].items():
         typer.secho(f"failed {key}: {cause}", fg="red", err=True)

@@ -21,18 +21,29 @@ partition's own times. Decisions at the start of a day therefore equal those of 
 at once (``tests/test_predict.py``). A partition named otherwise than ``day=...`` has no known
 predecessor and is processed on its own.
 
+En-route focus (``enroute``, ``atc-il predict --min-alt-ft/--airspace/--sector``; default: everything is
+predicted): a conflict step is predicted only when its pair's run of detections (its episode) is kept by the
+conflicts stage's rule, :func:`pipelines.enroute.episode_reasons` (both aircraft at or above the floor and
+inside the airspace at first detection, read from the partition's points with their history). The steps left
+out are counted by reason in each partition's figures and ``predict_report.json``, beside the settings.
+
 Restartable: a partition with a complete output (marker naming ``part-0.parquet``) is skipped; any
-other output folder is cleared and redone; writes are atomic. A failing partition (an unreadable
-file, bad data, or an unreadable predecessor needed for its history) is reported with its cause and
-the others go on. The model is loaded once per process (worker), never per partition.
+other output folder is cleared and redone; writes are atomic. An output folder records the model and the
+en-route settings it was predicted with (``predict_model.json``): a rerun with another model or other
+settings is refused, so finished partitions are never reused across them. A failing partition (an
+unreadable file, bad data, or an unreadable predecessor needed for its history) is reported with its cause
+and the others go on. The model is loaded once per process (worker), never per partition.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import time as _time
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +52,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from atc_il.config import EnRouteConfig, validate
 from atc_il.errors import ConfigError, DataError
 from atc_il.io import MARKER, atomic_write_table, is_complete, mark_complete, parquet_files, read_table, write_json
 from atc_il.progress import track
 from atc_il.runs import RUN_RECORD, checkpoint, require_complete
 from atc_il.schemas import ACTION_SCHEMA, DECISION_SCHEMA, TIME, TRACK_SCHEMA, conform, to_ns, to_table
 from models.serving import Predictor, Prepared, decisions_frame
+from pipelines.enroute import REASONS, EnRouteFilter, episode_reasons, reason_counts
 
 PREDICTION_SCHEMA = DECISION_SCHEMA       # the decision contract, one row per conflict and decision time
 
@@ -113,19 +126,33 @@ def on_grid(tracks: pd.DataFrame, step_s: float) -> bool:
     return bool((d > 0).all() and (not len(d) or (d == step).mean() > 0.5))
 
 
+def enroute_filter(enroute: EnRouteFilter | EnRouteConfig | dict | None) -> EnRouteFilter:
+    """``enroute`` as a loaded :class:`~pipelines.enroute.EnRouteFilter` (None: keep everything)."""
+    if isinstance(enroute, EnRouteFilter):
+        return enroute
+    if not isinstance(enroute, EnRouteConfig):
+        enroute = validate(EnRouteConfig, enroute or {}, "enroute")
+    return EnRouteFilter(enroute)
+
+
 def predict_partition(tracks: pd.DataFrame, predictor, clearances: pd.DataFrame | None = None, *,
-                      start=None, chunk: int = CHUNK_SAMPLES, runtime: str = "auto") -> pd.DataFrame:
+                      start=None, chunk: int = CHUNK_SAMPLES, runtime: str = "auto",
+                      enroute: EnRouteFilter | EnRouteConfig | dict | None = None) -> pd.DataFrame:
     """Decisions for every conflict step before CPA (``conflict`` and ``tcpa_s > 0``) at times >= ``start``.
 
     ``tracks``: canonical points; off the model's grid they are resampled with ``predictor.grid``.
     Points before ``start`` are history only (see the module doc for how much a caller must pass).
     ``clearances``: issued clearances (ACTION_SCHEMA), features of the decisions after them.
     ``runtime``: the context network's runtime (:func:`choose_runtime`).
+    ``enroute``: the en-route focus (module doc; default none: every conflict step); the steps it leaves out
+    are not predicted, and the others are predicted exactly as without it.
     Returns :data:`PREDICTION_SCHEMA` rows sorted by (time, flight_id_1, flight_id_2); ``attrs`` count
-    the conflict steps (``conflict_steps``) at emitted times.
+    the conflict steps at emitted times: predicted or not (``conflict_steps``, those kept by ``enroute``) and
+    left out by ``enroute`` (``conflict_steps_left_out``, ``conflict_steps_left_out_by_reason``).
     """
+    flt = enroute_filter(enroute)
     out = PREDICTION_SCHEMA.empty_table().to_pandas()
-    out.attrs["conflict_steps"] = 0
+    out.attrs.update(conflict_steps=0, conflict_steps_left_out=0, conflict_steps_left_out_by_reason={})
     if tracks.empty:
         return out
     from pipelines.features import Samples, TrackIndex
@@ -136,9 +163,12 @@ def predict_partition(tracks: pd.DataFrame, predictor, clearances: pd.DataFrame 
         conf = conf[conf["time"] >= pd.Timestamp(start)]
     if conf.empty:
         return out
-    keep = conf["conflict"].astype(bool) & (conf["tcpa_s"] > 0)
+    steps = conf["conflict"].astype(bool).to_numpy()
+    left = _left_out(conf, steps, grid, flt)
+    keep = steps & (left == "") & (conf["tcpa_s"] > 0).to_numpy()
     samples = conf[keep].sort_values(["time", "flight_id_1", "flight_id_2"], kind="stable").reset_index(drop=True)
-    out.attrs["conflict_steps"] = int(conf["conflict"].astype(bool).sum())
+    out.attrs.update(conflict_steps=int((steps & (left == "")).sum()), conflict_steps_left_out=int((left != "").sum()),
+                     conflict_steps_left_out_by_reason=reason_counts(left[left != ""]))
     if samples.empty:
         return out
     acts = None
@@ -156,8 +186,22 @@ def predict_partition(tracks: pd.DataFrame, predictor, clearances: pd.DataFrame 
         (dec, _), = predictor.infer([Prepared(s, feats)])
         parts.append(decisions_frame(dec))
     res = conform(pd.concat(parts, ignore_index=True), PREDICTION_SCHEMA, "decisions")
-    res.attrs["conflict_steps"] = out.attrs["conflict_steps"]
+    res.attrs.update(out.attrs)
     return res
+
+
+def _left_out(conf: pd.DataFrame, steps: np.ndarray, grid: pd.DataFrame, flt: EnRouteFilter) -> np.ndarray:
+    """Per detection row: '' unless it is a conflict step (``steps``) whose episode (pair and first detection)
+    ``flt`` leaves out, then the reason. The rule is evaluated once per episode, on ``grid`` (with history)."""
+    left = np.full(len(conf), "", dtype=object)
+    if not flt.active or not steps.any():
+        return left
+    cols = ["flight_id_1", "flight_id_2", "first_detection"]
+    runs = conf.loc[steps, cols].reset_index(drop=True)
+    episodes = runs.drop_duplicates(ignore_index=True)
+    episodes["reason"] = episode_reasons(episodes, grid, flt)
+    left[steps] = runs.merge(episodes, on=cols, how="left", validate="many_to_one")["reason"].to_numpy(dtype=object)
+    return left
 
 
 # ------------------------------------------------------------------ partitions
@@ -261,7 +305,8 @@ def finished(folder: str | Path) -> bool:
 def process_partition(job: dict) -> dict:
     """Read (with history), predict, write atomically, mark complete. Never raises: failures are returned."""
     t = _time.perf_counter()
-    res = {"key": job["key"], "status": "done", "points": 0, "conflict_steps": 0, "predictions": 0}
+    res = {"key": job["key"], "status": "done", "points": 0, "conflict_steps": 0, "predictions": 0,
+           "conflict_steps_left_out": 0, "conflict_steps_left_out_by_reason": {}}
     folder = Path(job["out"])
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -270,11 +315,15 @@ def process_partition(job: dict) -> dict:
         predictor = get_predictor(job["uri"], runtime)
         choose_runtime(predictor, predictor.example_features(), runtime, job.get("onnx"))
         tracks, res["points"] = read_context(job["part"], job["previous"], predictor)
-        dec = predict_partition(tracks, predictor, job.get("clearances"), start=job["part"]["start"], runtime=runtime)
+        dec = predict_partition(tracks, predictor, job.get("clearances"), start=job["part"]["start"], runtime=runtime,
+                                enroute=job.get("enroute"))
         res["runtime"] = predictor.runtime
         atomic_write_table(to_table(dec, PREDICTION_SCHEMA, "decisions"), folder / PART_FILE)
-        res.update(conflict_steps=int(dec.attrs.get("conflict_steps", 0)), predictions=len(dec))
-        write_json({k: res[k] for k in ("key", "points", "conflict_steps", "predictions")}, folder / STATS_FILE)
+        res.update(conflict_steps=int(dec.attrs.get("conflict_steps", 0)), predictions=len(dec),
+                   conflict_steps_left_out=int(dec.attrs.get("conflict_steps_left_out", 0)),
+                   conflict_steps_left_out_by_reason=dict(dec.attrs.get("conflict_steps_left_out_by_reason", {})))
+        write_json({k: res[k] for k in ("key", "points", "conflict_steps", "predictions", "conflict_steps_left_out",
+                                        "conflict_steps_left_out_by_reason")}, folder / STATS_FILE)
         mark_complete(folder, [PART_FILE])
     except Exception as exc:     # reported per partition; the others go on
         msg = " ".join(str(exc).split()) or type(exc).__name__
@@ -305,7 +354,10 @@ def read_clearances(path: str | Path | None) -> pd.DataFrame | None:
     return read_clearance_log(path)
 
 
-def _jobs(parts: list[dict], out: Path, uri: str, clearances, horizon_s: float, runtime: str = "auto") -> list[dict]:
+def _jobs(parts: list[dict], out: Path, uri: str, clearances, horizon_s: float, runtime: str = "auto",
+          enroute: EnRouteFilter | None = None) -> list[dict]:
+    """One job per partition (picklable for Dask): ``enroute`` is the driver's loaded filter, so workers need
+    no airspace file and use the polygon the driver checked (None: keep everything)."""
     jobs = []
     for i, p in enumerate(parts):
         prev = [q for q in parts[:i][::-1] if q["start"] is not None] if p["start"] is not None else []
@@ -316,11 +368,26 @@ def _jobs(parts: list[dict], out: Path, uri: str, clearances, horizon_s: float, 
         elif clearances is not None:
             acts = clearances
         jobs.append({"key": p["key"], "part": p, "previous": prev, "uri": uri, "clearances": acts, "runtime": runtime,
-                     "out": str(out if p["key"] == "." else out / p["key"])})
+                     "out": str(out if p["key"] == "." else out / p["key"]), "enroute": enroute})
     return jobs
 
 
-def _check_model(out: Path, predictor) -> None:
+_NO_ENROUTE = {"min_alt_ft": None, "airspace": None, "sector": None, "airspace_sha256": None}
+_ENROUTE_OPTS = {"min_alt_ft": "--min-alt-ft", "airspace_sha256": "--airspace", "sector": "--sector"}
+
+
+def enroute_settings(flt: EnRouteFilter) -> dict:
+    """What an output folder records of the en-route focus: the settings and the airspace file's sha256 (the
+    polygon, not its path, is what decides; a file edited in place is another setting)."""
+    d = flt.describe()
+    sha = hashlib.sha256(Path(d["airspace"]).read_bytes()).hexdigest() if d["airspace"] else None
+    return json.loads(json.dumps({**d, "airspace_sha256": sha}))       # as read back from the JSON
+
+
+def _check_model(out: Path, predictor, enroute: dict | None = None) -> None:
+    """Refuse an output folder that holds predictions of another model or of other en-route settings (its
+    finished partitions would be reused: skipped, mixed into this run's output); record this run's."""
+    enroute = enroute or _NO_ENROUTE
     meta = {"uri": predictor.uri, "spec_hash": predictor.feature_spec.spec_hash,
             "history_steps": predictor.dcfg.history_steps, "step_s": predictor.step_s}
     path = out / MODEL_FILE
@@ -329,7 +396,18 @@ def _check_model(out: Path, predictor) -> None:
         if {k: old.get(k) for k in meta} != meta:
             raise ConfigError(f"{out} holds predictions of another model ({old.get('uri')}, spec {old.get('spec_hash')}); "
                               f"choose another --out or remove it")
-    write_json(meta, path)
+        was = {**_NO_ENROUTE, **(old.get("enroute") or {})}       # none recorded: predicted before the focus existed
+        differ = [k for k in _ENROUTE_OPTS if was.get(k) != enroute.get(k)]
+        if differ:
+            def show(d: dict, k: str) -> str:
+                if k != "airspace_sha256":
+                    return f"{_ENROUTE_OPTS[k]} {d.get(k)}"
+                return f"--airspace {d.get('airspace')}" + (f" (sha256 {d[k][:12]})" if d.get(k) else "")
+            raise ConfigError(f"{out} holds predictions made with other en-route settings: "
+                              f"{', '.join(show(was, k) for k in differ)} there, "
+                              f"{', '.join(show(enroute, k) for k in differ)} now; its finished partitions are not "
+                              f"reused across settings: rerun with the same settings, choose another --out or remove it")
+    write_json({**meta, "enroute": enroute}, path)
 
 
 def _execute(jobs: list[dict], engine: str, workers: int, scheduler: str | None, progress) -> list[dict]:
@@ -360,11 +438,14 @@ def _execute(jobs: list[dict], engine: str, workers: int, scheduler: str | None,
 
 def run(tracks_dir: str | Path, out_dir: str | Path, model_uri: str, *, engine: str | None = None, workers: int = 1,
         scheduler: str | None = None, clearances: str | Path | pd.DataFrame | None = None,
-        progress: bool | None = None, runtime: str = "auto") -> dict:
+        progress: bool | None = None, runtime: str = "auto", enroute: EnRouteConfig | dict | None = None) -> dict:
     """Predict every partition of ``tracks_dir`` into ``out_dir``; returns the summary (also in
     OUT/predict_report.json). ``engine``: ``local`` (in-process) or ``dask`` (a LocalCluster of
     ``workers`` single-thread processes, or the cluster at ``scheduler``); default local for one worker.
-    ``runtime``: the context network's (``auto``: ONNX Runtime where it reproduces PyTorch; :func:`choose_runtime`)."""
+    ``runtime``: the context network's (``auto``: ONNX Runtime where it reproduces PyTorch; :func:`choose_runtime`).
+    ``enroute``: the en-route focus (module doc; default none: every conflict step is predicted); the summary
+    records it (``enroute``) and counts the conflict steps it left out (``conflict_steps_left_out``, by reason).
+    An ``out_dir`` predicted with other settings is refused."""
     t = _time.perf_counter()
     engine = engine or ("dask" if workers > 1 or scheduler else "local")
     if engine not in ("local", "dask"):
@@ -372,10 +453,14 @@ def run(tracks_dir: str | Path, out_dir: str | Path, model_uri: str, *, engine: 
     require_complete(tracks_dir, "ingest")
     if runtime not in RUNTIMES:
         raise ConfigError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    cfg = enroute if isinstance(enroute, EnRouteConfig) else validate(EnRouteConfig, enroute or {}, "enroute")
+    if cfg.airspace:                                   # recorded absolute: reruns from elsewhere compare the same
+        cfg = cfg.model_copy(update={"airspace": str(Path(cfg.airspace).resolve())})
+    flt = enroute_filter(cfg)                          # an unusable airspace file is refused before anything is written
     predictor = get_predictor(str(model_uri), runtime)   # fails early on a bad URI; reused by the local engine
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    _check_model(out, predictor)
+    _check_model(out, predictor, enroute_settings(flt))
     (out / RUN_RECORD).unlink(missing_ok=True)        # written again when every partition is done
     acts = clearances if isinstance(clearances, pd.DataFrame) or clearances is None else read_clearances(clearances)
     if acts is not None:
@@ -383,7 +468,8 @@ def run(tracks_dir: str | Path, out_dir: str | Path, model_uri: str, *, engine: 
     # the context network is exported to ONNX once, here; workers open the same graph (no export per process)
     choose_runtime(predictor, predictor.example_features(), runtime)
     onnx = getattr(predictor.encode, "model_bytes", None) if predictor.runtime == "onnxruntime" else None
-    jobs = _jobs(find_partitions(tracks_dir), out, str(model_uri), acts, predictor.dcfg.clearance_horizon_s, runtime)
+    jobs = _jobs(find_partitions(tracks_dir), out, str(model_uri), acts, predictor.dcfg.clearance_horizon_s, runtime,
+                 flt if flt.active else None)
     for j in jobs:
         j["onnx"] = onnx
     todo = [j for j in jobs if not finished(j["out"])]
@@ -398,7 +484,10 @@ def run(tracks_dir: str | Path, out_dir: str | Path, model_uri: str, *, engine: 
         "scheduler": scheduler, "partitions": len(jobs), "partitions_done": len(done),
         "partitions_skipped": len(jobs) - len(todo), "partitions_failed": len(failed),
         "track_points": points, "conflict_steps": sum(r["conflict_steps"] for r in done),
-        "predictions": sum(r["predictions"] for r in done), "seconds": round(seconds, 3),
+        "predictions": sum(r["predictions"] for r in done), "enroute": flt.describe(),
+        "conflict_steps_left_out": sum(r["conflict_steps_left_out"] for r in done),
+        "conflict_steps_left_out_by_reason": _sum_counts(r["conflict_steps_left_out_by_reason"] for r in done),
+        "seconds": round(seconds, 3),
         "points_per_s": round(points / seconds, 1) if seconds > 0 else 0.0, "failed": failed,
         "per_partition": sorted(results, key=lambda r: r["key"]), "out": str(out)}
     report["cumulative"] = _cumulate(jobs)
@@ -406,8 +495,18 @@ def run(tracks_dir: str | Path, out_dir: str | Path, model_uri: str, *, engine: 
     if not failed:
         write_json({"stage": "predict", "model": str(model_uri), "tracks": str(tracks_dir),
                     "files": sorted(f"{j['key']}/{PART_FILE}" if j["key"] != "." else PART_FILE for j in jobs),
-                    "predictions": report["cumulative"]["predictions"]}, out / RUN_RECORD)
+                    "predictions": report["cumulative"]["predictions"], "enroute": flt.describe(),
+                    **{k: report["cumulative"][k] for k in ("conflict_steps_left_out",
+                                                            "conflict_steps_left_out_by_reason")}}, out / RUN_RECORD)
     return report
+
+
+def _sum_counts(counts: Iterable[dict | None]) -> dict:
+    """The sum of {reason: count} dicts, in pipelines.enroute.REASONS order."""
+    total: Counter = Counter()
+    for c in counts:
+        total.update({k: int(v) for k, v in (c or {}).items()})
+    return {k: total[k] for k in (*REASONS, *sorted(set(total) - set(REASONS))) if total[k]}
 
 
 def _cumulate(jobs: list[dict]) -> dict:
@@ -422,7 +521,10 @@ def _cumulate(jobs: list[dict]) -> dict:
                                    "predictions": pq.ParquetFile(Path(j["out"]) / PART_FILE).metadata.num_rows}
     return {"partitions_done": len(parts), "partitions": len(jobs),
             "track_points": sum(int(v.get("points", 0)) for v in parts.values()),
-            **{k: sum(int(v.get(k, 0)) for v in parts.values()) for k in ("conflict_steps", "predictions")}}
+            **{k: sum(int(v.get(k, 0)) for v in parts.values())
+               for k in ("conflict_steps", "predictions", "conflict_steps_left_out")},
+            "conflict_steps_left_out_by_reason": _sum_counts(v.get("conflict_steps_left_out_by_reason")
+                                                             for v in parts.values())}
 
 
 def run_predict(model_uri: str, tracks_dir: str | Path, out_dir: str | Path, **kwargs) -> dict:

@@ -1,8 +1,10 @@
-"""The en-route focus shared by the conflicts, actions and dataset stages: an altitude floor and an airspace
-(``atc_il.config.EnRouteConfig``, ``atc_il.airspace``) leave out terminal traffic around airports.
+"""The en-route focus shared by the conflicts, actions and dataset stages and batch prediction: an altitude
+floor and an airspace (``atc_il.config.EnRouteConfig``, ``atc_il.airspace``) leave out terminal traffic around
+airports.
 
 * a conflict episode is kept when **both** aircraft are at or above the floor and inside the airspace at its
-  first detection;
+  first detection (batch prediction: a conflict step is predicted when its pair's run of detections, the
+  episode, is kept);
 * an action is kept when its aircraft is, at the action's time.
 
 The state of an aircraft at a time is its last track point at or before that time, at most
@@ -75,21 +77,30 @@ def state_at(tracks: pd.DataFrame, flight_id, time) -> tuple[np.ndarray, np.ndar
     return out[0], out[1], out[2]
 
 
-def _counts(reason: np.ndarray) -> dict:
+def reason_counts(reason: np.ndarray) -> dict:
+    """{reason: how many} over an array of reasons ('' = kept, not counted)."""
     return {r: int((reason == r).sum()) for r in REASONS if (reason == r).any()}
+
+
+def episode_reasons(episodes: pd.DataFrame, tracks: pd.DataFrame, flt: EnRouteFilter) -> np.ndarray:
+    """Per episode (columns flight_id_1, flight_id_2, first_detection): '' when both aircraft pass at first
+    detection, else the first reason that applies (module doc). All '' when ``flt`` is not active."""
+    if not flt.active or episodes.empty:
+        return np.full(len(episodes), "", dtype=object)
+    r1 = flt.reasons(*state_at(tracks, episodes["flight_id_1"], episodes["first_detection"]))
+    r2 = flt.reasons(*state_at(tracks, episodes["flight_id_2"], episodes["first_detection"]))
+    rank = {"": len(REASONS), **{r: i for i, r in enumerate(REASONS)}}     # the first reason that applies
+    return np.where([rank[a] <= rank[b] for a, b in zip(r1, r2)], r1, r2).astype(object)
 
 
 def filter_episodes(episodes: pd.DataFrame, tracks: pd.DataFrame, flt: EnRouteFilter) -> tuple[pd.DataFrame, dict]:
     """(kept episodes, counts): an episode stays when both aircraft pass at first detection."""
     if not flt.active or episodes.empty:
         return episodes, {"episodes_left_out": 0, "episodes_left_out_by_reason": {}}
-    r1 = flt.reasons(*state_at(tracks, episodes["flight_id_1"], episodes["first_detection"]))
-    r2 = flt.reasons(*state_at(tracks, episodes["flight_id_2"], episodes["first_detection"]))
-    rank = {"": len(REASONS), **{r: i for i, r in enumerate(REASONS)}}     # the first reason that applies
-    reason = np.where([rank[a] <= rank[b] for a, b in zip(r1, r2)], r1, r2)
+    reason = episode_reasons(episodes, tracks, flt)
     keep = reason == ""
     return (episodes.loc[keep].reset_index(drop=True),
-            {"episodes_left_out": int((~keep).sum()), "episodes_left_out_by_reason": _counts(reason[~keep])})
+            {"episodes_left_out": int((~keep).sum()), "episodes_left_out_by_reason": reason_counts(reason[~keep])})
 
 
 def filter_actions(actions: pd.DataFrame, tracks: pd.DataFrame, flt: EnRouteFilter) -> tuple[pd.DataFrame, dict]:
@@ -99,4 +110,4 @@ def filter_actions(actions: pd.DataFrame, tracks: pd.DataFrame, flt: EnRouteFilt
     reason = flt.reasons(*state_at(tracks, actions["flight_id"], actions["time"]))
     keep = reason == ""
     return (actions.loc[keep].reset_index(drop=True),
-            {"actions_left_out": int((~keep).sum()), "actions_left_out_by_reason": _counts(reason[~keep])})
+            {"actions_left_out": int((~keep).sum()), "actions_left_out_by_reason": reason_counts(reason[~keep])})

@@ -258,3 +258,97 @@ def test_hour_partitions_from_ingest_give_the_same_decisions_as_day_partitions(w
     _assert_same(_read(out), _read(local_out[0]))
     with pytest.raises(Exception, match="partition"):
         ingest(sorted((ws / "raw").glob("opensky_day*.csv")), tmp_path / "w2", fmt="opensky", partition="week")
+
+
+# ------------------------------------------------------------------ en-route focus
+def _low_runs(tracks: pd.DataFrame, c: pd.DataFrame) -> tuple[float, pd.DataFrame]:
+    """A floor between the lowest and the next-lowest conflict run (the lower aircraft's altitude at first
+    detection, read straight off the grid), and the conflict steps of the runs below it."""
+    steps = c[c["conflict"]]
+    runs = steps[["flight_id_1", "flight_id_2", "first_detection"]].drop_duplicates()
+    alt = tracks.set_index(["flight_id", "time"])["alt_ft"]
+    low = np.minimum(*(alt.reindex(pd.MultiIndex.from_arrays([runs[f"flight_id_{i}"], runs["first_detection"]]))
+                       .to_numpy() for i in (1, 2)))
+    assert not np.isnan(low).any()
+    lowest, nxt = np.unique(low)[:2]
+    floor = float((lowest + nxt) / 2)
+    below = runs[low < floor]
+    return floor, steps.merge(below, on=["flight_id_1", "flight_id_2", "first_detection"])
+
+
+def test_en_route_floor_leaves_out_low_conflicts_counted_and_predicts_the_others_as_without_it(ws, uri, local_out,
+                                                                                                tmp_path):
+    from typer.testing import CliRunner
+
+    from atc_il.runs import RUN_RECORD
+    from atc_il_cli.cli import app
+    tracks = read_table(ws / "tracks", TRACK_SCHEMA)
+    floor, low = _low_runs(tracks, P.get_predictor(uri).detect(tracks))
+    assert 0 < low[["flight_id_1", "flight_id_2"]].drop_duplicates().shape[0] <= 2
+    cfg = tmp_path / "enroute.yaml"
+    cfg.write_text(f"enroute: {{min_alt_ft: {floor}}}\n")          # the --config section, as the other stages
+    out = tmp_path / "out"
+    args = ["predict", "--model", uri, "--tracks", str(ws / "tracks"), "--out", str(out),
+            "--clearances", str(ws / "actions")]
+    res = CliRunner().invoke(app, [*args, "--config", str(cfg)])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / P.REPORT_FILE).read_text())
+    everything = local_out[1]
+    # the low conflict's steps are left out and counted, by reason
+    assert rep["enroute"] == {"min_alt_ft": floor, "airspace": None, "sector": None}
+    assert rep["conflict_steps_left_out"] == len(low) > 0
+    assert rep["conflict_steps_left_out_by_reason"] == {"below_floor": len(low)}
+    assert rep["conflict_steps"] + rep["conflict_steps_left_out"] == everything["conflict_steps"]
+    assert rep["cumulative"]["conflict_steps_left_out_by_reason"] == {"below_floor": len(low)}
+    assert json.loads((out / RUN_RECORD).read_text())["conflict_steps_left_out"] == len(low)
+    assert f"en-route focus (min_alt_ft={floor})" in res.output and f"conflict_steps_left_out={len(low)}" in res.output
+    # the others are predicted exactly as without the filter
+    pred, full = _read(out), _read(local_out[0])
+    gone = full.merge(low[KEYS], on=KEYS, how="left", indicator=True)["_merge"].eq("both").to_numpy()
+    assert gone.sum() > 0 and len(pred) == rep["predictions"] == everything["predictions"] - gone.sum()
+    _assert_same(pred, full[~gone])
+    # a rerun with other settings does not reuse the finished partitions: refused, naming the setting
+    parts = {p: p.stat().st_mtime_ns for p in out.rglob("part-0.parquet")}
+    res = CliRunner().invoke(app, [*args, "--min-alt-ft", str(floor + 1000)])
+    assert res.exit_code == 2 and "--min-alt-ft" in res.output and "en-route" in res.output, res.output
+    with pytest.raises(Exception, match=f"--min-alt-ft {floor} there, --min-alt-ft None now"):
+        P.run(ws / "tracks", out, uri, clearances=ws / "actions")          # nor without a floor
+    with pytest.raises(Exception, match="--min-alt-ft None there"):
+        P.run(ws / "tracks", local_out[0], uri, enroute={"min_alt_ft": floor})   # nor a floor over an unfiltered output
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("part-0.parquet")} == parts
+    # the same settings reuse them, with the counts of the run that made them
+    again = P.run(ws / "tracks", out, uri, clearances=ws / "actions", enroute={"min_alt_ft": floor})
+    assert again["partitions_skipped"] == 3 and again["cumulative"]["conflict_steps_left_out"] == len(low)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("part-0.parquet")} == parts
+
+
+def test_reuse_guard_compares_the_airspace_polygon_and_reads_outputs_from_before_the_focus(uri, tmp_path):
+    predictor = P.get_predictor(uri)
+    out = tmp_path / "out"
+    out.mkdir()
+    P._check_model(out, predictor)
+    meta = json.loads((out / P.MODEL_FILE).read_text())
+    (out / P.MODEL_FILE).write_text(json.dumps({k: v for k, v in meta.items() if k != "enroute"}))   # an older output
+    P._check_model(out, predictor, P.enroute_settings(P.enroute_filter(None)))
+    square = {"type": "Polygon", "coordinates": [[[0, 40], [20, 40], [20, 60], [0, 60], [0, 40]]]}
+    sector = tmp_path / "sector.geojson"
+    sector.write_text(json.dumps(square))
+    with pytest.raises(Exception, match="--airspace None there, --airspace .*sector.geojson"):
+        P._check_model(out, predictor, P.enroute_settings(P.enroute_filter({"airspace": str(sector)})))
+    out2 = tmp_path / "out2"
+    out2.mkdir()
+    P._check_model(out2, predictor, P.enroute_settings(P.enroute_filter({"airspace": str(sector)})))
+    square["coordinates"][0][1] = [21, 40]                                   # the same file, edited
+    sector.write_text(json.dumps(square))
+    with pytest.raises(Exception, match=r"--airspace .*sector.geojson \(sha256 [0-9a-f]{12}\) there"):
+        P._check_model(out2, predictor, P.enroute_settings(P.enroute_filter({"airspace": str(sector)})))
+
+
+def test_predict_help_lists_the_en_route_options():
+    from typer.testing import CliRunner
+
+    from atc_il_cli.cli import app
+    res = CliRunner().invoke(app, ["predict", "--help"])
+    assert res.exit_code == 0
+    for opt in ("--min-alt-ft", "--airspace", "--sector", "--config"):
+        assert opt in res.output, opt
