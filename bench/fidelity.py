@@ -12,7 +12,8 @@ Protocol (defaults; each a flag):
   scenarios, ``--val 30`` validation scenarios and the rest for training;
 - training sizes ``--sizes 25 50 100 200 400`` scenarios (nested subsets of the training scenarios, in a fixed
   seeded order; the normalisation statistics are those of the whole training split), ``--seeds 0 1 2``;
-- models ``--models`` as ``encoder+head[+style][+raw]`` (``raw``: no numeric embedding of the inputs; default: the truly Markovian baseline, the MLP with
+- models ``--models`` as ``encoder+head[+style][+raw][+contrast][+hazard]`` (``raw``: no numeric embedding of the
+  inputs; ``contrast``: the aircraft contrast; ``hazard``: P(act) from the decision-time geometry; default: the truly Markovian baseline, the MLP with
   clearances and history features, GRU and transformer with the mdn head, GRU with every other head, and GRU +
   mdn with the session style code), hidden ``--hidden``, VAE on, AdamW, early stopping on the validation
   loss (``--epochs``, ``--patience``), the best checkpoint evaluated on the test split (models.evaluate);
@@ -106,11 +107,14 @@ def subset(data: Path, n_train: int, root: Path) -> Path:
 def model_config(name: str, hidden: int, epochs: int, patience: int, seed: int):
     from models.config import ModelConfig
     parts = name.split("+")
-    unknown = set(parts[2:]) - {"style", "raw", "contrast"}
+    unknown = set(parts[2:]) - {"style", "raw", "contrast", "hazard"}
     if unknown:
-        raise SystemExit(f"--models {name}: unknown option(s) {sorted(unknown)}; give encoder+head[+style][+raw][+contrast]")
+        raise SystemExit(f"--models {name}: unknown option(s) {sorted(unknown)}; "
+                         "give encoder+head[+style][+raw][+contrast][+hazard]")
     enc, head, style, raw = parts[0], parts[1], "style" in parts[2:], "raw" in parts[2:]
     head_cfg = {"name": head, "hidden": hidden}
+    if "hazard" in parts[2:]:            # P(act) from the decision-time geometry (head.act_inputs)
+        head_cfg["act_inputs"] = "geometry"
     if head == "cvae":
         head_cfg.update(latent="discrete", codes=3)
     return ModelConfig(name=name.replace("+", "-"), encoder={"name": enc, "hidden": hidden, "layers": 1,
@@ -270,7 +274,7 @@ def main() -> None:
     add_cache_args(ap, scenarios=500, test=50, val=30)
     ap.add_argument("--sizes", type=int, nargs="+", default=[25, 50, 100, 200, 400])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--models", nargs="+", default=None, help="encoder+head[+style][+raw][+contrast] (default: the full grid)")
+    ap.add_argument("--models", nargs="+", default=None, help="encoder+head[+style][+raw][+contrast][+hazard] (default: the full grid)")
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--patience", type=int, default=5)

@@ -58,6 +58,12 @@ class TrainConfig(Section):
     compile: bool = False
     num_workers: int = Field(0, ge=0)
     act_weight: float = Field(1.0, ge=0, description="weight of the act-or-not term")
+    select_on: Literal["loss", "nll", "nll_discrete"] = Field(
+        "loss", description="the validation figure that picks the best epoch and drives early stopping: the training "
+        "objective (loss: the decision's NLL plus the VAE's reconstruction and KL terms), the decision's NLL (nll: act, "
+        "aircraft, type, value) or its discrete part (nll_discrete: act, aircraft, type; what the fidelity gap "
+        "measures). The parts stop improving at different epochs: the value NLL and the VAE's terms keep falling "
+        "while the aircraft and type terms over-fit (bench/RESULTS.md)")
 
 
 class ModelConfig(Section):

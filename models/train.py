@@ -54,6 +54,20 @@ class TrainState:
         return self.early_stopped or self.epoch >= tc.epochs or (tc.max_steps is not None and self.step >= tc.max_steps)
 
 
+def selection_score(rec: dict, select_on: str) -> float:
+    """The validation figure of an epoch's record that picks the best epoch (``train.select_on``)."""
+    if select_on == "loss":
+        return float(rec["val_loss"])
+    if select_on == "nll":
+        return float(rec["val_nll"])
+    parts = [f"val_nll_{k}" for k in ("act", "aircraft", "type")]
+    missing = [k for k in parts if k not in rec]
+    if missing:
+        raise ModelError(f"train.select_on = nll_discrete needs the validation terms {missing}, which this head does not "
+                         "report; use select_on: nll or loss")
+    return float(sum(rec[k] for k in parts))
+
+
 class _LossModule(nn.Module):
     """Routes ``policy.loss`` through ``forward`` so that DistributedDataParallel sees the call."""
 
@@ -347,8 +361,9 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path | None 
                                      "lower train.lr or check the data")
                 st.train_seconds += seconds
                 st.train_samples += n * world
-                if rec["val_loss"] < st.best_val:
-                    st.best_val, st.bad_epochs = rec["val_loss"], 0
+                score = selection_score(rec, tc.select_on)
+                if score < st.best_val:
+                    st.best_val, st.bad_epochs = score, 0
                     if rank == 0:
                         _save_best(policy, out_dir)
                 else:
@@ -364,7 +379,7 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path | None 
                     if callback:
                         callback(rec)
             summary = {"name": config.name, "epochs": st.epoch, "steps": st.step,
-                       "best_val_loss": st.best_val, "early_stopped": st.early_stopped,
+                       "best_val_loss": st.best_val, "selected_on": tc.select_on, "early_stopped": st.early_stopped,
                        "samples_per_s": st.train_samples / max(st.train_seconds, 1e-9),
                        "device": str(device), "world_size": world, "rank": rank, "bf16": bf16, "compiled": compiled,
                        "resumed": resumed, "train_samples": len(train_data), "val_samples": len(val_data),

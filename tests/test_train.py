@@ -153,6 +153,19 @@ def test_early_stopping(data, tmp_path):
     assert s["early_stopped"] and s["epochs"] == 3 and (tmp_path / "best" / "weights.pt").exists()
 
 
+@pytest.mark.parametrize("select_on", ["nll_discrete", "nll", "loss"])
+def test_the_best_epoch_is_picked_on_the_chosen_validation_figure(data, tmp_path, select_on):
+    from models.train import selection_score
+    s = train(tiny(epochs=4, batch_size=512, patience=4, select_on=select_on), data / "dataset", tmp_path,
+              tracking_uri=False)
+    scores = [selection_score(h, select_on) for h in s["history"]]
+    assert s["selected_on"] == select_on and s["best_val_loss"] == min(scores)
+    if select_on == "nll_discrete":
+        h = s["history"][0]
+        assert scores[0] == pytest.approx(h["val_nll_act"] + h["val_nll_aircraft"] + h["val_nll_type"])
+        assert scores[0] < h["val_nll"] <= h["val_loss"] or h["val_nll_value"] <= 0
+
+
 def test_invalid_config_names_the_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: {lr: -1}\nencoder: {name: gru}\n")
