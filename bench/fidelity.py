@@ -7,8 +7,10 @@ seeds, every model against both ceilings, offline and in the closed loop.
 Protocol (defaults; each a flag):
 - data: ``--scenarios 500`` generated sector scenarios (1800 s, density 4, 8 injected conflicts) run in BlueSky
   under the synthetic expert in parallel (``--workers``) and cached in ``--cache`` (reused when present:
-  delete the folder to re-simulate); conflicts -> actions (the expert's clearance log, each clearance linked
-  to the conflict it resolves) -> observation histories, split by scenario into ``--test 50`` held-out test
+  delete the folder to re-simulate); the tracks are the expert's radar picture (``simulate``'s default), so the
+  achievable ceiling knows nothing the models do not see; conflicts -> actions (the expert's clearance log, each
+  clearance linked to the conflict it resolves) -> observation histories (with each aircraft's other conflicts,
+  ``dataset.other_conflicts``), split by scenario into ``--test 50`` held-out test
   scenarios, ``--val 30`` validation scenarios and the rest for training;
 - training sizes ``--sizes 25 50 100 200 400`` scenarios (nested subsets of the training scenarios, in a fixed
   seeded order; the normalisation statistics are those of the whole training split), ``--seeds 0 1 2``;
@@ -32,6 +34,7 @@ Results: a table per size, the targets of the fidelity issue checked at the larg
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -57,13 +60,23 @@ def make_data(cache: Path, n: int, n_test: int, n_val: int, seed: int, workers: 
     from atc_il.config import PipelineConfig
     from simulator_adapters.demonstrations import build_dataset, simulate
     sim = cache / "sim"
-    if not (sim / "simulate_report.json").exists():
+    report = sim / "simulate_report.json"
+    if not report.exists():
         t = time.perf_counter()
         rep = simulate(sim, n, "atco", seed=seed, workers=workers, scenario_kwargs=SCENARIO_KW)
         print(f"simulated {rep['scenarios']} scenarios ({rep['clearances']} clearances) in "
               f"{time.perf_counter() - t:.0f} s", flush=True)
+    elif json.loads(report.read_text()).get("surveillance") != "radar":
+        raise SystemExit(f"{sim}: simulated with the true states as tracks (before the demonstrations recorded the "
+                         f"controller's radar picture); delete {cache} or give another --cache")
+    spec = sim / "dataset" / "feature_spec.json"
+    if spec.exists() and not json.loads(spec.read_text()).get("config", {}).get("other_conflicts"):
+        (sim / "dataset" / "dataset_report.json").unlink(missing_ok=True)     # built without them: rebuild
+        shutil.rmtree(cache / "subsets", ignore_errors=True)                    # and the training subsets of it
     if not (sim / "dataset" / "dataset_report.json").exists():
-        s = build_dataset(sim, PipelineConfig(), test_fraction=n_test / n, val_fraction=n_val / n)
+        # each aircraft's other conflicts: what the quickstart's model (mlp_mdn_style.yaml) reads for P(act)
+        s = build_dataset(sim, PipelineConfig(), test_fraction=n_test / n, val_fraction=n_val / n,
+                          other_conflicts=True)
         print(f"data set: {s['samples']} samples ({s['positive samples']} acting)", flush=True)
     return sim / "dataset"
 
