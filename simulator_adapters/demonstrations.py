@@ -129,7 +129,8 @@ def simulate(out: str | Path, n_scenarios: int, expert: str = "atco", seed: int 
     controller reads the same noisy picture, and the achievable ceiling is exactly achievable), or ``truth``, the
     simulator's true states (for benchmarks that add their own surveillance model, bench/extraction.py)."""
     if surveillance not in ("radar", "truth"):
-        raise ValueError(f"surveillance must be 'radar' or 'truth', not {surveillance!r}")
+        from atc_il.errors import ConfigError
+        raise ConfigError(f"--surveillance must be radar or truth, not {surveillance!r}")
     from atc_il.progress import track
     from simulator_adapters.parallel import run_parallel
 

@@ -30,6 +30,13 @@ def test_bad_config_is_one_line_error(tmp_path):
     assert len(lines) == 1 and "conflicts.rpz_nm" in lines[0] and "Traceback" not in res.output
 
 
+def test_unknown_surveillance_is_one_line_error_and_writes_nothing(tmp_path):
+    res = runner.invoke(app, ["simulate", "-n", "1", "--surveillance", "bogus", "--out", str(tmp_path / "sim")])
+    lines = [s for s in res.output.splitlines() if s.strip()]
+    assert res.exit_code != 0 and len(lines) == 1 and "--surveillance" in lines[0] and "Traceback" not in res.output
+    assert not (tmp_path / "sim").exists()
+
+
 def test_unreadable_input_names_the_file(tmp_path):
     bad = tmp_path / "broken.parquet"
     bad.write_bytes(b"not a parquet file")
