@@ -61,7 +61,8 @@ class ModelController(Controller):
 
     def reset(self, scenario_name: str, seed: int) -> None:
         self.frames: deque = deque(maxlen=self.predictor.dcfg.history_steps)
-        self.first_shown: dict[tuple[str, str], pd.Timestamp] = {}
+        self.first_shown: dict[tuple[str, str], pd.Timestamp] = {}   # start of each pair's run of detections
+        self.last_seen: dict[tuple[str, str], pd.Timestamp] = {}
         self.skipped = 0
         self.last_decisions: pd.DataFrame | None = None
         self.rng = np.random.default_rng([int(seed), zlib.crc32(scenario_name.encode())])
@@ -124,14 +125,23 @@ class ModelController(Controller):
         conf = obs.conflicts
         if len(obs.radar) < 2:
             self.first_shown.clear()
+            self.last_seen.clear()
             return pd.DataFrame(columns=["time", "flight_id_1", "flight_id_2", "first_detection"]), None
         if conf is None or len(conf) == 0:
-            conf = pd.DataFrame({"flight_id_1": [], "flight_id_2": [], "conflict": [], "tcpa_s": []})
+            conf = pd.DataFrame({"flight_id_1": [], "flight_id_2": [], "conflict": [], "los": [], "tcpa_s": []})
+        # a pair's first detection is the start of its current run of detections (in conflict or LoS), runs broken
+        # by gaps longer than max_episode_gap_s: the data set's episodes and the Picture's rule. A conflict that
+        # flickers off the noisy picture for a step keeps its age (time_in_conflict_s), as in training.
+        hit = conf["conflict"].astype(bool) | (conf["los"].astype(bool) if "los" in conf else False)
+        gap = pd.Timedelta(seconds=self.predictor.conflicts.max_episode_gap_s)
+        for k in zip(conf.loc[hit, "flight_id_1"], conf.loc[hit, "flight_id_2"]):
+            if k not in self.first_shown or obs.time - self.last_seen[k] > gap:
+                self.first_shown[k] = obs.time
+            self.last_seen[k] = obs.time
+        for k in [k for k, t in self.last_seen.items() if obs.time - t > gap]:
+            del self.first_shown[k], self.last_seen[k]
         conf = conf[conf["conflict"].astype(bool) & (conf["tcpa_s"] > 0)]
         shown = set(zip(conf["flight_id_1"], conf["flight_id_2"]))
-        self.first_shown = {k: v for k, v in self.first_shown.items() if k in shown}
-        for k in shown:
-            self.first_shown.setdefault(k, obs.time)
         samples = pd.DataFrame({"time": obs.time, "flight_id_1": conf["flight_id_1"].to_numpy(),
                                 "flight_id_2": conf["flight_id_2"].to_numpy()})
         samples["first_detection"] = [self.first_shown[(a, b)] for a, b in zip(samples["flight_id_1"], samples["flight_id_2"])]

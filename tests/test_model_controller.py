@@ -133,3 +133,31 @@ def test_a_style_policy_plays_one_style_per_session(tmp_path):
     assert marginal.code == -1 and marginal.style is None
     with pytest.raises(ValueError, match="style"):
         ModelController(str(tmp_path / "styled"), style="sometimes")
+
+
+def test_a_conflict_that_flickers_off_the_picture_keeps_its_first_detection(policy_dir):
+    """As the data set's episodes and the Picture: a pair's first detection is the start of its run of detections,
+    runs broken only by gaps longer than max_episode_gap_s (30 s), so one noisy step off the picture does not restart
+    the conflict's age; steps past CPA (tcpa <= 0) are not asked about but do not break the run."""
+    from simulator_adapters.controllers import Observation
+    from simulator_adapters.model_controller import ModelController
+    root, tracks = policy_dir
+    ctl = ModelController(str(root / "neutral"))
+    ctl.reset("s", 0)
+    frames = {t: f.reset_index(drop=True) for t, f in tracks[tracks["flight_id"].isin(["A", "B"])].groupby("time")}
+    times = sorted(frames)
+    shown = {0: (True, 100.0), 1: (True, 95.0), 2: None, 3: (True, 85.0), 4: (False, -5.0), 5: (True, 75.0)}
+    shown.update({k: None for k in range(6, 14)})            # 40 s off the picture: a new run after
+    shown[14] = (True, 50.0)
+    firsts = {}
+    for i, t in enumerate(times[:15]):
+        c = shown.get(i)
+        conf = pd.DataFrame({"flight_id_1": ["A"] if c else [], "flight_id_2": ["B"] if c else [],
+                             "conflict": [c[0]] if c else [], "los": [not c[0]] if c else [],
+                             "tcpa_s": [c[1]] if c else []})
+        samples, _ = ctl.step_samples(Observation(t, 0.0, frames[t], conf, {}, pd.DataFrame()))
+        pair = samples[(samples["flight_id_1"] == "A") & (samples["flight_id_2"] == "B")]
+        firsts[i] = pair["first_detection"].iloc[0] if len(pair) else None
+    assert firsts[0] == firsts[1] == firsts[3] == firsts[5] == times[0]      # one step off, one past CPA: same run
+    assert firsts[2] is None and firsts[4] is None                           # not asked there
+    assert firsts[14] == times[14]                                            # after 40 s away: a new run
