@@ -245,13 +245,11 @@ def rollout_metrics(work: Path) -> dict:
 
     truth = pd.read_parquet(work / "expert_truth.parquet")
     clear = pd.read_parquet(work / "clearances.parquet")
-    if (work / "true_tracks").exists():        # tracks/ holds the controller's noisy radar picture
-        tr = read_table(work / "true_tracks", TRACK_SCHEMA)
-        eps, _ = build_episodes(detect(tr, progress=False), tr)
-    elif (work / "episodes").exists():
+    true = work / "true_tracks"                # where tracks/ holds the controller's noisy radar picture
+    if not true.exists() and (work / "episodes").exists():
         eps = read_table(work / "episodes", EPISODE_SCHEMA)
     else:
-        tr = read_table(work / "tracks", TRACK_SCHEMA)
+        tr = read_table(true if true.exists() else work / "tracks", TRACK_SCHEMA)
         eps, _ = build_episodes(detect(tr, progress=False), tr)
     steps = truth.drop_duplicates(["scenario", "sim_s"])
     return {"rollout_conflicts": len(eps), "rollout_los": int(eps["los"].sum()), "rollout_clearances": len(clear),

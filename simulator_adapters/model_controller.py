@@ -132,7 +132,7 @@ class ModelController(Controller):
         # a pair's first detection is the start of its current run of detections (in conflict or LoS), runs broken
         # by gaps longer than max_episode_gap_s: the data set's episodes and the Picture's rule. A conflict that
         # flickers off the noisy picture for a step keeps its age (time_in_conflict_s), as in training.
-        hit = conf["conflict"].astype(bool) | (conf["los"].astype(bool) if "los" in conf else False)
+        hit = conf["conflict"].astype(bool) | conf["los"].astype(bool)
         gap = pd.Timedelta(seconds=self.predictor.conflicts.max_episode_gap_s)
         for k in zip(conf.loc[hit, "flight_id_1"], conf.loc[hit, "flight_id_2"]):
             if k not in self.first_shown or obs.time - self.last_seen[k] > gap:
