@@ -130,6 +130,8 @@ class Clearance(Strict):
     source: Literal[ACTION_SOURCES] = "clearance_log"
     confidence: float = Field(1.0, ge=0.0, le=1.0, allow_inf_nan=False)
     action_id: Annotated[str, Field(max_length=200)] | None = None
+    against_flight_id: FlightId | None = Field(None, description="the other aircraft of the conflict this clearance "
+                                               "resolves, when known (read by models built with dataset.pair_history)")
 
     @field_validator("value", "target_value")
     @classmethod

@@ -107,7 +107,7 @@ def clearances_frame(clearances) -> pd.DataFrame | None:
         return None
     rows = [(c.action_id or action_id(c.flight_id, c.time, c.action_type), c.time, c.flight_id, c.action_type,
              float(c.value), ACTION_UNITS[c.action_type] if c.unit is None else c.unit, c.target_value, c.waypoint,
-             c.source, float(c.confidence), None) for c in clearances]      # against_flight_id: not asked for
+             c.source, float(c.confidence), c.against_flight_id) for c in clearances]
     df = pd.DataFrame(rows, columns=ACTION_COLUMNS)
     df["time"] = pd.to_datetime(df["time"], utc=True)
     df["target_value"] = pd.to_numeric(df["target_value"], errors="coerce").astype(float)

@@ -80,6 +80,12 @@ class DatasetConfig(Section):
                                      "kind given within clearance_horizon_s (pipelines/history.py)")
     history_cap_s: float = Field(600.0, gt=0, description="seconds since the last clearance are capped here (and an "
                                  "aircraft never cleared gets this value) (dataset.controller_history)")
+    pair_history: bool = Field(False, description="append to the geometry tensor, per history step, the seconds since "
+                               "each aircraft's last clearance given against the other aircraft of the pair (the "
+                               "controller acted on this very conflict; from actions that name against_flight_id, as "
+                               "the simulator's clearance logs do; inferred actions do not, and the feature stays at "
+                               "the cap), capped at history_cap_s "
+                               "(pipelines/history.py); off leaves the feature spec unchanged")
     resume_samples: bool = Field(True, description="decision steps for resumes: after each clearance given against "
                                  "another aircraft, the steps at which the pair diverges, up to the aircraft's next "
                                  "clearance and at most resume_window_s later (pipelines/resume.py); the closed loop asks "

@@ -48,7 +48,8 @@ def run(work: Path, say: Callable[[str], None] = print, *, scenarios: int = 48, 
                  scenario_kwargs={"duration_s": duration_s, "density": 4.0, "conflicts": 8})
     step(f"simulated {scenarios} scenarios x {duration_s:.0f} s in BlueSky under the synthetic expert: "
          f"{s['clearances']} clearances, {s['sim_seconds_per_wall_second']} simulated s per wall s -> {sim}")
-    ds = build_dataset(sim, cfg, other_conflicts=True)     # what the model's P(act) reads (mlp_mdn_style.yaml)
+    # what the model's P(act) reads (mlp_mdn_style.yaml): each aircraft's other conflicts, the clearances against the pair
+    ds = build_dataset(sim, cfg, other_conflicts=True, pair_history=True)
     step(f"observation histories: {ds['samples']} samples ({ds['positive samples']} with an action), "
          f"train/val/test {ds['train samples']}/{ds['val samples']}/{ds['test samples']} by scenario")
 

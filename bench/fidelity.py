@@ -10,7 +10,7 @@ Protocol (defaults; each a flag):
   delete the folder to re-simulate); the tracks are the expert's radar picture (``simulate``'s default), so the
   achievable ceiling knows nothing the models do not see; conflicts -> actions (the expert's clearance log, each
   clearance linked to the conflict it resolves) -> observation histories (with each aircraft's other conflicts,
-  ``dataset.other_conflicts``), split by scenario into ``--test 50`` held-out test
+  ``dataset.other_conflicts``, and the clearances against the pair, ``dataset.pair_history``), split by scenario into ``--test 50`` held-out test
   scenarios, ``--val 30`` validation scenarios and the rest for training;
 - training sizes ``--sizes 25 50 100 200 400`` scenarios (nested subsets of the training scenarios, in a fixed
   seeded order; the normalisation statistics are those of the whole training split), ``--seeds 0 1 2``;
@@ -70,13 +70,15 @@ def make_data(cache: Path, n: int, n_test: int, n_val: int, seed: int, workers: 
         raise SystemExit(f"{sim}: simulated with the true states as tracks (before the demonstrations recorded the "
                          f"controller's radar picture); delete {cache} or give another --cache")
     spec = sim / "dataset" / "feature_spec.json"
-    if spec.exists() and not json.loads(spec.read_text()).get("config", {}).get("other_conflicts"):
+    built = json.loads(spec.read_text()).get("config", {}) if spec.exists() else {}
+    if spec.exists() and not (built.get("other_conflicts") and built.get("pair_history")):
         (sim / "dataset" / "dataset_report.json").unlink(missing_ok=True)     # built without them: rebuild
         shutil.rmtree(cache / "subsets", ignore_errors=True)                    # and the training subsets of it
     if not (sim / "dataset" / "dataset_report.json").exists():
-        # each aircraft's other conflicts: what the quickstart's model (mlp_mdn_style.yaml) reads for P(act)
+        # each aircraft's other conflicts and the clearances against the pair: what the quickstart's model
+        # (mlp_mdn_style.yaml) reads for P(act)
         s = build_dataset(sim, PipelineConfig(), test_fraction=n_test / n, val_fraction=n_val / n,
-                          other_conflicts=True)
+                          other_conflicts=True, pair_history=True)
         print(f"data set: {s['samples']} samples ({s['positive samples']} acting)", flush=True)
     return sim / "dataset"
 

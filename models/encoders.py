@@ -30,8 +30,9 @@ from models.layers import mlp
 from models.normalizer import tensor_shapes
 
 #: per-aircraft geometry features ``{name}_ac{1,2}{unit}`` that the aircraft contrast reads with each aircraft's state
-#: (those the data set has): its own clearance history, and its conflicts with third aircraft (dataset.other_conflicts)
-OWN_FEATURES = (("since_clr", "_s"), ("cleared_in_conflict", ""), ("other_conflicts", ""))
+#: (those the data set has): its own clearance history (against this pair: dataset.pair_history), and its conflicts with
+#: third aircraft (dataset.other_conflicts)
+OWN_FEATURES = (("since_clr", "_s"), ("cleared_in_conflict", ""), ("pair_clr", "_s"), ("other_conflicts", ""))
 
 
 def valid_mask(x: torch.Tensor) -> torch.Tensor:

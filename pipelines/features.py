@@ -27,7 +27,7 @@ from atc_il.errors import DataError
 from atc_il.geometry import cpa, kwik_dist_nm, kwik_qdr_dist_nm, to_local_nm, velocity_kt
 from atc_il.schemas import ACTION_TYPES, to_ns
 from pipelines.goal import GOAL, goal_features
-from pipelines.history import HISTORY, history_features, last_before_pair
+from pipelines.history import HISTORY, PAIR_HISTORY, history_features, last_before_pair, pair_history_features
 
 POSE = [("x_nm", "NM", True), ("y_nm", "NM", True), ("dalt_ft", "ft", True), ("gs_kt", "kt", True),
         ("trk_sin", "1", False), ("trk_cos", "1", False), ("vs_fpm", "ft/min", True),
@@ -336,6 +336,10 @@ def build_features(samples: Samples | pd.DataFrame, idx: TrackIndex, actions: pd
         g = history_features(actions, t_steps, f1, f2, first, cfg.clearance_horizon_s, cfg.history_cap_s)
         g[geometry[..., -1] < 0.5] = 0.0
         geometry = np.concatenate([geometry[..., :-1], g, geometry[..., -1:]], axis=-1)
+    if cfg.pair_history:
+        g = pair_history_features(actions, t_steps, f1, f2, cfg.history_cap_s)
+        g[geometry[..., -1] < 0.5] = 0.0
+        geometry = np.concatenate([geometry[..., :-1], g, geometry[..., -1:]], axis=-1)
     if cfg.other_conflicts:
         g = _other_conflicts(idx, ra, rb, c1, c2, steps, conflicts or ConflictConfig())
         g[geometry[..., -1] < 0.5] = 0.0
@@ -401,6 +405,8 @@ def feature_spec(cfg: DatasetConfig, step_s: float) -> dict:
         geom = geom[:-1] + NUISANCE + geom[-1:]
     if cfg.controller_history:
         geom = geom[:-1] + HISTORY + geom[-1:]
+    if cfg.pair_history:
+        geom = geom[:-1] + PAIR_HISTORY + geom[-1:]
     if cfg.other_conflicts:
         geom = geom[:-1] + OTHER_CONFLICTS + geom[-1:]
     return {

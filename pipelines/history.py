@@ -15,6 +15,13 @@ and per step, for the airspace (the controller's session: every action in the da
 ``clearance_horizon_s`` before T):
 - ``session_{heading,altitude,speed,direct_to}``: how many clearances of each kind were given (the
   controller's style shows in these counts).
+With ``dataset.pair_history`` (:data:`PAIR_HISTORY`), per step and aircraft of the pair:
+- ``pair_clr_ac{1,2}_s``: seconds since the aircraft's last clearance given *against the other aircraft of the
+  pair* (the action's ``against_flight_id``; ``history_cap_s`` if none or older): the controller acted on this
+  very conflict, and how long ago. ``cleared_in_conflict`` cannot tell this from a clearance the aircraft got for
+  another conflict while this one was shown; a controller leaves a conflict it has acted on alone for a while and
+  then looks at it again, and resumes an aircraft it turned for this pair once the pair is past its closest
+  approach (bench/RESULTS.md, "the controller's clearances against the pair").
 Pure in the past like every feature (the leakage test covers them).
 """
 
@@ -29,6 +36,7 @@ STYLE_TYPES = ("heading", "altitude", "speed", "direct_to")
 HISTORY = ([("since_clr_ac1_s", "s", True), ("since_clr_ac2_s", "s", True),
             ("cleared_in_conflict_ac1", "1", False), ("cleared_in_conflict_ac2", "1", False)]
            + [(f"session_{t}", "1", True) for t in STYLE_TYPES])
+PAIR_HISTORY = [("pair_clr_ac1_s", "s", True), ("pair_clr_ac2_s", "s", True)]      # dataset.pair_history
 
 
 def last_before(actions: pd.DataFrame, flight_ids: np.ndarray, t_ns: np.ndarray) -> np.ndarray:
@@ -84,4 +92,34 @@ def history_features(actions: pd.DataFrame, t_steps: np.ndarray, f1: np.ndarray,
     for k, t in enumerate(STYLE_TYPES):
         tt = np.sort(at[kind == t])
         out[..., 4 + k] = np.searchsorted(tt, t_steps, side="left") - np.searchsorted(tt, lo, side="left")
+    return out
+
+
+def pair_history_features(actions: pd.DataFrame, t_steps: np.ndarray, f1: np.ndarray, f2: np.ndarray,
+                          cap_s: float) -> np.ndarray:
+    """(N, H, len(PAIR_HISTORY)) features at the steps ``t_steps`` (N, H; ns) of samples on pairs (f1, f2): seconds
+    since each aircraft's last clearance strictly before the step given against the pair's other aircraft, capped at
+    ``cap_s`` (the cap where there is none, or the log names no ``against_flight_id``)."""
+    n, h = t_steps.shape
+    out = np.full((n, h, len(PAIR_HISTORY)), cap_s, dtype=np.float32)
+    if n == 0 or actions.empty or "against_flight_id" not in actions:
+        return out
+    against = actions["against_flight_id"]
+    linked = against.notna().to_numpy() & (against.astype(str) != "").to_numpy()
+    if not linked.any():
+        return out
+    a = actions[linked]
+    f1, f2 = np.asarray(f1, dtype=object).astype(str), np.asarray(f2, dtype=object).astype(str)
+    # one integer key per (aircraft, the aircraft it was cleared against): last_before then searches these keys
+    ids = pd.Index(pd.unique(np.concatenate([a["flight_id"].astype(str).to_numpy(), a["against_flight_id"].astype(str)
+                                             .to_numpy(), f1, f2])))
+    m = len(ids)
+    keyed = pd.DataFrame({"flight_id": ids.get_indexer(a["flight_id"].astype(str)).astype(np.int64) * m
+                          + ids.get_indexer(a["against_flight_id"].astype(str)), "time": a["time"].to_numpy()})
+    c1, c2 = ids.get_indexer(f1).astype(np.int64), ids.get_indexer(f2).astype(np.int64)
+    at = to_ns(keyed["time"])
+    for k, key in enumerate((c1 * m + c2, c2 * m + c1)):
+        rows = last_before(keyed, np.broadcast_to(key[:, None], t_steps.shape), t_steps)
+        since = (t_steps - at[np.maximum(rows, 0)]) / 1e9
+        out[..., k] = np.where(rows >= 0, np.minimum(since, cap_s), cap_s)
     return out

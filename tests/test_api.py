@@ -552,3 +552,13 @@ def test_flight_plans_are_accepted_and_converted_to_the_contract(client, picture
     df = flight_plans_frame([FlightPlan(**p) for p in plans])
     assert df[["flight_id", "seq", "waypoint", "alt_ft"]].values.tolist()[1] == [fids[0], 1, "EXIT", 35000.0]
     assert df["alt_ft"].isna().tolist() == [True, False] and flight_plans_frame([]) is None
+
+
+def test_a_clearance_names_the_conflict_it_resolves():
+    """``against_flight_id`` reaches the features (dataset.pair_history reads it); without it the column is empty."""
+    from api.schemas import Clearance
+    from api.service import clearances_frame
+    c = [Clearance(time="2024-01-01T10:00:00Z", flight_id="A", action_type="heading", value=20.0, against_flight_id="B"),
+         Clearance(time="2024-01-01T10:00:05Z", flight_id="C", action_type="speed", value=-20.0)]
+    df = clearances_frame(c)
+    assert df["against_flight_id"].iloc[0] == "B" and pd.isna(df["against_flight_id"].iloc[1])

@@ -11,12 +11,14 @@ from pipelines.shards import load_split, read_spec
 from tests.helpers import FLIGHTS, STEP, actions_frame, grid_tracks, pair_samples, workspace
 
 
-def test_features_use_only_the_past():
+@pytest.mark.parametrize("extra", [{}, {"pair_history": True}], ids=["default", "pair_history"])
+def test_features_use_only_the_past(extra):
     """Perturb every track point and action after the decision time: the sample's features must not change."""
-    cfg = DatasetConfig(history_steps=12, neighbours=3, recent_clearances=4)
+    cfg = DatasetConfig(history_steps=12, neighbours=3, recent_clearances=4, **extra)
     tracks = grid_tracks("2024-01-01T10:00Z", FLIGHTS)
-    actions = actions_frame([("2024-01-01T10:02:00Z", "N1", 20.0), ("2024-01-01T10:05:00Z", "A", -30.0),
-                        ("2024-01-01T10:06:00Z", "B", 25.0)])
+    actions = actions_frame([("2024-01-01T10:02:00Z", "N1", 20.0), ("2024-01-01T10:02:30Z", "B", 10.0),
+                             ("2024-01-01T10:05:00Z", "A", -30.0), ("2024-01-01T10:06:00Z", "B", 25.0)])
+    actions["against_flight_id"] = actions["flight_id"].map({"N1": "A", "A": "B", "B": "A"})
     samples = pair_samples(tracks, "2024-01-01T10:03:00Z", "2024-01-01T10:05:00Z")
     t_dec = pd.Timestamp("2024-01-01T10:05:00Z")
     base = build_features(samples, TrackIndex.build(tracks, STEP), actions, cfg)
@@ -31,10 +33,14 @@ def test_features_use_only_the_past():
     pert = pd.concat([pert, newcomer], ignore_index=True)
     pert_actions = actions.copy()
     pert_actions.loc[pert_actions["time"] >= t_dec, "value"] = 99.0          # the label's own action and later
+    pert_actions.loc[pert_actions["time"] >= t_dec, "against_flight_id"] = "N2"
     pert_actions = pd.concat([pert_actions, actions_frame([("2024-01-01T10:05:30Z", "N2", 10.0)])], ignore_index=True)
     after = build_features(samples, TrackIndex.build(pert, STEP), pert_actions.sort_values("time"), cfg)
     for name in base:
         np.testing.assert_array_equal(base[name], after[name], err_msg=name)
+    if extra.get("pair_history"):       # the feature has something to leak: B's clearance against A at 10:02:30
+        assert (base["geometry"][:, -1, -2] == (samples["time"] - pd.Timestamp("2024-01-01T10:02:30Z"))
+                .dt.total_seconds().clip(upper=cfg.history_cap_s).to_numpy()).all()     # pair_clr_ac2_s
 
     # the check can fail: perturbing the decision step itself changes the features
     now = pert["time"] == t_dec
