@@ -140,8 +140,10 @@ class _Base(nn.Module):
 
 class HazardEncoder(nn.Module):
     """The act hazard's own summary (``head.act_inputs = geometry``): the decision-time geometry step alone
-    (timing, the controller's own history, the session's counts, each aircraft's other conflicts where the data
-    set has them), embedded per feature like the encoders' inputs, through a small network -> (B, hidden). The
+    (timing, the controller's own history and its clearances against the pair, the session's counts, each
+    aircraft's other conflicts, where the data set has them; with the session style code's bottleneck the counts
+    are hidden here as from the encoder, and the style reaches P(act) through the code: letting the hazard read
+    them did not help, bench/RESULTS.md), embedded per feature like the encoders' inputs, through a small network -> (B, hidden). The
     expert's act-or-not hinges on a few sharp thresholds of these; gradient-boosted trees on them alone beat a
     network reading every input (bench/RESULTS.md, the act term), which over-fits the rest."""
 

@@ -70,7 +70,8 @@ class HeadConfigBase(Section):
     hidden: int = Field(128, ge=8)
     act_inputs: Literal["context", "geometry"] = Field(
         "context", description="what P(act) reads: the whole context (the trunk shared with the aircraft, type and "
-        "value), or a hazard summary of the decision-time geometry alone (timing, clearance history, session counts; "
+        "value), or a hazard summary of the decision-time geometry alone (timing, clearance history, session counts "
+        "unless the style code hides them; "
         "the policy's HazardEncoder, the last ``hidden`` features of the context) and the style code: the act term "
         "over-fits the many other inputs while the rest still learns (bench/RESULTS.md, the act term)")
 
