@@ -334,17 +334,21 @@ def build_features(samples: Samples | pd.DataFrame, idx: TrackIndex, actions: pd
         geometry = _with_nuisance(geometry, actions, t_steps, f1, f2, cfg.nuisance_window_s)
     if cfg.controller_history:
         g = history_features(actions, t_steps, f1, f2, first, cfg.clearance_horizon_s, cfg.history_cap_s)
-        g[geometry[..., -1] < 0.5] = 0.0
-        geometry = np.concatenate([geometry[..., :-1], g, geometry[..., -1:]], axis=-1)
+        geometry = _before_valid(geometry, g)
     if cfg.pair_history:
         g = pair_history_features(actions, t_steps, f1, f2, cfg.history_cap_s)
-        g[geometry[..., -1] < 0.5] = 0.0
-        geometry = np.concatenate([geometry[..., :-1], g, geometry[..., -1:]], axis=-1)
+        geometry = _before_valid(geometry, g)
     if cfg.other_conflicts:
         g = _other_conflicts(idx, ra, rb, c1, c2, steps, conflicts or ConflictConfig())
-        g[geometry[..., -1] < 0.5] = 0.0
-        geometry = np.concatenate([geometry[..., :-1], g, geometry[..., -1:]], axis=-1)
+        geometry = _before_valid(geometry, g)
     return {"pair": pair, "neighbours": neighbours, "geometry": geometry, "clearances": clear}
+
+
+def _before_valid(geometry: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """``geometry`` with the features ``g`` (0 where the step is not valid) inserted before its last (``valid``)
+    column."""
+    g[geometry[..., -1] < 0.5] = 0.0
+    return np.concatenate([geometry[..., :-1], g, geometry[..., -1:]], axis=-1)
 
 
 def _other_conflicts(idx: TrackIndex, ra: np.ndarray, rb: np.ndarray, c1: np.ndarray, c2: np.ndarray,
@@ -367,8 +371,7 @@ def _goal(geometry: np.ndarray, a: dict, b: dict, f1: np.ndarray, f2: np.ndarray
           flight_plans: pd.DataFrame | None) -> np.ndarray:
     """``geometry`` with the goal features inserted before its last (``valid``) column."""
     g = goal_features(a, b, f1, f2, theta[:, None], flight_plans)
-    g[geometry[..., -1] < 0.5] = 0.0
-    return np.concatenate([geometry[..., :-1], g, geometry[..., -1:]], axis=-1)
+    return _before_valid(geometry, g)
 
 
 def _nuisance(actions: pd.DataFrame, t_steps: np.ndarray, f1: np.ndarray, f2: np.ndarray,
@@ -392,8 +395,7 @@ def _with_nuisance(geometry: np.ndarray, actions: pd.DataFrame, t_steps: np.ndar
                    f2: np.ndarray, window_s: float) -> np.ndarray:
     """``geometry`` with the :data:`NUISANCE` features inserted before its last (``valid``) column."""
     g = _nuisance(actions, t_steps, f1, f2, window_s)
-    g[geometry[..., -1] < 0.5] = 0.0
-    return np.concatenate([geometry[..., :-1], g, geometry[..., -1:]], axis=-1)
+    return _before_valid(geometry, g)
 
 
 def feature_spec(cfg: DatasetConfig, step_s: float) -> dict:

@@ -117,9 +117,8 @@ def pair_history_features(actions: pd.DataFrame, t_steps: np.ndarray, f1: np.nda
     keyed = pd.DataFrame({"flight_id": ids.get_indexer(a["flight_id"].astype(str)).astype(np.int64) * m
                           + ids.get_indexer(a["against_flight_id"].astype(str)), "time": a["time"].to_numpy()})
     c1, c2 = ids.get_indexer(f1).astype(np.int64), ids.get_indexer(f2).astype(np.int64)
-    at = to_ns(keyed["time"])
-    for k, key in enumerate((c1 * m + c2, c2 * m + c1)):
-        rows = last_before(keyed, np.broadcast_to(key[:, None], t_steps.shape), t_steps)
-        since = (t_steps - at[np.maximum(rows, 0)]) / 1e9
-        out[..., k] = np.where(rows >= 0, np.minimum(since, cap_s), cap_s)
+    keys = np.stack([c1 * m + c2, c2 * m + c1])[:, :, None]                 # (2, N, 1): one search for both
+    rows = last_before(keyed, np.broadcast_to(keys, (2, *t_steps.shape)), np.broadcast_to(t_steps, (2, *t_steps.shape)))
+    since = (t_steps - to_ns(keyed["time"])[np.maximum(rows, 0)]) / 1e9
+    out[:] = np.moveaxis(np.where(rows >= 0, np.minimum(since, cap_s), cap_s), 0, -1)
     return out
