@@ -17,11 +17,15 @@ and per step, for the airspace (the controller's session: every action in the da
   controller's style shows in these counts).
 With ``dataset.pair_history`` (:data:`PAIR_HISTORY`), per step and aircraft of the pair:
 - ``pair_clr_ac{1,2}_s``: seconds since the aircraft's last clearance given *against the other aircraft of the
-  pair* (the action's ``against_flight_id``; ``history_cap_s`` if none or older): the controller acted on this
-  very conflict, and how long ago. ``cleared_in_conflict`` cannot tell this from a clearance the aircraft got for
-  another conflict while this one was shown; a controller leaves a conflict it has acted on alone for a while and
-  then looks at it again, and resumes an aircraft it turned for this pair once the pair is past its closest
-  approach (bench/RESULTS.md, "the controller's clearances against the pair").
+  pair* (the action's ``against_flight_id``; ``history_cap_s`` if none or older), ``resume`` not counted: the
+  controller acted on this very conflict, and how long ago. ``cleared_in_conflict`` cannot tell this from a
+  clearance the aircraft got for another conflict while this one was shown; a controller leaves a conflict it has
+  acted on alone for a while and then looks at it again, and resumes an aircraft it turned for this pair once the
+  pair is past its closest approach (bench/RESULTS.md, "the controller's clearances against the pair"). A resume
+  sends the aircraft back on its route and resolves nothing: when the conflict shows again after it, it is as
+  unresolved as before, and a resume counted here read as "just acted on" (the policy then waited a recheck period
+  after every resume of its own in the closed loop: bench/RESULTS.md, "resumes are not resolutions"). The resume
+  itself shows in ``since_clr`` and the ``clearances`` tensor.
 Pure in the past like every feature (the leakage test covers them).
 """
 
@@ -98,14 +102,15 @@ def history_features(actions: pd.DataFrame, t_steps: np.ndarray, f1: np.ndarray,
 def pair_history_features(actions: pd.DataFrame, t_steps: np.ndarray, f1: np.ndarray, f2: np.ndarray,
                           cap_s: float) -> np.ndarray:
     """(N, H, len(PAIR_HISTORY)) features at the steps ``t_steps`` (N, H; ns) of samples on pairs (f1, f2): seconds
-    since each aircraft's last clearance strictly before the step given against the pair's other aircraft, capped at
-    ``cap_s`` (the cap where there is none, or the log names no ``against_flight_id``)."""
+    since each aircraft's last clearance strictly before the step given against the pair's other aircraft, ``resume``
+    not counted, capped at ``cap_s`` (the cap where there is none, or the log names no ``against_flight_id``)."""
     n, h = t_steps.shape
     out = np.full((n, h, len(PAIR_HISTORY)), cap_s, dtype=np.float32)
     if n == 0 or actions.empty or "against_flight_id" not in actions:
         return out
     against = actions["against_flight_id"]
-    linked = against.notna().to_numpy() & (against.astype(str) != "").to_numpy()
+    linked = against.notna().to_numpy() & (against.astype(str) != "").to_numpy() \
+        & (actions["action_type"].astype(str) != "resume").to_numpy()      # a resume resolves nothing
     if not linked.any():
         return out
     a = actions[linked]

@@ -56,16 +56,17 @@ def test_history_features_in_the_spec_before_valid():
 
 def test_pair_history_features_by_hand():
     """Seconds since each aircraft's last clearance against the pair's other aircraft; clearances against a third
-    aircraft, and logs without against_flight_id, do not count."""
+    aircraft, resumes (they resolve nothing), and logs without against_flight_id, do not count."""
     from pipelines.history import PAIR_HISTORY, pair_history_features
-    rows = [("A", 10, "B"), ("B", 20, "C"), ("A", 50, "C"), ("B", 55, "A"), ("A", 70, None)]
+    rows = [("A", 10, "B"), ("B", 20, "C"), ("A", 50, "C"), ("B", 55, "A"), ("A", 70, None), ("A", 75, "B")]
     log = pd.DataFrame({"time": [T0 + pd.Timedelta(seconds=s) for _, s, _ in rows], "flight_id": [f for f, _, _ in rows],
-                        "action_type": "heading", "against_flight_id": [o for _, _, o in rows]})
+                        "action_type": ["heading"] * 5 + ["resume"], "against_flight_id": [o for _, _, o in rows]})
     t_steps = np.array([[_ns(10), _ns(30), _ns(60), _ns(80)]] * 2)
     g = pair_history_features(log, t_steps, np.array(["A", "A"], dtype=object), np.array(["B", "C"], dtype=object),
                               cap_s=100.0)
     assert g.shape == (2, 4, len(PAIR_HISTORY))
-    # pair (A, B): A against B at 10 s (strictly before: not yet at 10 s); B against A at 55 s
+    # pair (A, B): A against B at 10 s (strictly before: not yet at 10 s), its resume at 75 s not counted; B
+    # against A at 55 s
     assert g[0, :, 0].tolist() == [100.0, 20.0, 50.0, 70.0]
     assert g[0, :, 1].tolist() == [100.0, 100.0, 5.0, 25.0]
     # pair (A, C): A against C at 50 s; C never cleared; A's unlinked clearance at 70 s does not count
