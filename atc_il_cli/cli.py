@@ -296,10 +296,12 @@ def simulate(scenarios: int = typer.Option(4, "--scenarios", "-n", min=1, help="
 def simeval(controller: List[str] = typer.Option(["none", "atco", "mvp"], "--controller", help="atco, mvp, none or model:URI; repeat the option"),
             scenarios: int = typer.Option(4, "--scenarios", "-n", min=1), seed: int = typer.Option(0),
             duration_s: float = typer.Option(1800.0, help="scenario length (simulated seconds)"),
-            out: Path = typer.Option(Path("workspace/simeval"), help="output folder (results.json, results.md, results.png)")):
+            out: Path = typer.Option(Path("workspace/simeval"), help="output folder (results.json, results.md, results.png)"),
+            workers: int = typer.Option(1, min=1, help="parallel BlueSky processes (the scenarios split between them; "
+                                        "the same results as with one)")):
     """Closed-loop evaluation: every controller on the identical scenario set in BlueSky."""
     from simulator_adapters.evaluation import simeval as run_eval
-    agg = run_eval(controller, scenarios, seed, out, {"duration_s": duration_s})
+    agg = run_eval(controller, scenarios, seed, out, {"duration_s": duration_s}, workers=workers)
     from rich.console import Console
     from rich.table import Table
     table = Table(title=f"simeval: {scenarios} scenarios, seed {seed}")

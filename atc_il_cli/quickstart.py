@@ -76,7 +76,7 @@ def run(work: Path, say: Callable[[str], None] = print, *, scenarios: int = 48, 
 
     from simulator_adapters.evaluation import simeval
     agg = simeval(["none", "atco", "mvp", f"model:{model_uri}"], sim_scenarios, seed + 1000, work / "simeval",
-                  {"duration_s": 1200.0})
+                  {"duration_s": 1200.0}, workers=2)
     los = ", ".join(f"{'the model' if r.controller.startswith('model:') else r.controller} {int(r.los)} "
                     f"({int(r.clearances)} clearances)" for r in agg.itertuples())
     step(f"closed loop in BlueSky on {sim_scenarios} new scenarios x 1200 s: losses of separation {los} "

@@ -18,7 +18,9 @@ Protocol (defaults; each a flag):
   inputs; ``contrast``: the aircraft contrast; ``hazard``: P(act) from the decision-time geometry; default: the truly Markovian baseline, the MLP with
   clearances and history features, GRU and transformer with the mdn head, GRU with every other head, and GRU +
   mdn with the session style code), hidden ``--hidden``, VAE on, AdamW, early stopping on the validation
-  loss (``--epochs``, ``--patience``), the best checkpoint evaluated on the test split (models.evaluate);
+  loss (``--epochs``, ``--patience``), the best checkpoint evaluated on the test split (models.evaluate); a model
+  may also be a config file (``--models models/configs/mlp_mdn_style.yaml``, the quickstart's model, on the
+  protocol's epochs and patience); ``--jobs 2`` trains two at a time (one torch thread each);
 - offline metrics: discrete NLL and its gap to both ceilings (achievable: the style marginalised with its
   posterior given the session so far; oracle: the expert's own probabilities), act / aircraft / type accuracy
   against the achievable ceiling, act calibration (ECE over equal-mass bins, reliability curve), when the
@@ -119,8 +121,18 @@ def subset(data: Path, n_train: int, root: Path) -> Path:
 
 
 # -- models -------------------------------------------------------------------------------------------
+def label(name: str) -> str:
+    """A model's name in tables and folders: a YAML config by its file's stem."""
+    return Path(name).stem if name.endswith((".yaml", ".yml")) else name
+
+
 def model_config(name: str, hidden: int, epochs: int, patience: int, seed: int):
-    from models.config import ModelConfig
+    from models.config import ModelConfig, load_model_config
+    train = {"epochs": epochs, "patience": patience, "seed": seed, "device": "cpu"}
+    if name.endswith((".yaml", ".yml")):      # a config file as it is (the quickstart's model), on the protocol's budget
+        if not Path(name).exists():
+            raise SystemExit(f"--models {name}: no such config file")
+        return load_model_config(name, train=train)
     parts = name.split("+")
     unknown = set(parts[2:]) - {"style", "raw", "contrast", "hazard"}
     if unknown:
@@ -136,8 +148,7 @@ def model_config(name: str, hidden: int, epochs: int, patience: int, seed: int):
                                                              "numeric_embedding": "none" if raw else "periodic",
                                                              "aircraft_contrast": "contrast" in parts[2:]},
                        vae={"enabled": True, "latent_dim": 8}, head=head_cfg, style={"enabled": style},
-                       train={"epochs": epochs, "patience": patience, "batch_size": 256, "seed": seed,
-                              "device": "cpu"})
+                       train={**train, "batch_size": 256})
 
 
 def run_one(name: str, data: Path, out: Path, args, seed: int) -> dict:
@@ -159,8 +170,12 @@ def run_one(name: str, data: Path, out: Path, args, seed: int) -> dict:
         s = train(cfg, data, out, resume=False, tracking_uri=False, progress=False)
         secs = time.perf_counter() - t
     m = evaluate(load_policy(s["best_dir"]), data, "test", n_samples=32)
-    m.update(model=name, seed=seed, train_s=secs, epochs=s.get("epochs"), best_dir=s["best_dir"])
+    m.update(model=label(name), seed=seed, train_s=secs, epochs=s.get("epochs"), best_dir=s["best_dir"])
     return m
+
+
+def _run_job(job: tuple) -> dict:
+    return run_one(*job)
 
 
 def _row(m: dict) -> dict:
@@ -289,7 +304,11 @@ def main() -> None:
     add_cache_args(ap, scenarios=500, test=50, val=30)
     ap.add_argument("--sizes", type=int, nargs="+", default=[25, 50, 100, 200, 400])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--models", nargs="+", default=None, help="encoder+head[+style][+raw][+contrast][+hazard] (default: the full grid)")
+    ap.add_argument("--models", nargs="+", default=None, help="encoder+head[+style][+raw][+contrast][+hazard], or a "
+                    "model config file (models/configs/mlp_mdn_style.yaml: the quickstart's model) trained on the "
+                    "protocol's epochs and patience (default: the full grid)")
+    ap.add_argument("--jobs", type=int, default=1, help="trainings run at once (processes of one torch thread each; "
+                    "training times are then measured side by side)")
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--patience", type=int, default=5)
@@ -316,16 +335,22 @@ def main() -> None:
     for n in args.sizes:
         sub = subset(data, n, args.cache / "subsets")
         by_size[n] = []
-        for name in models:
-            for seed in args.seeds:
-                out = args.cache / "runs" / f"n{n}" / f"{name}-s{seed}"
-                m = run_one(name, sub, out, args, seed)
-                full[(n, name, seed)] = m
-                r = _row(m)
-                by_size[n].append(r)
-                print(f"[{n} scenarios] {name} seed {seed}: discrete NLL {r['nll_discrete']:.4f} "
-                      f"(gap {fmt(r['gap_achievable'])}), type {fmt(r['type_acc'])}, aircraft {fmt(r['aircraft_acc'])}, "
-                      f"ECE {fmt(r['ece'])}, {r['train_s']:.0f} s", flush=True)
+        jobs = [(name, sub, args.cache / "runs" / f"n{n}" / f"{label(name)}-s{seed}", args, seed)
+                for name in models for seed in args.seeds]
+        if args.jobs > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+            with ProcessPoolExecutor(min(args.jobs, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
+                results = list(pool.map(_run_job, jobs))
+        else:
+            results = map(_run_job, jobs)
+        for (name, *_, seed), m in zip(jobs, results):
+            full[(n, name, seed)] = m
+            r = _row(m)
+            by_size[n].append(r)
+            print(f"[{n} scenarios] {label(name)} seed {seed}: discrete NLL {r['nll_discrete']:.4f} "
+                  f"(gap {fmt(r['gap_achievable'])}), type {fmt(r['type_acc'])}, aircraft {fmt(r['aircraft_acc'])}, "
+                  f"ECE {fmt(r['ece'])}, {r['train_s']:.0f} s", flush=True)
     largest = max(args.sizes)
     any_m = next(iter(full.values()))
     ceil = {**any_m.get("ceiling", {}), "mode_coverage": any_m.get("mode_coverage_ceiling")}
@@ -335,10 +360,11 @@ def main() -> None:
     loop = None
     if args.closed_loop:
         from heads import closed_loop
-        dirs = {name: Path(full[(largest, name, args.seeds[0])]["best_dir"]) for name in models}
-        loop = closed_loop(dirs, args.closed_loop, args.seed + 1, args.loop_duration, args.cache / "closed_loop")
-    reliab = {name: full[(largest, name, args.seeds[0])]["act_reliability"] for name in models}
-    times = {name: full[(largest, name, args.seeds[0])].get("acting_times", {}) for name in models}
+        dirs = {label(name): Path(full[(largest, name, args.seeds[0])]["best_dir"]) for name in models}
+        loop = closed_loop(dirs, args.closed_loop, args.seed + 1, args.loop_duration, args.cache / "closed_loop",
+                           workers=args.workers)
+    reliab = {label(name): full[(largest, name, args.seeds[0])]["act_reliability"] for name in models}
+    times = {label(name): full[(largest, name, args.seeds[0])].get("acting_times", {}) for name in models}
     png = Path(__file__).resolve().parent / "fidelity.png"
     plot(by_size, ceil, reliab, times, png)
     splits = FeatureSpec.load(data).splits or {}
@@ -358,8 +384,8 @@ def main() -> None:
                     f"{args.loop_duration:.0f} s), models trained on {largest} scenarios, seed {args.seeds[0]}\n")
         body.append("| controller | conflicts | LoS | resolved % | clearances | agree aircraft | agree type |")
         body.append("|---|---|---|---|---|---|---|")
-        for label, r in loop.items():
-            body.append(f"| {label} | {r['conflicts']} | {r['los']} | {fmt(r['resolved_pct'])} | {r['clearances']} | "
+        for who, r in loop.items():
+            body.append(f"| {who} | {r['conflicts']} | {r['los']} | {fmt(r['resolved_pct'])} | {r['clearances']} | "
                         f"{fmt(r.get('agree_aircraft'))} | {fmt(r.get('agree_type'))} |")
     body.append(f"\nTargets at {largest} scenarios, best model by discrete NLL ({best_name}):\n")
     body += targets(summ[best_name], ceil, loop, best_name)

@@ -124,15 +124,17 @@ def code_style_all_splits(policy, data: Path) -> dict:
     return {f"all_{k}": v for k, v in m.items()}
 
 
-def closed_loop(models: dict[str, Path], n: int, seed: int, duration_s: float, out: Path) -> dict[str, dict]:
+def closed_loop(models: dict[str, Path], n: int, seed: int, duration_s: float, out: Path,
+                workers: int = 1) -> dict[str, dict]:
     """simeval (the API behind ``atc-il simeval``) with the references and every model (``model:DIR``) on the
-    same ``n`` generated scenarios; per controller label: its aggregate row plus summed rollout wall time."""
+    same ``n`` generated scenarios (``workers`` BlueSky processes); per controller label: its aggregate row plus
+    summed rollout wall time."""
     import pandas as pd
 
     from simulator_adapters.evaluation import simeval
     specs = {"expert (atco)": "atco", "MVP": "mvp", "none": "none", **{k: f"model:{v}" for k, v in models.items()}}
     kw = {"duration_s": duration_s, "density": 4.0, "conflicts": 8}
-    agg = simeval(list(specs.values()), n, seed, out, kw, progress=False)
+    agg = simeval(list(specs.values()), n, seed, out, kw, progress=False, workers=workers)
     per = pd.read_csv(out / "per_scenario.csv")
     wall = per.groupby("controller")["wall_s"].sum()
     rows = {r["controller"]: r for r in agg.to_dict("records")}

@@ -77,28 +77,29 @@ def agreement(res: RolloutResult, expert: RolloutResult) -> dict:
 
 
 def simeval(controllers: list[str], n_scenarios: int, seed: int, out: str | Path, scenario_kwargs: dict | None = None,
-            progress: bool | None = None) -> pd.DataFrame:
-    """Run each controller on the same scenarios; write results.json, results.md and plots; return the table."""
+            progress: bool | None = None, workers: int = 1) -> pd.DataFrame:
+    """Run each controller on the same scenarios; write results.json, results.md and plots; return the table.
+    ``workers`` > 1: the scenarios in that many parallel BlueSky processes (:func:`run_parallel`; a script calling
+    this needs the ``if __name__ == "__main__":`` guard), each running every controller on its share; the results
+    are the same as with one (every rollout is seeded by its scenario)."""
     from atc_il.progress import track
-    from simulator_adapters.bluesky_sim import BlueSkySim
-    from simulator_adapters.controller_registry import make_controller
-    from simulator_adapters.rollout import rollout
     from simulator_adapters.scenarios import scenario_set
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     scenarios = scenario_set(n_scenarios, seed, **(scenario_kwargs or {}))
     names = list(dict.fromkeys(["atco"] + list(controllers)))      # the expert runs for agreement
-    rows = []
-    with BlueSkySim() as sim:
-        for sc in track(scenarios, "simeval", show=progress):
-            runs = {}
-            for name in names:
-                runs[name] = rollout(sc, make_controller(name), sim, seed=sc.seed)
-            for name in controllers:
-                m = rollout_metrics(runs[name], sc)
-                m.update({f"agree_{k}": v for k, v in agreement(runs[name], runs["atco"]).items()})
-                rows.append(m)
+    n = max(1, min(int(workers), len(scenarios)))
+    if n == 1:
+        from simulator_adapters.bluesky_sim import BlueSkySim
+        with BlueSkySim() as sim:
+            rows = [r for sc in track(scenarios, "simeval", show=progress)
+                    for r in _simeval_scenario(sim, sc, names, controllers)]
+    else:
+        from simulator_adapters.parallel import run_parallel
+        items = [(i, sc.to_json()) for i, sc in enumerate(scenarios)]
+        done = run_parallel(_simeval_batch, [(items[k::n], names, list(controllers)) for k in range(n)], workers=n)
+        rows = [r for _, part in sorted((x for b in done for x in b), key=lambda x: x[0]) for r in part]
     per = pd.DataFrame(rows)
     per.to_csv(out / "per_scenario.csv", index=False)
     agg = per.groupby("controller", sort=False).agg(
@@ -112,6 +113,27 @@ def simeval(controllers: list[str], n_scenarios: int, seed: int, out: str | Path
     (out / "results.md").write_text(markdown_table(agg))
     _plot(agg, out / "results.png")
     return agg
+
+
+def _simeval_scenario(sim, sc: Scenario, names: list[str], controllers: list[str]) -> list[dict]:
+    """Every controller of ``names`` on one scenario; the rows of ``controllers`` (agreement with the expert's run)."""
+    from simulator_adapters.controller_registry import make_controller
+    from simulator_adapters.rollout import rollout
+    runs = {name: rollout(sc, make_controller(name), sim, seed=sc.seed) for name in names}
+    rows = []
+    for name in controllers:
+        m = rollout_metrics(runs[name], sc)
+        m.update({f"agree_{k}": v for k, v in agreement(runs[name], runs["atco"]).items()})
+        rows.append(m)
+    return rows
+
+
+def _simeval_batch(job: tuple[list[tuple[int, str]], list[str], list[str]]) -> list[tuple[int, list[dict]]]:
+    """A worker's share of :func:`simeval`: (scenario index, its rows) for each scenario, on one BlueSky."""
+    from simulator_adapters.bluesky_sim import BlueSkySim
+    items, names, controllers = job
+    with BlueSkySim() as sim:
+        return [(i, _simeval_scenario(sim, Scenario.from_json(js), names, controllers)) for i, js in items]
 
 
 def markdown_table(df: pd.DataFrame) -> str:
