@@ -484,7 +484,7 @@ def predict(model: str = typer.Option(..., "--model", help="models:/NAME@alias, 
             workspace: Path = typer.Option(Path("workspace"), "--workspace", "-w", help="where the MLflow store is"),
             config: Optional[Path] = ConfigOpt, min_alt_ft: Optional[float] = MinAlt,
             airspace: Optional[Path] = AirspaceOpt, sector: Optional[str] = SectorOpt):
-    """Batch prediction: conflicts and the model's decision at every conflict step before CPA, per
+    """Batch prediction: conflicts and the model's decision at every conflict step, per
     partition (restartable: finished partitions are skipped, broken ones redone). With
     --min-alt-ft/--airspace (or the --config enroute section), a conflict step is predicted only when both
     aircraft were above the floor and inside the airspace at its episode's first detection; the steps left out

@@ -4,7 +4,7 @@ It lives in ``models`` because it runs a model (the serving :class:`~models.serv
 side it needs (reading partitions, conflicts, the feature builder) comes from ``pipelines``.
 
 The work per partition is one pure function, :func:`predict_partition` (tracks -> decisions: detect at
-every grid time, keep the steps in conflict before CPA, ``Predictor.predict_samples`` in chunks), so the
+every grid time, keep the steps in conflict (the data set's decision steps), ``Predictor.predict_samples`` in chunks), so the
 same code runs in-process, on a local Dask cluster or on a remote one (:func:`run`, ``atc-il predict``).
 
 Partitions are the leaf folders of ``atc-il ingest`` output (``day=YYYY-MM-DD[/hour=HH]``); the output
@@ -138,7 +138,7 @@ def enroute_filter(enroute: EnRouteFilter | EnRouteConfig | dict | None) -> EnRo
 def predict_partition(tracks: pd.DataFrame, predictor, clearances: pd.DataFrame | None = None, *,
                       start=None, chunk: int = CHUNK_SAMPLES, runtime: str = "auto",
                       enroute: EnRouteFilter | EnRouteConfig | dict | None = None) -> pd.DataFrame:
-    """Decisions for every conflict step before CPA (``conflict`` and ``tcpa_s > 0``) at times >= ``start``.
+    """Decisions for every conflict step (``conflict``, as the data set's decision steps) at times >= ``start``.
 
     ``tracks``: canonical points; off the model's grid they are resampled with ``predictor.grid``.
     Points before ``start`` are history only (see the module doc for how much a caller must pass).
@@ -165,7 +165,7 @@ def predict_partition(tracks: pd.DataFrame, predictor, clearances: pd.DataFrame 
         return out
     steps = conf["conflict"].astype(bool).to_numpy()
     left = _left_out(conf, steps, grid, flt)
-    keep = steps & (left == "") & (conf["tcpa_s"] > 0).to_numpy()
+    keep = steps & (left == "")
     samples = conf[keep].sort_values(["time", "flight_id_1", "flight_id_2"], kind="stable").reset_index(drop=True)
     out.attrs.update(conflict_steps=int((steps & (left == "")).sum()), conflict_steps_left_out=int((left != "").sum()),
                      conflict_steps_left_out_by_reason=reason_counts(left[left != ""]))

@@ -3,7 +3,7 @@ navigation, built the same way for the data set and for the closed loop.
 
 A controller that vectors, climbs or slows an aircraft to resolve a conflict later sends it back on its route
 (``resume``). Those decisions fall after the conflict: past its closest approach, when the conflict's own decision
-steps (``pipelines.dataset.select_samples``: while predicted and before CPA) have ended. Without steps there, a
+steps (``pipelines.dataset.select_samples``: while the conflict is shown) have ended. Without steps there, a
 model never sees the situation and never resumes (the models issued a few resumes where the synthetic expert gave a
 third of its clearances as resumes). Resume steps: for each clearance (not a resume) given to an aircraft against
 another (``against_flight_id`` known), every grid step after it, up to the aircraft's next clearance (inclusive: that

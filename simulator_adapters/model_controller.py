@@ -140,7 +140,7 @@ class ModelController(Controller):
             self.last_seen[k] = obs.time
         for k in [k for k, t in self.last_seen.items() if obs.time - t > gap]:
             del self.first_shown[k], self.last_seen[k]
-        conf = conf[conf["conflict"].astype(bool) & (conf["tcpa_s"] > 0)]
+        conf = conf[conf["conflict"].astype(bool)]            # the data set's decision steps (select_samples)
         shown = set(zip(conf["flight_id_1"], conf["flight_id_2"]))
         samples = pd.DataFrame({"time": obs.time, "flight_id_1": conf["flight_id_1"].to_numpy(),
                                 "flight_id_2": conf["flight_id_2"].to_numpy()})

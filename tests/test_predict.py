@@ -68,10 +68,10 @@ def test_outputs_mirror_input_and_cover_every_conflict_step(ws, uri, local_out):
     assert all((out / k / "part-0.parquet").exists() for k in dst)
     pred = _read(out)
     assert list(pred.columns) == P.PREDICTION_SCHEMA.names
-    # every conflict step before CPA (detected on all days at once) has exactly one decision
+    # every conflict step (detected on all days at once) has exactly one decision
     tracks = read_table(ws / "tracks", TRACK_SCHEMA)
     c = P.get_predictor(uri).detect(tracks)
-    want = c[c["conflict"] & (c["tcpa_s"] > 0)][KEYS].sort_values(KEYS).reset_index(drop=True)
+    want = c[c["conflict"]][KEYS].sort_values(KEYS).reset_index(drop=True)
     assert len(want) > 100
     pd.testing.assert_frame_equal(pred[KEYS], want, check_dtype=False)
     assert pred["p_act"].between(0, 1).all() and pred["action_type"].notna().all()
@@ -146,7 +146,7 @@ def _across_midnight(ws, predictor, root: Path) -> tuple[pd.DataFrame, pd.DataFr
     """Day 1 shifted so that midnight falls in its busiest minute of long conflict runs; written by day."""
     tracks = read_table(ws / "tracks" / sorted(p.name for p in (ws / "tracks").glob("day=*"))[0], TRACK_SCHEMA)
     c = predictor.detect(tracks)
-    c = c[c["conflict"] & (c["tcpa_s"] > 0) & (c["time"] - c["first_detection"] > pd.Timedelta(seconds=300))]
+    c = c[c["conflict"] & (c["time"] - c["first_detection"] > pd.Timedelta(seconds=300))]
     cut = c["time"].value_counts().idxmax()                  # many runs older than 5 min going on here
     shift = cut.floor("D") + pd.Timedelta(days=1) - cut
     tracks["time"] += shift
