@@ -126,9 +126,9 @@ def label(name: str) -> str:
     return Path(name).stem if name.endswith((".yaml", ".yml")) else name
 
 
-def model_config(name: str, hidden: int, epochs: int, patience: int, seed: int):
+def model_config(name: str, hidden: int, epochs: int, patience: int, seed: int, select_on: str = "loss"):
     from models.config import ModelConfig, load_model_config
-    train = {"epochs": epochs, "patience": patience, "seed": seed, "device": "cpu"}
+    train = {"epochs": epochs, "patience": patience, "seed": seed, "device": "cpu", "select_on": select_on}
     if name.endswith((".yaml", ".yml")):      # a config file as it is (the quickstart's model), on the protocol's budget
         if not Path(name).exists():
             raise SystemExit(f"--models {name}: no such config file")
@@ -158,7 +158,7 @@ def run_one(name: str, data: Path, out: Path, args, seed: int) -> dict:
     from models.policy import load_policy
     from models.train import train
     torch.set_num_threads(1)
-    cfg = model_config(name, args.hidden, args.epochs, args.patience, seed)
+    cfg = model_config(name, args.hidden, args.epochs, args.patience, seed, args.select_on)
     ckpt = out / "checkpoints" / "last.pt"
     if args.reuse and (out / "best").is_dir() and ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -312,6 +312,8 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--patience", type=int, default=5)
+    ap.add_argument("--select-on", default="loss", choices=["loss", "nll", "nll_discrete"],
+                    help="the validation figure that picks the best epoch (train.select_on)")
     ap.add_argument("--closed-loop", type=int, default=20, help="closed-loop held-out scenarios (0: skip)")
     ap.add_argument("--loop-duration", type=float, default=1200.0)
     ap.add_argument("--seed", type=int, default=0, help="simulation seed (the closed loop uses seed + 1)")
@@ -371,7 +373,8 @@ def main() -> None:
     n_keys = {k: len(v["keys"]) for k, v in splits.items()}
     body = [f"`{cmd}` ({time.perf_counter() - t_all:.0f} s in all): {sum(n_keys.values())} simulated scenarios "
             f"(test {n_keys['test']}, val {n_keys['val']}, train {n_keys['train']}), training sizes {args.sizes} scenarios, seeds {args.seeds}, hidden "
-            f"{args.hidden}, VAE on (latent 8), up to {args.epochs} epochs (patience {args.patience}), CPU 1 thread. "
+            f"{args.hidden}, VAE on (latent 8) (config files as they are), up to {args.epochs} epochs (patience {args.patience}, best epoch by "
+            f"{args.select_on}), CPU 1 thread{f', {args.jobs} trainings at a time' if args.jobs > 1 else ''}. "
             "Mean ± standard deviation over seeds; gaps are model - ceiling in discrete NLL (nats per sample); "
             "ratios are model accuracy / achievable ceiling's; act ECE over 10 equal-mass bins; code-style NMI "
             "from q(c | session) (style) or the learned prior (cvae); first-act W1: 1-Wasserstein distance "
