@@ -54,7 +54,8 @@ class DaggerController(Controller):
     the expert's decision is executed with probability ``beta``, the learner's otherwise. ``decide`` returns the
     executed clearances and, as truth, the expert's decision records (its labels) with who was in control and the
     learner's own decision on that conflict (``learner_aircraft`` -1 when it did not act, ``learner_type``,
-    ``learner_value``, and its probability of acting, ``learner_p_act``). ``make_controller("dagger:URI", beta=0.5)``."""
+    ``learner_value``, its probability of acting, ``learner_p_act``, and whether it was asked about that pair at all,
+    ``learner_asked``). ``make_controller("dagger:URI", beta=0.5)``."""
 
     name = "dagger"
 
@@ -96,7 +97,9 @@ class DaggerController(Controller):
             r["learner_type"] = None if c is None else c.action_type
             r["learner_value"] = float("nan") if c is None else float(c.value)
             # the learner's P(act now) on this pair (0 where it was not asked: it cannot act there)
-            r["learner_p_act"] = float(p_learner.get(frozenset((r["flight_id_1"], r["flight_id_2"])), 0.0))
+            pair = frozenset((r["flight_id_1"], r["flight_id_2"]))
+            r["learner_asked"] = pair in p_learner
+            r["learner_p_act"] = float(p_learner.get(pair, 0.0))
         return Decision(list(executed), truth=proposal.truth)
 
 
@@ -215,6 +218,8 @@ def onpolicy_metrics(truth: pd.DataFrame) -> dict:
         pl = np.clip(t["learner_p_act"].to_numpy(float), 1e-6, 1 - 1e-6)
         out["onpolicy_act_kl"] = float(np.mean(pe * np.log(pe / pl) + (1 - pe) * np.log((1 - pe) / (1 - pl))))
         out["onpolicy_learner_p_act"] = float(pl.mean())
+    if "learner_asked" in t:       # the expert considers a pair the learner was not asked about: it cannot act there
+        out["onpolicy_asked_share"] = float(t["learner_asked"].astype(bool).mean())
     return {**out, "onpolicy_records": len(t), "onpolicy_expert_nll_of_learner": float(np.mean(nll_l)),
             "onpolicy_expert_nll_of_expert": float(np.mean(nll_e)),
             "onpolicy_nll_gap": float(np.mean(nll_l) - np.mean(nll_e)),

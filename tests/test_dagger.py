@@ -127,6 +127,8 @@ def test_with_beta_one_the_expert_drives_with_beta_zero_the_learner(loop_frames)
     assert {r["in_control"] for r in truth} == {"learner"} and truth      # the expert labels the learner's states
     assert any(r["learner_aircraft"] >= 0 for r in truth) and all(0 <= r["learner_p_act"] <= 1 for r in truth)
     assert np.mean([r["learner_p_act"] for r in truth]) > 0.9        # the eager policy's P(act)
+    # the learner is asked at every conflict the expert considers (the same decision steps)
+    assert all(r["learner_asked"] for r in truth if r["kind"] == "conflict")
     with pytest.raises(ConfigError, match="beta"):
         make_controller(f"dagger:{uri}", beta=1.5)
 
