@@ -367,7 +367,9 @@ def main() -> None:
                            workers=args.workers)
     reliab = {label(name): full[(largest, name, args.seeds[0])]["act_reliability"] for name in models}
     times = {label(name): full[(largest, name, args.seeds[0])].get("acting_times", {}) for name in models}
-    png = Path(__file__).resolve().parent / "fidelity.png"
+    # the full protocol's figure is fidelity.png; a run on other sizes does not overwrite it
+    tag = "" if args.sizes == [25, 50, 100, 200, 400] else "_" + "_".join(map(str, args.sizes))
+    png = Path(__file__).resolve().parent / f"fidelity{tag}.png"
     plot(by_size, ceil, reliab, times, png)
     splits = FeatureSpec.load(data).splits or {}
     n_keys = {k: len(v["keys"]) for k, v in splits.items()}
@@ -392,7 +394,7 @@ def main() -> None:
                         f"{fmt(r.get('agree_aircraft'))} | {fmt(r.get('agree_type'))} |")
     body.append(f"\nTargets at {largest} scenarios, best model by discrete NLL ({best_name}):\n")
     body += targets(summ[best_name], ceil, loop, best_name)
-    body.append("\n![fidelity](fidelity.png)")
+    body.append(f"\n![fidelity]({png.name})")
     text = "\n".join(body)
     print(text)
     (args.cache / "fidelity.md").write_text(text)
