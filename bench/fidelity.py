@@ -130,8 +130,6 @@ def model_config(name: str, hidden: int, epochs: int, patience: int, seed: int, 
     from models.config import ModelConfig, load_model_config
     train = {"epochs": epochs, "patience": patience, "seed": seed, "device": "cpu", "select_on": select_on}
     if name.endswith((".yaml", ".yml")):      # a config file as it is (the quickstart's model), on the protocol's budget
-        if not Path(name).exists():
-            raise SystemExit(f"--models {name}: no such config file")
         return load_model_config(name, train=train)
     parts = name.split("+")
     unknown = set(parts[2:]) - {"style", "raw", "contrast", "hazard"}

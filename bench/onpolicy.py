@@ -13,7 +13,8 @@ clearances executed before it against the pair (the rollouts' clearance log, ``a
 - ``fresh``: no clearance against the pair yet;
 - ``< 90 s after a clearance`` / ``>= 90 s after a clearance``: the pair's last resolution clearance that long ago
   (the synthetic expert leaves a conflict it acted on alone for ``recheck_s`` = 90 s);
-- ``< 90 s after a resume``: the pair's last clearance was a resume, less than 90 s ago.
+- ``< 90 s after a resume``: the pair's last clearance was a resume, less than 90 s ago (a resume longer ago
+  counts as ``>= 90 s after a clearance``).
 
 Per class: records, and the sums of the expert's and the policy's P(act) over them (expected acts per step: a
 policy below the expert in a class under-acts there). Prints a markdown table per folder.
@@ -31,13 +32,17 @@ import pandas as pd
 CLASSES = ("not asked", "fresh", "< 90 s after a clearance", ">= 90 s after a clearance", "< 90 s after a resume")
 
 
+def _pair_key(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """One string per unordered pair of flight ids."""
+    return np.where(a < b, a + "|" + b, b + "|" + a)
+
+
 def classify(truth: pd.DataFrame, clearances: pd.DataFrame, recheck_s: float = 90.0) -> pd.Series:
     """The class of each conflict record (see the module doc)."""
     c = clearances[clearances["against_flight_id"].notna()] if "against_flight_id" in clearances else clearances[:0]
-    key = lambda a, b: np.where(a < b, a + "|" + b, b + "|" + a)      # noqa: E731 (unordered pair key)
-    ck = pd.DataFrame({"pair": key(c["flight_id"].astype(str).to_numpy(), c["against_flight_id"].astype(str).to_numpy()),
+    ck = pd.DataFrame({"pair": _pair_key(c["flight_id"].astype(str).to_numpy(), c["against_flight_id"].astype(str).to_numpy()),
                        "t": pd.to_datetime(c["time"], utc=True).to_numpy(), "resume": (c["action_type"] == "resume").to_numpy()})
-    tk = pd.DataFrame({"pair": key(truth["flight_id_1"].astype(str).to_numpy(), truth["flight_id_2"].astype(str).to_numpy()),
+    tk = pd.DataFrame({"pair": _pair_key(truth["flight_id_1"].astype(str).to_numpy(), truth["flight_id_2"].astype(str).to_numpy()),
                        "t": pd.to_datetime(truth["time"], utc=True).to_numpy(), "row": np.arange(len(truth))})
     # the last clearance strictly before each record, of the same pair
     m = pd.merge_asof(tk.sort_values("t"), ck.assign(tc=ck["t"]).sort_values("t"), on="t", by="pair",

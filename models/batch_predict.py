@@ -167,7 +167,7 @@ def predict_partition(tracks: pd.DataFrame, predictor, clearances: pd.DataFrame 
     left = _left_out(conf, steps, grid, flt)
     keep = steps & (left == "")
     samples = conf[keep].sort_values(["time", "flight_id_1", "flight_id_2"], kind="stable").reset_index(drop=True)
-    out.attrs.update(conflict_steps=int((steps & (left == "")).sum()), conflict_steps_left_out=int((left != "").sum()),
+    out.attrs.update(conflict_steps=int(keep.sum()), conflict_steps_left_out=int((left != "").sum()),
                      conflict_steps_left_out_by_reason=reason_counts(left[left != ""]))
     if samples.empty:
         return out

@@ -24,7 +24,8 @@ With ``dataset.pair_history`` (:data:`PAIR_HISTORY`), per step and aircraft of t
   pair is past its closest approach (bench/RESULTS.md, "the controller's clearances against the pair"). A resume
   sends the aircraft back on its route and resolves nothing: when the conflict shows again after it, it is as
   unresolved as before, and a resume counted here read as "just acted on" (the policy then waited a recheck period
-  after every resume of its own in the closed loop: bench/RESULTS.md, "resumes are not resolutions"). The resume
+  after every resume of its own in the closed loop: bench/RESULTS.md, "why the policy gave fewer clearances than the
+  expert in the closed loop"). The resume
   itself shows in ``since_clr`` and the ``clearances`` tensor.
 Pure in the past like every feature (the leakage test covers them).
 """
